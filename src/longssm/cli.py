@@ -1,0 +1,178 @@
+"""The ``longssm`` command line: train | eval | extend | plot | generate | corpus.
+
+Bad input (missing paths, invalid config values, corrupt checkpoints) prints one line
+``longssm: error: ...`` and exits with code 2; nothing already on disk is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (config file and/or --section.key=value overrides)",
+        description="Train an SSM language model. Overrides: --model.d_model=64 --train.policy=zero "
+        "--data.seq_len=16 ... (see docs/configuration.md).",
+    )
+    p.add_argument("config", nargs="?", help="TOML or YAML run config (default: built-in defaults)")
+    p.add_argument("--out", help="run directory (default: runs/<mixer>-<policy>-T<seq_len>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_train(args, overrides: list[str]) -> int:
+    from longssm.config import load_run_config
+    from longssm.train.loop import train
+
+    cfg = load_run_config(args.config, overrides)
+    if args.quiet:
+        cfg.train.progress = False
+    out = (
+        args.out
+        or f"runs/{cfg.model.mixer}-{cfg.train.policy.replace(':', '')}-T{cfg.data.seq_len}"
+    )
+    if args.resume and args.config is None and not overrides:
+        from longssm.checkpoint import read_meta, resolve_checkpoint
+        from longssm.config import RunConfig
+
+        cfg = RunConfig.from_dict(read_meta(resolve_checkpoint(out))["config"])
+        cfg.train.progress = not args.quiet
+    result = train(cfg, out, resume=args.resume)
+    vr = "n/a" if result.val_loss_reset is None else f"{result.val_loss_reset:.4f}"
+    vs = "n/a" if result.val_loss_stream is None else f"{result.val_loss_stream:.4f}"
+    print(
+        f"done: {result.step} steps, train loss {result.train_loss:.4f}, val loss at T (zero init) "
+        f"{vr}, (carried) {vs}, {result.seconds:.1f}s -> {result.run_dir}"
+    )
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="sample text from a trained run or checkpoint")
+    p.add_argument("checkpoint", help="run directory or checkpoint directory")
+    p.add_argument("--prompt", default="def ", help="prompt text")
+    p.add_argument("-n", "--num-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_generate(args, overrides: list[str]) -> int:
+    import torch
+
+    from longssm.checkpoint import load_model
+    from longssm.data import tokenizer_from_dict
+
+    if overrides:
+        raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    model, _, meta = load_model(args.checkpoint)
+    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    ids = [tokenizer.sep_id] + list(tokenizer.encode(args.prompt))
+    prompt = torch.tensor([ids], dtype=torch.long)
+    gen = torch.Generator().manual_seed(args.seed)
+    tokens, _ = model.generate(
+        prompt, args.num_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen
+    )
+    print(args.prompt + tokenizer.decode(tokens[0].tolist()))
+    return 0
+
+
+def _add_corpus(sub) -> None:
+    p = sub.add_parser("corpus", help="describe a corpus spec: documents and tokens per split")
+    p.add_argument("spec", nargs="?", default="python-stdlib")
+    p.add_argument("--tokenizer", default="bytes")
+
+
+def _run_corpus(args, overrides: list[str]) -> int:
+    from longssm.data import get_tokenizer, load_corpus
+
+    if overrides:
+        raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    tokenizer = get_tokenizer("byte" if args.tokenizer == "bytes" else args.tokenizer)
+    for split in ("train", "validation", "test"):
+        corpus = load_corpus(args.spec, tokenizer, split)
+        print(
+            f"{split:>10}: {len(corpus.doc_starts):>6} documents, {len(corpus.tokens):>12,} tokens"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longssm",
+        description="State-space language models trained short, evaluated long (LongSSM).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    try:
+        from longssm.eval.cli import add_eval_arguments, add_plot_arguments
+
+        add_eval_arguments(sub.add_parser("eval", help="perplexity versus evaluation length"))
+        add_plot_arguments(sub.add_parser("plot", help="redraw figures from saved results"))
+    except ImportError:
+        pass
+    try:
+        from longssm.extend import add_extend_arguments
+
+        add_extend_arguments(
+            sub.add_parser("extend", help="the length-extension experiment: zero vs previous init")
+        )
+    except ImportError:
+        pass
+    _add_generate(sub)
+    _add_corpus(sub)
+    return parser
+
+
+def run_command(args, overrides: list[str]) -> int:
+    if args.command == "train":
+        return _run_train(args, overrides)
+    if args.command == "generate":
+        return _run_generate(args, overrides)
+    if args.command == "corpus":
+        return _run_corpus(args, overrides)
+    if overrides:
+        raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    if args.command == "eval":
+        from longssm.eval.cli import run_eval
+
+        return run_eval(args)
+    if args.command == "plot":
+        from longssm.eval.cli import run_plot
+
+        return run_plot(args)
+    if args.command == "extend":
+        from longssm.extend import run_extend
+
+        return run_extend(args)
+    raise ValueError(f"unknown command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    if args.command not in ("train",) and overrides:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    try:
+        return run_command(args, overrides)
+    except KeyboardInterrupt:
+        print("longssm: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        if type(exc).__name__ != "NonFiniteError":
+            raise
+        print(f"longssm: training diverged: {exc}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"longssm: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Conversion between longssm models and other libraries' checkpoints (local files only)."""

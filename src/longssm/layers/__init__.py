@@ -1,0 +1,1 @@
+"""Sequence-mixing layers with the longssm state protocol (see ``longssm.layers.base``)."""

@@ -1,0 +1,78 @@
+"""What every sequence-mixing layer shares: parameter tags and state validation.
+
+Layer protocol (every mixer in ``longssm.layers``):
+    forward(x, state=None) -> (y, state)     x, y: (batch, time, d_model)
+    step(x_t, state) -> (y_t, state)         x_t, y_t: (batch, d_model)
+    initial_state(batch_size, device=None, dtype=None) -> state of zeros
+A state is a small ``NamedTuple`` of tensors whose shapes the layer documents.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+# Attribute names set on parameters; the trainer builds optimiser groups from them.
+NO_WEIGHT_DECAY = "_no_weight_decay"
+SSM_PARAM = "_ssm_param"
+
+
+def tag_ssm_param(param: nn.Parameter, weight_decay: bool = False) -> nn.Parameter:
+    """Mark ``param`` as an SSM dynamics parameter (A_log, dt bias, D, ...): own lr group, no decay."""
+    setattr(param, SSM_PARAM, True)
+    if not weight_decay:
+        setattr(param, NO_WEIGHT_DECAY, True)
+    return param
+
+
+def tag_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
+    """Mark ``param`` as excluded from weight decay (norm weights, biases)."""
+    setattr(param, NO_WEIGHT_DECAY, True)
+    return param
+
+
+def is_ssm_param(param: torch.Tensor) -> bool:
+    return bool(getattr(param, SSM_PARAM, False))
+
+
+def wants_weight_decay(param: torch.Tensor) -> bool:
+    return not getattr(param, NO_WEIGHT_DECAY, False)
+
+
+def check_input(x: torch.Tensor, d_model: int, name: str = "x", ndim: int = 3) -> None:
+    """Raise a clear error unless ``x`` is a floating tensor of shape (batch, time, d_model)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    layout = "(batch, time, d_model)" if ndim == 3 else "(batch, d_model)"
+    if x.dim() != ndim or x.shape[-1] != d_model:
+        raise ValueError(
+            f"{name} must have shape {layout} with d_model={d_model}, got {tuple(x.shape)}"
+        )
+
+
+def check_state(state: NamedTuple, expected: NamedTuple, layer: str) -> None:
+    """Raise a clear error unless every field of ``state`` matches ``expected`` in shape and dtype.
+
+    ``expected`` is typically ``self.initial_state(batch, device, dtype)`` of the calling layer.
+    Real dtypes only need to be floating point; complex fields must be complex.
+    """
+    if not isinstance(state, tuple) or len(state) != len(expected):
+        raise TypeError(
+            f"{layer}: state must be a {type(expected).__name__} with fields "
+            f"{list(expected._fields)}, got {type(state).__name__}"
+        )
+    for field, got, want in zip(expected._fields, state, expected):
+        if not isinstance(got, torch.Tensor):
+            raise TypeError(f"{layer}: state.{field} must be a tensor, got {type(got).__name__}")
+        if tuple(got.shape) != tuple(want.shape):
+            raise ValueError(
+                f"{layer}: state.{field} must have shape {tuple(want.shape)}, got {tuple(got.shape)}"
+            )
+        if want.is_complex() != got.is_complex() or not (got.is_floating_point() or got.is_complex()):
+            raise TypeError(
+                f"{layer}: state.{field} must have a dtype like {want.dtype}, got {got.dtype}"
+            )

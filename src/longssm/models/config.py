@@ -1,0 +1,83 @@
+"""``ModelConfig``: the typed, validated description of an SSM language model.
+
+Glossary (paper symbol -> field):
+    D (model width)          d_model
+    N (state size)           d_state
+    E (expansion)            expand; d_inner = expand * d_model (Mamba, Mamba-2)
+    conv kernel              d_conv (0 switches the short causal convolution off, as in LongSSM)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+MIXERS = ("s4d", "s5", "mamba", "mamba2")
+NORMS = ("rmsnorm", "layernorm")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build an ``SSMLanguageModel``; validated on construction."""
+
+    mixer: str = "mamba"
+    """Sequence mixer of every block: one of s4d, s5, mamba, mamba2."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_layers: int = 4
+    """Number of residual blocks."""
+    vocab_size: int = 257
+    """Number of token ids (257 = 256 bytes + the document separator)."""
+    d_state: int = 16
+    """State size N per channel (Mamba, S4D), per head (Mamba-2) or in total (S5: P)."""
+    expand: int = 2
+    """Inner width factor for Mamba / Mamba-2: d_inner = expand * d_model."""
+    d_conv: int = 4
+    """Kernel of the short causal depthwise convolution (Mamba, Mamba-2); 0 = none."""
+    mlp_ratio: int = 0
+    """Hidden width of a gated MLP after each mixer as a multiple of d_model; 0 = no MLP."""
+    norm: str = "rmsnorm"
+    """Pre-norm type: rmsnorm or layernorm."""
+    norm_eps: float = 1e-5
+    """Epsilon of every norm."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output head."""
+    mixer_options: dict[str, Any] = field(default_factory=dict)
+    """Family-specific options passed to the mixer (e.g. headdim for mamba2, init for s4d)."""
+
+    def __post_init__(self) -> None:
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {', '.join(MIXERS)}, got {self.mixer!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        for name in ("d_model", "n_layers", "vocab_size", "d_state", "expand"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("d_conv", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be a positive number, got {self.norm_eps!r}")
+        if not isinstance(self.mixer_options, dict):
+            raise ValueError(
+                f"mixer_options must be a mapping, got {type(self.mixer_options).__name__}"
+            )
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a mapping; unknown keys are an error naming the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""Training with carried state: policies, optimiser groups, the loop, exact resume."""

@@ -1,0 +1,432 @@
+"""The training loop: contiguous streams, a state-initialisation policy, exact resume.
+
+One optimiser step consumes ``grad_accum * K`` consecutive segments of every stream (K = 1 except
+for ``bptt:K``). The carry is explicit:
+
+    init = policy.initial_state(carried, resets, B)
+    logits, final = model(inputs, init)
+    carried = final            (kept with its graph inside a bptt group, detached between groups)
+
+A run directory holds ``config.json`` (the resolved config), ``metrics.csv``, ``diagnostics.jsonl``,
+``tokenizer.json`` and ``checkpoints/ckpt-*``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from longssm import checkpoint as ckpt_io
+from longssm.config import ConfigError, RunConfig
+from longssm.data import ContiguousStreams, load_corpus, tokenizer_from_dict
+from longssm.data.tokenizers import ByteTokenizer
+from longssm.models import SSMLanguageModel
+from longssm.models.state import detach_state, flatten_state, state_norms, unflatten_state
+from longssm.train.optim import lr_at, param_groups, set_lr
+from longssm.train.policies import make_policy
+
+METRIC_FIELDS = [
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "val_loss_reset",
+    "val_loss_stream",
+    "elapsed_s",
+]
+# Config fields that may change when a run is resumed (they do not alter the trajectory).
+RESUMABLE_TRAIN_FIELDS = {
+    "steps",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "diag_every",
+    "checkpoint_every",
+    "keep_last",
+    "progress",
+    "device",
+}
+
+
+# Bytes of training text a BPE tokenizer is trained on.
+BPE_TRAIN_BYTES = 32 << 20
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or state became NaN/inf; the message names the step and the layer."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    train_loss: float
+    val_loss_reset: float | None
+    val_loss_stream: float | None
+    seconds: float
+    tokens: int
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_tokenizer(spec: str, corpus: str, cache_dir: str | None):
+    """The run's tokenizer: bytes, or a byte-level BPE trained locally on the training split."""
+    if spec == "bytes":
+        return ByteTokenizer()
+    from longssm.data import BPETokenizer
+
+    vocab = int(spec.split(":", 1)[1])
+    byte_split = load_corpus(corpus, ByteTokenizer(), "train", cache_dir=cache_dir)
+    tokens = np.asarray(byte_split.tokens[:BPE_TRAIN_BYTES])
+    bounds = [int(s) for s in byte_split.doc_starts if s < len(tokens)] + [len(tokens)]
+    if bounds[0] != 0:
+        bounds.insert(0, 0)
+    texts = (
+        bytes(tokens[a:b][tokens[a:b] < 256].astype(np.uint8)).decode("utf-8", "replace")
+        for a, b in zip(bounds[:-1], bounds[1:])
+    )
+    return BPETokenizer.train(texts, vocab_size=vocab)
+
+
+def first_non_finite_layer(state) -> int | None:
+    for i, layer in enumerate(state):
+        for t in layer:
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                return i
+    return None
+
+
+def transition_stats(model: SSMLanguageModel) -> list[dict]:
+    """Per layer: max real part and max modulus of the continuous-time SSM eigenvalues."""
+    stats = []
+    for block in model.blocks:
+        mixer = block.mixer
+        eig = None
+        if hasattr(mixer, "eigenvalues"):
+            eig = mixer.eigenvalues()
+        elif hasattr(mixer, "A_log"):
+            eig = -torch.exp(mixer.A_log.detach().float())
+        if eig is None:
+            stats.append({})
+            continue
+        eig = eig.detach()
+        real = eig.real if eig.is_complex() else eig
+        stats.append({"max_re_eig": real.max().item(), "max_abs_eig": eig.abs().max().item()})
+    return stats
+
+
+@torch.no_grad()
+def validate(model, tokens, seq_len: int, batch_size: int, n_batches: int, autocast) -> tuple:
+    """Mean loss at the training length on held-out tokens: zero-initialised and stream-carried."""
+    was_training = model.training
+    model.eval()
+    loader = ContiguousStreams(tokens, batch_size=batch_size, seq_len=seq_len)
+    n = min(n_batches, loader.num_steps_per_epoch)
+    totals = {"reset": 0.0, "stream": 0.0}
+    carried = None
+    for _ in range(n):
+        batch = next(loader)
+        with autocast():
+            logits, _ = model(batch.inputs)
+            totals["reset"] += F.cross_entropy(
+                logits.float().flatten(0, 1), batch.targets.flatten()
+            ).item()
+            logits, carried = model(batch.inputs, carried)
+            totals["stream"] += F.cross_entropy(
+                logits.float().flatten(0, 1), batch.targets.flatten()
+            ).item()
+    model.train(was_training)
+    return totals["reset"] / max(n, 1), totals["stream"] / max(n, 1)
+
+
+def _check_resume_config(saved: dict, cfg: RunConfig) -> None:
+    now = cfg.to_dict()
+    for section in ("model", "data", "train"):
+        for key, value in saved.get(section, {}).items():
+            if section == "train" and key in RESUMABLE_TRAIN_FIELDS:
+                continue
+            if section == "model" and key == "vocab_size":
+                continue
+            if now[section].get(key) != value:
+                raise ckpt_io.CheckpointError(
+                    f"checkpoint was written with {section}.{key}={value!r}, but this run has "
+                    f"{section}.{key}={now[section].get(key)!r}; resume with the same config"
+                )
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train(
+    cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, log=print
+) -> TrainResult:
+    """Train ``cfg`` into ``run_dir``; with ``resume`` continue exactly from its latest checkpoint.
+
+    Raises ConfigError / DataError / CheckpointError for bad input (nothing on disk is touched
+    before they are raised) and NonFiniteError when training diverges.
+    """
+    run_dir = Path(run_dir)
+    tc, dc = cfg.train, cfg.data
+    latest = None
+    if resume:
+        latest = ckpt_io.resolve_checkpoint(run_dir)
+        meta = ckpt_io.read_meta(latest)
+        _check_resume_config(meta["config"], cfg)
+    elif ckpt_io.checkpoint_dirs(run_dir) or (run_dir / "config.json").exists():
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; pass --resume to continue it or choose "
+            "another --out"
+        )
+
+    device = resolve_device(tc.device)
+    dtype = getattr(torch, tc.dtype)
+    torch.manual_seed(tc.seed)
+    cache_dir = dc.cache_dir or None
+
+    if latest is not None:
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    else:
+        tokenizer = build_tokenizer(dc.tokenizer, dc.corpus, cache_dir)
+    train_corpus = load_corpus(dc.corpus, tokenizer, "train", cache_dir=cache_dir)
+    val_corpus = load_corpus(dc.corpus, tokenizer, "validation", cache_dir=cache_dir)
+    train_tokens, val_tokens = train_corpus.tokens, val_corpus.tokens
+    doc_starts = train_corpus.doc_starts
+    if dc.max_tokens:
+        train_tokens, val_tokens = train_tokens[: dc.max_tokens], val_tokens[: dc.max_tokens]
+        doc_starts = doc_starts[doc_starts < dc.max_tokens]
+
+    # markov: corpora are symbols with their own vocabulary; text corpora use the tokenizer's
+    cfg.model.vocab_size = train_corpus.vocab_size
+    batch_size = dc.effective_batch_size
+    model = SSMLanguageModel(cfg.model).to(device=device, dtype=dtype)
+    policy = make_policy(tc.policy, model, noise_std=tc.noise_std, seed=tc.seed)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, tc.lr, tc.weight_decay, tc.ssm_lr, extra=policy.parameters()),
+        lr=tc.lr,
+        betas=(tc.beta1, tc.beta2),
+        foreach=False,
+    )
+    loader = ContiguousStreams(
+        train_tokens,
+        batch_size=batch_size,
+        seq_len=dc.seq_len,
+        doc_starts=doc_starts,
+        offset_seed=tc.seed if dc.random_offset else None,
+    )
+
+    step, carried, history = 0, None, []
+    if latest is not None:
+        ckpt_io.load_weights(model, latest)
+        ckpt_io.optimizer_from_tensors(
+            optimizer, ckpt_io.read_tensors(latest, "optimizer"), meta["optimizer"]
+        )
+        extra = ckpt_io.read_tensors(latest, "extra", required=False)
+        loader.load_state_dict(meta["loader"])
+        policy.load_state_tensors(extra)
+        if meta.get("has_carried"):
+            carried = unflatten_state(extra, model.initial_state(batch_size), prefix="carried")
+        if "rng.torch" in extra:
+            torch.set_rng_state(extra["rng.torch"])
+        step = int(meta["step"])
+        history = [r for r in _read_metrics(run_dir / "metrics.csv") if int(r["step"]) <= step]
+        log(f"resuming {run_dir} from step {step} ({latest.name})")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "config.json", "w") as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+        with open(run_dir / "tokenizer.json", "w") as f:
+            json.dump(tokenizer.to_dict(), f)
+        unigram = unigram_entropy(train_tokens, train_corpus.vocab_size)
+        log(
+            f"run {run_dir}: {model.num_parameters():,} parameters, mixer {cfg.model.mixer}, "
+            f"policy {tc.policy}, T={dc.seq_len}, B={batch_size}, {len(train_tokens):,} train tokens "
+            f"(unigram entropy {unigram:.3f} nats)"
+        )
+    _write_metrics(run_dir / "metrics.csv", history)
+
+    use_bf16 = tc.autocast == "bf16"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def save(at_step: int) -> Path:
+        extra = dict(policy.state_tensors())
+        extra["rng.torch"] = torch.get_rng_state()
+        if carried is not None:
+            extra.update(flatten_state(carried, prefix="carried"))
+        meta_out = {
+            "config": cfg.to_dict(),
+            "step": at_step,
+            "loader": loader.state_dict(),
+            "tokenizer": tokenizer.to_dict(),
+            "has_carried": carried is not None,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+        }
+        path = ckpt_io.save_checkpoint(
+            run_dir / "checkpoints" / f"{ckpt_io.CHECKPOINT_PREFIX}{at_step:08d}",
+            model,
+            meta_out,
+            optimizer=optimizer,
+            extra=extra,
+        )
+        ckpt_io.prune_checkpoints(run_dir, tc.keep_last)
+        return path
+
+    segments_per_group = policy.bptt_segments
+    n_micro = tc.grad_accum * segments_per_group
+    tokens_per_step = n_micro * batch_size * dc.seq_len
+    model.train()
+    start_time, last_log_time, last_log_step = time.perf_counter(), time.perf_counter(), step
+    loss_value, val_reset, val_stream = float("nan"), None, None
+    progress = None
+    if tc.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(
+            total=tc.steps, initial=step, unit="step", dynamic_ncols=True, desc=f"train {tc.policy}"
+        )
+    diag_file = run_dir / "diagnostics.jsonl"
+    try:
+        while step < tc.steps:
+            lr = lr_at(step, tc.lr, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
+            set_lr(optimizer, lr)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            group_loss = 0.0
+            for micro in range(n_micro):
+                batch = next(loader)
+                resets = batch.resets
+                if tc.reset_at_doc_boundaries:
+                    resets = resets | batch.doc_start_mask[:, 0]
+                init = policy.initial_state(carried, resets, batch_size)
+                inputs = batch.inputs.to(device)
+                targets = batch.targets.to(device)
+                with autocast():
+                    logits, final = model(inputs, init)  # (B, T, V)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                if not math.isfinite(loss.item()):
+                    bad = first_non_finite_layer(final)
+                    where = f"layer {bad}" if bad is not None else "the output head"
+                    raise NonFiniteError(
+                        f"non-finite loss {loss.item()} at step {step + 1} (micro-step {micro}); "
+                        f"first non-finite state: {where}"
+                    )
+                bad = first_non_finite_layer(final)
+                if bad is not None:
+                    raise NonFiniteError(f"non-finite state at step {step + 1} in layer {bad}")
+                policy.observe(final)
+                step_loss += loss.item() / n_micro
+                group_loss = group_loss + loss / n_micro
+                carried = final
+                if (micro + 1) % segments_per_group == 0:
+                    group_loss.backward()
+                    group_loss = 0.0
+                    # truncated BPTT: the next segment starts from the value, not the graph
+                    carried = detach_state(carried)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]],
+                tc.grad_clip if tc.grad_clip > 0 else float("inf"),
+            ).item()
+            if not math.isfinite(grad_norm):
+                raise NonFiniteError(f"non-finite gradient norm at step {step + 1}")
+            optimizer.step()
+            step += 1
+            loss_value = step_loss
+            if progress is not None:
+                progress.update(1)
+            val_reset = val_stream = None
+            if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+                val_reset, val_stream = validate(
+                    model, val_tokens, dc.seq_len, batch_size, tc.eval_batches, autocast
+                )
+            now = time.perf_counter()
+            if step % tc.log_every == 0 or step == tc.steps or val_reset is not None:
+                tps = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, step
+                row = {
+                    "step": step,
+                    "tokens": step * tokens_per_step,
+                    "loss": round(loss_value, 6),
+                    "lr": lr,
+                    "grad_norm": round(grad_norm, 6),
+                    "tokens_per_s": round(tps, 1),
+                    "val_loss_reset": "" if val_reset is None else round(val_reset, 6),
+                    "val_loss_stream": "" if val_stream is None else round(val_stream, 6),
+                    "elapsed_s": round(now - start_time, 2),
+                }
+                history.append(row)
+                with open(run_dir / "metrics.csv", "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow(row)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tps:,.0f}")
+            if tc.diag_every and step % tc.diag_every == 0:
+                weights = torch.sqrt(
+                    sum(p.detach().float().pow(2).sum() for p in model.parameters())
+                )
+                record = {
+                    "step": step,
+                    "grad_norm": grad_norm,
+                    "grad_weight_ratio": grad_norm / max(weights.item(), 1e-12),
+                    "state_max_norm": state_norms(carried) if carried is not None else [],
+                    "transition": transition_stats(model),
+                }
+                with open(diag_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
+                save(step)
+    finally:
+        if progress is not None:
+            progress.close()
+    return TrainResult(
+        run_dir=run_dir,
+        step=step,
+        train_loss=loss_value,
+        val_loss_reset=val_reset,
+        val_loss_stream=val_stream,
+        seconds=time.perf_counter() - start_time,
+        tokens=step * tokens_per_step,
+        history=history,
+    )
+
+
+def unigram_entropy(tokens, vocab_size: int) -> float:
+    """Entropy (nats) of the empirical unigram distribution: the loss of a context-free model."""
+    counts = torch.bincount(
+        torch.as_tensor(tokens[: 1 << 24], dtype=torch.long), minlength=vocab_size
+    )
+    probs = counts.double() / counts.sum()
+    probs = probs[probs > 0]
+    return float(-(probs * probs.log()).sum())

@@ -1,0 +1,28 @@
+"""Shared test helpers: one ``assert_close`` that reports max absolute and relative error."""
+
+from __future__ import annotations
+
+import torch
+
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-8),
+    torch.complex128: (1e-10, 1e-8),
+    torch.float32: (1e-4, 1e-4),
+    torch.complex64: (1e-4, 1e-4),
+}
+
+
+def assert_close(actual, expected, atol=None, rtol=None, name="tensor"):
+    """Assert two tensors are close; tolerances default by dtype; the message gives the errors."""
+    assert isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor), name
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    d_atol, d_rtol = TOLERANCES.get(expected.dtype, (1e-4, 1e-4))
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    a, e = actual.detach().to(expected.dtype), expected.detach()
+    assert torch.isfinite(a).all(), f"{name}: actual has non-finite values"
+    err = (a - e).abs()
+    max_abs = err.max().item() if err.numel() else 0.0
+    max_rel = (err / e.abs().clamp_min(1e-30)).max().item() if err.numel() else 0.0
+    ok = bool((err <= atol + rtol * e.abs()).all())
+    assert ok, f"{name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol}, rtol {rtol})"
