@@ -6,6 +6,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Tests use tiny tensors: one intra-op thread per process avoids OpenMP oversubscription when
+# pytest-xdist runs several workers on a 2-core machine (it made tiny ops 50x slower).
+torch.set_num_threads(1)
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 

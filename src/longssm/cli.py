@@ -55,7 +55,9 @@ def _run_train(args, overrides: list[str]) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="sample text from a trained run or checkpoint")
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
-    p.add_argument("--prompt", default="def ", help="prompt text")
+    p.add_argument(
+        "--prompt", default="def ", help="prompt text (space-separated ids for symbol corpora)"
+    )
     p.add_argument("-n", "--num-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
@@ -72,13 +74,26 @@ def _run_generate(args, overrides: list[str]) -> int:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     model, _, meta = load_model(args.checkpoint)
     tokenizer = tokenizer_from_dict(meta["tokenizer"])
-    ids = [tokenizer.sep_id] + list(tokenizer.encode(args.prompt))
+    symbols = model.cfg.vocab_size != tokenizer.vocab_size
+    if symbols:
+        # a symbol corpus (markov:): the prompt is space-separated ids, the output too
+        try:
+            ids = [int(t) for t in args.prompt.split()] or [0]
+        except ValueError as exc:
+            raise ValueError(
+                "this model was trained on symbols: give --prompt as space-separated integer ids"
+            ) from exc
+    else:
+        ids = [tokenizer.sep_id] + list(tokenizer.encode(args.prompt))
     prompt = torch.tensor([ids], dtype=torch.long)
     gen = torch.Generator().manual_seed(args.seed)
     tokens, _ = model.generate(
         prompt, args.num_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen
     )
-    print(args.prompt + tokenizer.decode(tokens[0].tolist()))
+    if symbols:
+        print(" ".join(str(t) for t in ids + tokens[0].tolist()))
+    else:
+        print(args.prompt + tokenizer.decode(tokens[0].tolist()))
     return 0
 
 

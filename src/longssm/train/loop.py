@@ -13,6 +13,7 @@ A run directory holds ``config.json`` (the resolved config), ``metrics.csv``, ``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -107,6 +108,11 @@ def build_tokenizer(spec: str, corpus: str, cache_dir: str | None):
     return BPETokenizer.train(texts, vocab_size=vocab)
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits go to float32 for the loss; float32/float64 stay as they are."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def first_non_finite_layer(state) -> int | None:
     for i, layer in enumerate(state):
         for t in layer:
@@ -148,11 +154,11 @@ def validate(model, tokens, seq_len: int, batch_size: int, n_batches: int, autoc
         with autocast():
             logits, _ = model(batch.inputs)
             totals["reset"] += F.cross_entropy(
-                logits.float().flatten(0, 1), batch.targets.flatten()
+                _upcast(logits).flatten(0, 1), batch.targets.flatten()
             ).item()
             logits, carried = model(batch.inputs, carried)
             totals["stream"] += F.cross_entropy(
-                logits.float().flatten(0, 1), batch.targets.flatten()
+                _upcast(logits).flatten(0, 1), batch.targets.flatten()
             ).item()
     model.train(was_training)
     return totals["reset"] / max(n, 1), totals["stream"] / max(n, 1)
@@ -187,6 +193,59 @@ def _read_metrics(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def accumulate_gradients(
+    model,
+    policy,
+    loader,
+    carried,
+    grad_accum: int,
+    step: int,
+    device,
+    autocast=None,
+    reset_at_doc_boundaries: bool = False,
+):
+    """Run the segments of one optimiser step and accumulate their gradients.
+
+    The step takes ``grad_accum * K`` consecutive batches (K = ``policy.bptt_segments``); its loss
+    is the mean of the segment losses. Inside a group of K segments the state keeps its graph, so
+    gradients flow across segments; between groups it is detached (truncated BPTT).
+
+    Returns: (mean loss of the step as a float, the carried state after the last segment).
+    Raises NonFiniteError naming the step and the first layer whose state is not finite.
+    """
+    autocast = autocast or contextlib.nullcontext
+    k = policy.bptt_segments
+    n_micro = grad_accum * k
+    step_loss, group_loss = 0.0, 0.0
+    for micro in range(n_micro):
+        batch = next(loader)
+        resets = batch.resets
+        if reset_at_doc_boundaries:
+            # a row whose segment opens a new document starts from zero
+            resets = resets | batch.doc_start_mask[:, 0]
+        init = policy.initial_state(carried, resets.cpu(), batch.inputs.shape[0])
+        with autocast():
+            logits, final = model(batch.inputs.to(device), init)  # (B, T, V)
+            loss = F.cross_entropy(_upcast(logits).flatten(0, 1), batch.targets.to(device).flatten())
+        bad = first_non_finite_layer(final)
+        if not math.isfinite(loss.item()) or bad is not None:
+            where = f"layer {bad}" if bad is not None else "the output (all states finite)"
+            raise NonFiniteError(
+                f"non-finite training loss ({loss.item()}) or state at step {step + 1}, "
+                f"micro-step {micro}: first non-finite state in {where}"
+            )
+        policy.observe(final)
+        step_loss += loss.item() / n_micro
+        group_loss = group_loss + loss / n_micro
+        carried = final
+        if (micro + 1) % k == 0:
+            group_loss.backward()
+            group_loss = 0.0
+            # truncated BPTT: the next group starts from the value of the state, not its graph
+            carried = detach_state(carried)
+    return step_loss, carried
 
 
 def train(
@@ -305,8 +364,7 @@ def train(
         ckpt_io.prune_checkpoints(run_dir, tc.keep_last)
         return path
 
-    segments_per_group = policy.bptt_segments
-    n_micro = tc.grad_accum * segments_per_group
+    n_micro = tc.grad_accum * policy.bptt_segments
     tokens_per_step = n_micro * batch_size * dc.seq_len
     model.train()
     start_time, last_log_time, last_log_step = time.perf_counter(), time.perf_counter(), step
@@ -324,38 +382,17 @@ def train(
             lr = lr_at(step, tc.lr, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            group_loss = 0.0
-            for micro in range(n_micro):
-                batch = next(loader)
-                resets = batch.resets
-                if tc.reset_at_doc_boundaries:
-                    resets = resets | batch.doc_start_mask[:, 0]
-                init = policy.initial_state(carried, resets, batch_size)
-                inputs = batch.inputs.to(device)
-                targets = batch.targets.to(device)
-                with autocast():
-                    logits, final = model(inputs, init)  # (B, T, V)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-                if not math.isfinite(loss.item()):
-                    bad = first_non_finite_layer(final)
-                    where = f"layer {bad}" if bad is not None else "the output head"
-                    raise NonFiniteError(
-                        f"non-finite loss {loss.item()} at step {step + 1} (micro-step {micro}); "
-                        f"first non-finite state: {where}"
-                    )
-                bad = first_non_finite_layer(final)
-                if bad is not None:
-                    raise NonFiniteError(f"non-finite state at step {step + 1} in layer {bad}")
-                policy.observe(final)
-                step_loss += loss.item() / n_micro
-                group_loss = group_loss + loss / n_micro
-                carried = final
-                if (micro + 1) % segments_per_group == 0:
-                    group_loss.backward()
-                    group_loss = 0.0
-                    # truncated BPTT: the next segment starts from the value, not the graph
-                    carried = detach_state(carried)
+            loss_value_step, carried = accumulate_gradients(
+                model,
+                policy,
+                loader,
+                carried,
+                tc.grad_accum,
+                step,
+                device,
+                autocast,
+                reset_at_doc_boundaries=tc.reset_at_doc_boundaries,
+            )
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]],
                 tc.grad_clip if tc.grad_clip > 0 else float("inf"),
@@ -364,7 +401,7 @@ def train(
                 raise NonFiniteError(f"non-finite gradient norm at step {step + 1}")
             optimizer.step()
             step += 1
-            loss_value = step_loss
+            loss_value = loss_value_step
             if progress is not None:
                 progress.update(1)
             val_reset = val_stream = None
@@ -425,7 +462,7 @@ def train(
 def unigram_entropy(tokens, vocab_size: int) -> float:
     """Entropy (nats) of the empirical unigram distribution: the loss of a context-free model."""
     counts = torch.bincount(
-        torch.as_tensor(tokens[: 1 << 24], dtype=torch.long), minlength=vocab_size
+        torch.from_numpy(np.asarray(tokens[: 1 << 24], dtype=np.int64)), minlength=vocab_size
     )
     probs = counts.double() / counts.sum()
     probs = probs[probs > 0]

@@ -1,0 +1,195 @@
+"""Tokenisers: raw UTF-8 bytes, or a byte-level BPE trained locally with ``tokenizers``.
+
+Both give ``encode(str) -> list[int]``, ``encode_batch(list[str]) -> list[np.ndarray]``,
+``decode(list[int]) -> str``, ``vocab_size``, ``sep_id`` (the document separator, placed before
+every document in a corpus and dropped by ``decode``) and ``to_dict()``, which
+``tokenizer_from_dict`` turns back into an identical tokeniser (it is saved with checkpoints).
+``identity`` is a short hash of ``to_dict()``, used in cache keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from longssm.data.errors import DataError
+from longssm.data.sources import Document
+
+SEP_TOKEN = "<|sep|>"
+
+
+class Tokenizer:
+    """Shared behaviour; subclasses define ``encode``, ``decode``, ``vocab_size``, ``sep_id``,
+    ``to_dict``."""
+
+    vocab_size: int
+    sep_id: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Encode several texts; returns one (N_i,) int64 array per text."""
+        return [np.asarray(self.encode(t), dtype=np.int64) for t in texts]
+
+    @property
+    def identity(self) -> str:
+        """Short stable hash of ``to_dict()``: equal for tokenisers that encode identically."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes 0..255 plus the document separator 256 (vocab 257)."""
+
+    vocab_size = 257
+    sep_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.int64) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Bytes back to text; separators are dropped and invalid UTF-8 becomes U+FFFD."""
+        data = bytes(int(i) for i in ids if 0 <= int(i) < 256)
+        return data.decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict:
+        return {"kind": "byte"}
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=257)"
+
+
+def _tokenizers_lib():
+    try:
+        import tokenizers
+    except ImportError:
+        raise DataError(
+            "BPE tokenisation needs the tokenizers package: pip install tokenizers "
+            "(or use the byte tokeniser)"
+        ) from None
+    return tokenizers
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE (GPT-2 style) from the ``tokenizers`` package, trained locally.
+
+    Byte-level pre-tokenisation makes every string encodable and ``decode(encode(s)) == s``.
+    The separator ``<|sep|>`` is a special token, never produced from text.
+
+    Args:
+        tok: a ``tokenizers.Tokenizer`` holding ``SEP_TOKEN`` as a special token.
+    """
+
+    def __init__(self, tok):
+        # Text that happens to contain "<|sep|>" (this very file does) must encode as text, not
+        # as a document boundary; the flag is not saved in the JSON, so set it on every build.
+        tok.encode_special_tokens = True
+        self._tok = tok
+        sep = tok.token_to_id(SEP_TOKEN)
+        if sep is None:
+            raise DataError(
+                f"BPE tokenizer has no {SEP_TOKEN} special token; train it with BPETokenizer.train"
+            )
+        self.sep_id = sep
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def train(
+        cls, documents: Iterable[Document | str], vocab_size: int, min_frequency: int = 2
+    ) -> BPETokenizer:
+        """Train a byte-level BPE on texts.
+
+        Args:
+            documents: ``Document``s or strings.
+            vocab_size: target size including the 256 byte symbols and the separator (> 257).
+            min_frequency: merges rarer than this are not learnt.
+
+        Returns:
+            The trained tokeniser.
+        """
+        if vocab_size <= 257:
+            raise DataError(f"BPE vocab_size must exceed 257 (bytes + separator), got {vocab_size}")
+        tk = _tokenizers_lib()
+        tok = tk.Tokenizer(tk.models.BPE())
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tk.decoders.ByteLevel()
+        trainer = tk.trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[SEP_TOKEN],
+            initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        texts = (d.text if isinstance(d, Document) else d for d in documents)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encs = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def to_dict(self) -> dict:
+        return {"kind": "bpe", "json": self._tok.to_str()}
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizers JSON file."""
+        self._tok.save(str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> BPETokenizer:
+        """Read a tokenizers JSON file written by ``save``."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"no BPE tokenizer file '{path}'; train one with BPETokenizer.train")
+        tk = _tokenizers_lib()
+        try:
+            return cls(tk.Tokenizer.from_file(str(path)))
+        except Exception as exc:
+            raise DataError(f"'{path}' is not a tokenizers JSON file: {exc}") from None
+
+    @classmethod
+    def from_str(cls, blob: str) -> BPETokenizer:
+        """Rebuild from the JSON string in ``to_dict()['json']``."""
+        return cls(_tokenizers_lib().Tokenizer.from_str(blob))
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    """Rebuild a tokeniser from ``to_dict()`` metadata."""
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe" and "json" in d:
+        return BPETokenizer.from_str(d["json"])
+    raise DataError(f"unknown tokenizer metadata {str(d)[:80]!r}; expected kind 'byte' or 'bpe'")
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+    """``"byte"`` or the path of a BPE JSON file saved by ``BPETokenizer.save``."""
+    if name == "byte":
+        return ByteTokenizer()
+    if name.endswith(".json") or Path(name).is_file():
+        return BPETokenizer.load(name)
+    raise DataError(f"unknown tokenizer '{name}'; expected 'byte' or a BPE .json file")

@@ -1,0 +1,146 @@
+"""Perplexity versus evaluation length under the reset, stream and shuffled protocols.
+
+The length-extension test of LongSSM: a model trained at length T is scored on windows of
+L = 16 ... 32768 tokens. Under ``reset`` every window starts from the zero state, so a model whose
+loss grows with L does not extend; ``stream`` and ``shuffled`` carry a state into every window from
+the preceding text or from unrelated text (see ``longssm.eval.windows`` for the exact layout).
+
+Glossary:
+    L               evaluation length (input tokens per window)
+    loss            mean next-token negative log-likelihood in nats per token
+    perplexity      exp(loss)
+    bits per byte   loss / ln 2 / bytes_per_token (vocabulary-independent; bytes_per_token = 1
+                    for a byte tokenizer)
+    n_tokens        the budget of target tokens scored at every L (see ``plan_windows``)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from longssm.eval.errors import EvalError
+from longssm.eval.scoring import score_plan
+from longssm.eval.windows import PROTOCOLS, WindowPlan, check_protocol, plan_windows
+
+
+def resolve_protocols(protocol: str | Sequence[str]) -> list[str]:
+    """``"all"`` -> every protocol; a name or a sequence of names -> that list, validated."""
+    if isinstance(protocol, str):
+        names = list(PROTOCOLS) if protocol == "all" else [protocol]
+    else:
+        names = list(protocol)
+    if not names:
+        raise EvalError("no protocol given; expected reset, stream, shuffled or all")
+    return [check_protocol(p) for p in names]
+
+
+def check_lengths(lengths: Sequence[int]) -> list[int]:
+    """Sorted, de-duplicated positive lengths; ``EvalError`` otherwise."""
+    out = []
+    for value in lengths:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise EvalError(f"lengths must be positive integers, got {value!r}")
+        out.append(int(value))
+    if not out:
+        raise EvalError("no evaluation lengths given")
+    return sorted(set(out))
+
+
+def token_count(tokens) -> int:
+    if tokens.ndim != 1:
+        raise EvalError(f"tokens must be a 1-D stream, got shape {tuple(tokens.shape)}")
+    return int(tokens.shape[0])
+
+
+def make_plans(
+    tokens,
+    lengths: Sequence[int],
+    protocols: Sequence[str],
+    n_tokens: int,
+    batch_size: int,
+    start: int | None = None,
+    seed: int = 0,
+) -> list[WindowPlan]:
+    """One ``WindowPlan`` per (protocol, L), protocol-major. ``start`` defaults to max(lengths)."""
+    lengths = check_lengths(lengths)
+    start = max(lengths) if start is None else int(start)
+    n = token_count(tokens)
+    return [
+        plan_windows(n, L, p, n_tokens, batch_size, start, seed) for p in protocols for L in lengths
+    ]
+
+
+def evaluate_lengths(
+    model: torch.nn.Module,
+    tokens,
+    lengths: Sequence[int],
+    protocol: str | Sequence[str] = "reset",
+    n_tokens: int = 1 << 16,
+    batch_size: int = 8,
+    chunk_size: int = 1024,
+    bytes_per_token: float = 1.0,
+    progress: bool = True,
+    start: int | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Loss, perplexity and bits per byte at each length L under one or more protocols.
+
+    Args:
+        model: ``SSMLanguageModel``; put in eval mode for the call, then restored.
+        tokens: (N,) token stream: numpy array, memory map or tensor of ids < vocab_size.
+        lengths: evaluation lengths L.
+        protocol: reset, stream, shuffled, all, or a sequence of those names.
+        n_tokens: target tokens scored per (protocol, L), budget permitting (see ``plan_windows``).
+        batch_size: scored rows processed together.
+        chunk_size: tokens per forward call; any value gives the same result.
+        bytes_per_token: UTF-8 bytes per token of the stream, for bits per byte.
+        progress: show a tqdm bar over input tokens processed.
+        start: offset of the first scored window; default max(lengths) (every protocol and L
+            scores the same text, and the warm-up of stream/shuffled has text to read).
+        seed: seeds the shuffled permutation.
+
+    Returns:
+        One dict per (protocol, L), protocol-major, lengths ascending, with keys ``protocol``,
+        ``length``, ``loss``, ``perplexity``, ``bits_per_byte``, ``n_tokens`` (targets scored),
+        ``n_windows``, ``rows``, ``windows_per_row``, ``start``.
+    """
+    if not bytes_per_token > 0:
+        raise EvalError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
+    if chunk_size < 1:
+        raise EvalError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    plans = make_plans(tokens, lengths, resolve_protocols(protocol), n_tokens, batch_size, start, seed)
+    total = sum(p.tokens_processed for p in plans)
+    was_training = model.training
+    model.eval()
+    records = []
+    try:
+        with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc="eval") as bar:
+            for plan in plans:
+                bar.set_postfix_str(f"{plan.protocol} L={plan.length}")
+                loss_sum = 0.0
+                for chunk in score_plan(model, tokens, plan, chunk_size, on_tokens=bar.update):
+                    loss_sum += chunk.nll.sum().item()
+                records.append(_record(plan, loss_sum / plan.n_scored, bytes_per_token))
+    finally:
+        model.train(was_training)
+    return records
+
+
+def _record(plan: WindowPlan, loss: float, bytes_per_token: float) -> dict:
+    return {
+        "protocol": plan.protocol,
+        "length": plan.length,
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "bits_per_byte": loss / math.log(2) / bytes_per_token,
+        "n_tokens": plan.n_scored,
+        "n_windows": plan.n_windows,
+        "rows": plan.rows,
+        "windows_per_row": plan.windows_per_row,
+        "start": plan.start,
+    }

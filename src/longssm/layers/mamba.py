@@ -1,0 +1,250 @@
+"""Mamba (Mamba-1, S6) mixer with the longssm state protocol.
+
+Submodule and parameter names are those of transformers' ``MambaMixer`` (and ``mamba_ssm``), so
+checkpoints convert by renaming only (see ``longssm.interop.hf_mamba``).
+
+Glossary (paper symbol -> code name):
+    D (model width)                 d_model
+    E·D (inner width)               d_inner = expand * d_model
+    N (state size)                  d_state
+    R (rank of Δ's projection)      dt_rank ("auto" = ceil(d_model / 16))
+    x, z (SSM branch, gate branch)  in_proj(x).chunk(2)
+    Δ = softplus(W_Δ x + b_Δ)       dt = softplus(dt_proj(x_proj(x)[:R]))
+    A = -exp(A_log)                 A_log, initialised to log(1..N) (S4D-Real)
+    B_t, C_t                        x_proj(x)[R:R+N], x_proj(x)[R+N:]
+    D (skip)                        D
+    h_t                             state.ssm       (batch, d_inner, d_state)
+    last K-1 conv inputs            state.conv      (batch, d_inner, d_conv - 1)
+
+Block: x, z = in_proj(u); x = silu(conv1d(x)) (causal, depthwise; skipped when d_conv = 0);
+y = selective_scan(x, Δ, A, B, C, D); out = out_proj(y * silu(z)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.models.config import ModelConfig
+from longssm.ops.selective_scan import (
+    DEFAULT_CHUNK_SIZE,
+    selective_scan_chunk,
+    selective_scan_naive,
+    selective_scan_step,
+)
+
+SCANS = ("chunk", "naive")
+OPTION_DEFAULTS = {
+    "dt_rank": "auto",
+    "dt_min": 1e-3,
+    "dt_max": 0.1,
+    "dt_init_floor": 1e-4,
+    "dt_scale": 1.0,
+    "dt_init": "random",
+    "bias": False,
+    "conv_bias": True,
+    "scan": "chunk",
+    "chunk_size": DEFAULT_CHUNK_SIZE,
+}
+
+
+class MambaState(NamedTuple):
+    """State of one Mamba layer.
+
+    ssm: (batch, d_inner, d_state) the SSM hidden state h_t.
+    conv: (batch, d_inner, max(d_conv - 1, 0)) the last d_conv - 1 inputs of the causal
+        convolution, oldest first (zero width when there is no convolution).
+    """
+
+    ssm: torch.Tensor
+    conv: torch.Tensor
+
+
+class Mamba(nn.Module):
+    """Selective state-space mixer (Gu & Dao, 2023).
+
+    Args:
+        d_model: residual width D.
+        d_state: state size N.
+        expand: d_inner = expand * d_model.
+        d_conv: causal depthwise convolution kernel; 0 = no convolution (LongSSM's models).
+        dt_rank: rank R of Δ's projection, or "auto" = ceil(d_model / 16).
+        dt_min, dt_max: Δ is initialised log-uniform in [dt_min, dt_max] ...
+        dt_init_floor: ... and floored at dt_init_floor.
+        dt_scale: dt_proj.weight init scale (std = dt_scale / sqrt(R)).
+        dt_init: "random" (uniform dt_proj.weight) or "constant".
+        bias: bias in in_proj and out_proj.
+        conv_bias: bias in conv1d.
+        scan: "chunk" (fast) or "naive" (reference loop).
+        chunk_size: chunk length of the chunked scan.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0,
+        dt_init: str = "random",
+        bias: bool = False,
+        conv_bias: bool = True,
+        scan: str = "chunk",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ):
+        super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {scan!r}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank <= 0:
+            raise ValueError(f"dt_rank must be a positive integer or 'auto', got {dt_rank!r}")
+        if not isinstance(d_conv, int) or d_conv < 0:
+            raise ValueError(f"d_conv must be a non-negative integer, got {d_conv!r}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = expand * d_model
+        self.d_conv = d_conv
+        self.dt_rank = dt_rank
+        self.scan = scan
+        self.chunk_size = chunk_size
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        if d_conv > 0:
+            # No padding: the layer prepends the carried conv state (zeros by default) itself.
+            self.conv1d = nn.Conv1d(
+                self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias
+            )
+        else:
+            self.conv1d = None
+        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
+        )
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+        dt_std = dt_scale * dt_rank**-0.5
+        with torch.no_grad():
+            if dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, dt_std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+            log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min))
+            dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)  # (Di,)
+            # softplus^-1(dt) = dt + log(1 - exp(-dt)), written with expm1 for small dt.
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        tag_ssm_param(self.A_log)
+        tag_ssm_param(self.D)
+        tag_ssm_param(self.dt_proj.bias)
+        for module in (self.in_proj, self.out_proj, self.conv1d):
+            if module is not None and module.bias is not None:
+                tag_no_weight_decay(module.bias)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> Mamba:
+        """Build from ``cfg`` (d_model, d_state, expand, d_conv) and ``cfg.mixer_options``."""
+        unknown = sorted(set(cfg.mixer_options) - set(OPTION_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"unknown mamba mixer option(s) {unknown}; valid options: {sorted(OPTION_DEFAULTS)}"
+            )
+        options = {**OPTION_DEFAULTS, **cfg.mixer_options}
+        return cls(cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **options)
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
+        """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, max(d_conv - 1, 0))."""
+        device = self.A_log.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        return MambaState(
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
+            conv=torch.zeros(
+                batch_size, self.d_inner, max(self.d_conv - 1, 0), device=device, dtype=dtype
+            ),
+        )
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        """Split x_proj(x) into Δ (after softplus), B and C; x (..., d_inner)."""
+        dt_low, B, C = torch.split(
+            self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )  # (..., R), (..., N), (..., N)
+        dt = F.softplus(self.dt_proj(dt_low))  # (..., Di)
+        return dt, B, C
+
+    def forward(
+        self, x: torch.Tensor, state: MambaState | None = None
+    ) -> tuple[torch.Tensor, MambaState]:
+        """Args: x (batch, time, d_model); state (MambaState) or None for zeros.
+
+        Returns: y (batch, time, d_model) and the state after the last step.
+        """
+        check_input(x, self.d_model)
+        batch, T, _ = x.shape
+        if state is not None:
+            check_state(state, self.initial_state(batch, x.device, x.dtype), "Mamba")
+        xz = self.in_proj(x)  # (B, T, 2*Di)
+        xs, z = xz.chunk(2, dim=-1)  # (B, T, Di) each
+
+        if self.conv1d is not None:
+            width = self.d_conv - 1
+            prev = (
+                state.conv.to(xs.dtype)
+                if state is not None
+                else xs.new_zeros(batch, self.d_inner, width)
+            )  # (B, Di, K-1)
+            window = torch.cat([prev, xs.transpose(1, 2)], dim=-1)  # (B, Di, K-1+T)
+            conv_state = window[:, :, window.shape[-1] - width :]  # (B, Di, K-1)
+            xs = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, T, Di)
+        else:
+            conv_state = xs.new_zeros(batch, self.d_inner, 0)  # (B, Di, 0)
+            xs = F.silu(xs)  # (B, T, Di)
+
+        dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
+        A = -torch.exp(self.A_log.float())  # (Di, N)
+        h0 = None if state is None else state.ssm
+        if self.scan == "chunk":
+            y, h = selective_scan_chunk(
+                xs, dt, A, B, C, self.D, h0, output_final_state=True, chunk_size=self.chunk_size
+            )
+        else:
+            y, h = selective_scan_naive(xs, dt, A, B, C, self.D, h0, output_final_state=True)
+        y = y * F.silu(z)  # (B, T, Di)
+        return self.out_proj(y), MambaState(ssm=h, conv=conv_state)
+
+    def step(self, x_t: torch.Tensor, state: MambaState | None) -> tuple[torch.Tensor, MambaState]:
+        """One decoding step. Args: x_t (batch, d_model); state. Returns y_t (batch, d_model), state."""
+        check_input(x_t, self.d_model, name="x_t", ndim=2)
+        batch = x_t.shape[0]
+        if state is None:
+            state = self.initial_state(batch, x_t.device, x_t.dtype)
+        else:
+            check_state(state, self.initial_state(batch, x_t.device, x_t.dtype), "Mamba")
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
+        if self.conv1d is not None:
+            window = torch.cat([state.conv.to(xs.dtype), xs[:, :, None]], dim=-1)  # (B, Di, K)
+            conv_state = window[:, :, 1:]  # (B, Di, K-1)
+            xs = (window * self.conv1d.weight[:, 0, :]).sum(-1)  # (B, Di)
+            if self.conv1d.bias is not None:
+                xs = xs + self.conv1d.bias
+        else:
+            conv_state = state.conv
+        xs = F.silu(xs)  # (B, Di)
+        dt, B, C = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
+        A = -torch.exp(self.A_log.float())  # (Di, N)
+        y, h = selective_scan_step(xs, dt, A, B, C, self.D, state.ssm)  # (B, Di), (B, Di, N)
+        y = y * F.silu(z)  # (B, Di)
+        return self.out_proj(y), MambaState(ssm=h, conv=conv_state)

@@ -1,0 +1,193 @@
+"""S5: one multi-input multi-output complex diagonal SSM shared by all H channels.
+
+The real state of size P is diagonalised, x = V x̃; its eigenvalues come in conjugate pairs, so
+only the P/2 modes with Im λ > 0 are kept and the output takes 2 Re (the conjugate half contributes
+the complex conjugate). With per-mode timescales Δ (P/2,):
+    zoh:       λ̄ = exp(Δλ),                    B̄ = (λ̄ - 1)/λ · B̃
+    bilinear:  λ̄ = (1 + Δλ/2) / (1 - Δλ/2),    B̄ = Δ / (1 - Δλ/2) · B̃
+    h_t = λ̄ ⊙ h_{t-1} + B̄ u_t,   y_t = 2 Re(C̃ h_t) + D ⊙ u_t,   out_t = GELU(y_t)
+Training runs the chunked scan ``ops.diag_scan``; ``step`` is one recurrence step.
+
+Init: ``init="hippo-n"`` takes Λ, V from the normal part of HiPPO-LegS of size P;
+``init="block"`` uses ``blocks`` copies of HiPPO-N of size P/blocks (block-diagonal V).
+B (P, H) and C (H, P) are drawn real (variance 1/H and 1/P) and projected: B̃ = V* B, C̃ = C V,
+restricted to the kept modes. With ``clip_eigs`` (default on) Re λ is clamped to <= -1e-4 at
+forward time, which keeps |λ̄| < 1 and so the scan bounded at any length.
+
+Glossary (paper symbol -> code name, shape):
+    H   d_model                     P   d_state (n_modes = P/2 kept complex modes)
+    Λ   Lambda_re + i Lambda_im     (n_modes,)
+    Δ   exp(log_dt)                 (n_modes,)
+    B̃   B (real view)               (n_modes, H, 2)
+    C̃   C (real view)               (H, n_modes, 2)
+    D   D                           (H,)
+    x̃   S5State.ssm                 (batch, n_modes) complex
+
+Options (``ModelConfig.mixer_options``): ``init`` hippo-n|block (default hippo-n), ``blocks``
+(default 4, used by init=block; P must be divisible by 2*blocks), ``discretization`` zoh|bilinear
+(default zoh), ``clip_eigs`` (default True), ``dt_min`` / ``dt_max`` (default 1e-3 / 0.1),
+``chunk_size`` of the scan (default 32). ``ModelConfig.expand`` and ``d_conv`` are not used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longssm import hippo
+from longssm.layers.base import check_input, check_state, tag_ssm_param
+from longssm.layers.s4d import complex_dtype_for, log_uniform_dt, validate_options
+from longssm.models.config import ModelConfig
+from longssm.ops.diag_scan import diag_scan_chunk
+
+INITS = ("hippo-n", "block")
+DISCRETIZATIONS = ("zoh", "bilinear")
+CLIP_RE_MAX = -1e-4
+S5_DEFAULTS = {
+    "init": "hippo-n",
+    "blocks": 4,
+    "discretization": "zoh",
+    "clip_eigs": True,
+    "dt_min": 1e-3,
+    "dt_max": 0.1,
+    "chunk_size": 32,
+}
+
+
+class S5State(NamedTuple):
+    """S5 layer state."""
+
+    ssm: torch.Tensor
+    """(batch, P/2) complex: complex64 for float32 inputs, complex128 for float64."""
+
+
+def s5_eigen_init(n_state: int, init: str, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Λ (n_state/2,) and V (n_state, n_state/2) complex128 for ``hippo-n`` or ``block``."""
+    if init == "hippo-n":
+        return hippo.hippo_n_half(n_state)
+    if not isinstance(blocks, int) or blocks < 1 or n_state % (2 * blocks):
+        raise ValueError(
+            f"S5: blocks must be a positive integer with d_state divisible by 2*blocks, "
+            f"got blocks={blocks!r}, d_state={n_state}"
+        )
+    size = n_state // blocks
+    lam_b, V_b = hippo.hippo_n_half(size)  # (size/2,), (size, size/2)
+    return lam_b.repeat(blocks), torch.block_diag(*([V_b] * blocks))
+
+
+class S5(nn.Module):
+    """S5 mixer: ``forward(x, state=None) -> (y, S5State)``, x and y (batch, time, d_model)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        init: str = "hippo-n",
+        blocks: int = 4,
+        discretization: str = "zoh",
+        clip_eigs: bool = True,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        chunk_size: int = 32,
+    ) -> None:
+        super().__init__()
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"S5: d_state must be even and >= 2 (conjugate pairs), got {d_state}")
+        if init not in INITS:
+            raise ValueError(f"S5: init must be one of {list(INITS)}, got {init!r}")
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(
+                f"S5: discretization must be one of {list(DISCRETIZATIONS)}, got {discretization!r}"
+            )
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"S5: chunk_size must be a positive integer, got {chunk_size!r}")
+        self.d_model, self.d_state, self.n_modes = d_model, d_state, d_state // 2
+        self.init, self.discretization = init, discretization
+        self.clip_eigs, self.chunk_size = bool(clip_eigs), chunk_size
+        H, P = d_model, d_state
+
+        lam, V = s5_eigen_init(P, init, blocks)  # (n,), (P, n)
+        B = torch.randn(P, H, dtype=torch.float64) / math.sqrt(H)  # (P, H)
+        C = torch.randn(H, P, dtype=torch.float64) / math.sqrt(P)  # (H, P)
+        B_t = V.conj().T @ B.to(torch.complex128)  # (n, H)
+        C_t = C.to(torch.complex128) @ V  # (H, n)
+        dtype = torch.get_default_dtype()
+        self.Lambda_re = tag_ssm_param(nn.Parameter(lam.real.clone().to(dtype)))
+        self.Lambda_im = tag_ssm_param(nn.Parameter(lam.imag.clone().to(dtype)))
+        self.log_dt = tag_ssm_param(nn.Parameter(log_uniform_dt(self.n_modes, dt_min, dt_max).to(dtype)))
+        self.B = tag_ssm_param(nn.Parameter(torch.view_as_real(B_t).to(dtype)))
+        self.C = nn.Parameter(torch.view_as_real(C_t).to(dtype))
+        self.D = tag_ssm_param(nn.Parameter(torch.randn(H, dtype=dtype)))
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> S5:
+        opts = validate_options(cfg.mixer_options, S5_DEFAULTS, "S5")
+        return cls(cfg.d_model, cfg.d_state, **opts)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, init={self.init}, "
+            f"discretization={self.discretization}, clip_eigs={self.clip_eigs}"
+        )
+
+    def eigenvalues(self) -> torch.Tensor:
+        """Continuous-time Λ (P/2,) complex, real part clamped to <= -1e-4 under ``clip_eigs``."""
+        re = self.Lambda_re.clamp(max=CLIP_RE_MAX) if self.clip_eigs else self.Lambda_re
+        return torch.complex(re, self.Lambda_im)
+
+    def discretize(self, cdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (λ̄ (P/2,), B̄ (P/2, H), C̃ (H, P/2)) in ``cdtype``."""
+        lam = self.eigenvalues()  # (n,)
+        dt = torch.exp(self.log_dt)  # (n,)
+        B_t = torch.view_as_complex(self.B)  # (n, H)
+        if self.discretization == "zoh":
+            lam_bar = torch.exp(dt * lam)  # (n,)
+            gain = (lam_bar - 1) / lam  # (n,)
+        else:
+            denom = 1 - dt * lam / 2  # (n,)
+            lam_bar = (1 + dt * lam / 2) / denom  # (n,)
+            gain = dt / denom  # (n,)
+        B_bar = gain[:, None] * B_t  # (n, H)
+        C_t = torch.view_as_complex(self.C)  # (H, n)
+        return lam_bar.to(cdtype), B_bar.to(cdtype), C_t.to(cdtype)
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> S5State:
+        """Zeros (batch, P/2); ``dtype`` is the real (or complex) dtype of the inputs."""
+        device = self.D.device if device is None else device
+        cdtype = complex_dtype_for(self.D.dtype if dtype is None else dtype)
+        return S5State(torch.zeros(batch_size, self.n_modes, dtype=cdtype, device=device))
+
+    def _state_tensor(self, state, batch: int, x: torch.Tensor) -> torch.Tensor | None:
+        if state is None:
+            return None
+        check_state(state, self.initial_state(batch, x.device, x.dtype), "S5")
+        return state.ssm.to(complex_dtype_for(x.dtype))
+
+    def forward(self, x: torch.Tensor, state: S5State | None = None) -> tuple[torch.Tensor, S5State]:
+        """Args: x (batch, T, H); state S5State or None. Returns (y (batch, T, H), S5State)."""
+        check_input(x, self.d_model)
+        h0 = self._state_tensor(state, x.shape[0], x)
+        cdtype = complex_dtype_for(x.dtype)
+        lam_bar, B_bar, C_t = self.discretize(cdtype)
+        v = torch.einsum("bth,nh->btn", x.to(cdtype), B_bar)  # (B, T, n)
+        h_all, h = diag_scan_chunk(v, lam_bar, h0, True, chunk_size=self.chunk_size)
+        y = 2 * torch.einsum("btn,hn->bth", h_all, C_t).real  # (B, T, H)
+        y = y.to(x.dtype) + self.D.to(x.dtype) * x  # (B, T, H)
+        return F.gelu(y), S5State(h)
+
+    def step(self, x_t: torch.Tensor, state: S5State | None) -> tuple[torch.Tensor, S5State]:
+        """Args: x_t (batch, H); state S5State. Returns (y_t (batch, H), S5State)."""
+        check_input(x_t, self.d_model, name="x_t", ndim=2)
+        h0 = self._state_tensor(state, x_t.shape[0], x_t)
+        cdtype = complex_dtype_for(x_t.dtype)
+        lam_bar, B_bar, C_t = self.discretize(cdtype)
+        h = x_t.to(cdtype) @ B_bar.T  # (B, n)
+        if h0 is not None:
+            h = h + lam_bar * h0  # (B, n)
+        y = 2 * (h @ C_t.T).real  # (B, H)
+        y = y.to(x_t.dtype) + self.D.to(x_t.dtype) * x_t  # (B, H)
+        return F.gelu(y), S5State(h)

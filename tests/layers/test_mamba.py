@@ -1,0 +1,164 @@
+"""Mamba layer: chunk == naive scan, pieces with carried state == one pass, prefill + step == forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import assert_close
+from longssm.layers.base import is_ssm_param
+from longssm.layers.mamba import Mamba, MambaState
+from longssm.models.config import ModelConfig
+
+D_MODEL = 16
+
+
+def make_layer(d_conv=4, scan="chunk", **options):
+    cfg = ModelConfig(
+        d_model=D_MODEL, d_state=4, expand=2, d_conv=d_conv,
+        mixer_options={"scan": scan, "chunk_size": 8, **options},
+    )
+    layer = Mamba.from_config(cfg, 0).double()
+    # Larger Δ than the init's so the state carries real signal across the split points.
+    with torch.no_grad():
+        layer.dt_proj.bias.add_(2.0)
+    return layer
+
+
+def random_state(layer, batch, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    zeros = layer.initial_state(batch, dtype=torch.float64)
+    return MambaState(*(torch.randn(t.shape, generator=g, dtype=t.dtype) for t in zeros))
+
+
+CONVS = [0, 2, 4]
+CONV_IDS = [f"conv{k}" for k in CONVS]
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "zero-state"])
+@pytest.mark.parametrize("T", [1, 7, 63], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("d_conv", CONVS, ids=CONV_IDS)
+def test_chunk_matches_naive_with_grads(d_conv, T, with_state):
+    layer = make_layer(d_conv)
+    x = torch.randn(2, T, D_MODEL, dtype=torch.float64, requires_grad=True)
+    state = random_state(layer, 2) if with_state else None
+    if state is not None:
+        state = MambaState(*(t.requires_grad_(True) for t in state))
+    leaves = [x, *layer.parameters(), *(state or ())]
+    w = torch.randn(2, T, D_MODEL, dtype=torch.float64)
+
+    results = []
+    for scan in ("chunk", "naive"):
+        layer.scan = scan
+        y, final = layer(x, state)
+        loss = (y * w).sum() + final.ssm.pow(2).sum() + final.conv.sum()
+        results.append((y, final, torch.autograd.grad(loss, leaves, allow_unused=True)))
+    (y, final, grads), (y_ref, final_ref, grads_ref) = results
+    assert_close(y, y_ref, name="y")
+    assert_close(final.ssm, final_ref.ssm, name="state.ssm")
+    assert_close(final.conv, final_ref.conv, name="state.conv")
+    names = ["x", *(n for n, _ in layer.named_parameters()), "state.ssm", "state.conv"]
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        if g_ref is None:
+            assert g is None, name
+            continue
+        assert_close(g, g_ref, name=f"d loss / d {name}")
+
+
+@pytest.mark.parametrize("T", [7, 63, 200], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("d_conv", CONVS, ids=CONV_IDS)
+def test_pieces_with_carried_state_equal_one_pass(d_conv, T):
+    layer = make_layer(d_conv)
+    x = torch.randn(2, T, D_MODEL, dtype=torch.float64)
+    h0 = random_state(layer, 2)
+    y_full, final_full = layer(x, h0)
+    g = torch.Generator().manual_seed(T)
+    # Random cut points, including pieces shorter than the conv kernel and than a chunk.
+    cuts = sorted(set(torch.randint(1, T, (4,), generator=g).tolist()))
+    state, ys = h0, []
+    for lo, hi in zip([0, *cuts], [*cuts, T]):
+        y, state = layer(x[:, lo:hi], state)
+        ys.append(y)
+    assert_close(torch.cat(ys, dim=1), y_full, name="y")
+    assert_close(state.ssm, final_full.ssm, name="state.ssm")
+    assert_close(state.conv, final_full.conv, name="state.conv")
+
+
+@pytest.mark.parametrize("d_conv", CONVS, ids=CONV_IDS)
+def test_prefill_then_step_equals_forward(d_conv):
+    layer = make_layer(d_conv)
+    x = torch.randn(3, 20, D_MODEL, dtype=torch.float64)
+    y_full, final_full = layer(x)
+    y_pre, state = layer(x[:, :6])
+    ys = [y_pre]
+    for t in range(6, 20):
+        y_t, state = layer.step(x[:, t], state)
+        ys.append(y_t[:, None])
+    assert_close(torch.cat(ys, dim=1), y_full, name="y")
+    assert_close(state.ssm, final_full.ssm, name="state.ssm")
+    assert_close(state.conv, final_full.conv, name="state.conv")
+    y0, _ = layer.step(x[:, 0], None)
+    assert_close(y0, y_full[:, 0], name="step from no state")
+
+
+def test_gradcheck_tiny_layer():
+    cfg = ModelConfig(d_model=4, d_state=2, expand=1, d_conv=3, mixer_options={"chunk_size": 2})
+    layer = Mamba.from_config(cfg, 0).double()
+    x = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
+    ssm = torch.randn(1, 4, 2, dtype=torch.float64, requires_grad=True)
+    conv = torch.randn(1, 4, 2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, ssm, conv):
+        y, state = layer(x, MambaState(ssm, conv))
+        return y, state.ssm
+
+    assert torch.autograd.gradcheck(fn, (x, ssm, conv))
+
+
+def test_init_shapes_and_tags():
+    layer = Mamba(d_model=40, d_state=8, expand=2, d_conv=4, dt_min=1e-3, dt_max=0.1)
+    assert layer.dt_rank == math.ceil(40 / 16)
+    assert layer.A_log.shape == (80, 8) and layer.D.shape == (80,)
+    assert_close(layer.A_log[3], torch.log(torch.arange(1, 9).float()), name="A_log")
+    dt = F.softplus(layer.dt_proj.bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    assert layer.x_proj.weight.shape == (layer.dt_rank + 16, 80)
+    assert layer.conv1d.weight.shape == (80, 1, 4)
+    for p in (layer.A_log, layer.D, layer.dt_proj.bias):
+        assert is_ssm_param(p)
+    assert not is_ssm_param(layer.in_proj.weight)
+    assert Mamba(d_model=8, d_conv=0).conv1d is None
+    state = layer.initial_state(3)
+    assert state.ssm.shape == (3, 80, 8) and state.conv.shape == (3, 80, 3)
+    assert not state.ssm.any()
+
+
+def test_unknown_option_names_valid_ones():
+    cfg = ModelConfig(d_model=8, mixer_options={"dt_rnak": 2})
+    with pytest.raises(ValueError, match="dt_rnak.*valid options.*dt_rank"):
+        Mamba.from_config(cfg, 0)
+    with pytest.raises(ValueError, match="scan must be one of"):
+        Mamba.from_config(ModelConfig(d_model=8, mixer_options={"scan": "fast"}), 0)
+
+
+def test_bad_state_and_input_raise():
+    layer = make_layer(4)
+    x = torch.randn(2, 5, D_MODEL, dtype=torch.float64)
+    good = layer.initial_state(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"state.ssm must have shape \(2, 32, 4\)"):
+        layer(x, MambaState(good.ssm[:, :, :3], good.conv))
+    with pytest.raises(ValueError, match=r"state.conv must have shape \(2, 32, 3\)"):
+        layer(x, MambaState(good.ssm, good.conv[:, :, :2]))
+    with pytest.raises(TypeError, match="state.ssm must have a dtype"):
+        layer(x, MambaState(good.ssm.long(), good.conv))
+    with pytest.raises(TypeError, match="MambaState"):
+        layer(x, (good.ssm,))
+    with pytest.raises(ValueError, match="d_model=16"):
+        layer(torch.randn(2, 5, 15, dtype=torch.float64))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.ones(2, 5, D_MODEL, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(batch, d_model\)"):
+        layer.step(x, good)
