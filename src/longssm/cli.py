@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longssm.eval.cli import add_eval_arguments, add_plot_arguments
+from longssm.extend import add_extend_arguments
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 
@@ -124,21 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    try:
-        from longssm.eval.cli import add_eval_arguments, add_plot_arguments
-
-        add_eval_arguments(sub.add_parser("eval", help="perplexity versus evaluation length"))
-        add_plot_arguments(sub.add_parser("plot", help="redraw figures from saved results"))
-    except ImportError:
-        pass
-    try:
-        from longssm.extend import add_extend_arguments
-
-        add_extend_arguments(
-            sub.add_parser("extend", help="the length-extension experiment: zero vs previous init")
-        )
-    except ImportError:
-        pass
+    add_eval_arguments(sub.add_parser("eval", help="perplexity versus evaluation length"))
+    add_extend_arguments(
+        sub.add_parser("extend", help="the length-extension experiment: zero vs previous init")
+    )
+    add_plot_arguments(sub.add_parser("plot", help="redraw figures from saved results"))
     _add_generate(sub)
     _add_corpus(sub)
     return parser
@@ -151,6 +144,10 @@ def run_command(args, overrides: list[str]) -> int:
         return _run_generate(args, overrides)
     if args.command == "corpus":
         return _run_corpus(args, overrides)
+    if args.command == "extend":
+        from longssm.extend import run_extend
+
+        return run_extend(args, overrides)
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     if args.command == "eval":
@@ -161,17 +158,13 @@ def run_command(args, overrides: list[str]) -> int:
         from longssm.eval.cli import run_plot
 
         return run_plot(args)
-    if args.command == "extend":
-        from longssm.extend import run_extend
-
-        return run_extend(args)
     raise ValueError(f"unknown command {args.command}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
-    if args.command not in ("train",) and overrides:
+    if args.command not in ("train", "extend") and overrides:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:
         return run_command(args, overrides)

@@ -161,7 +161,7 @@ class S4D(nn.Module):
         else:
             v = B_bar * x.to(cdtype)[..., None]  # (B, T, H, n)
             h_all, h = diag_scan_chunk(v, lam_bar, h0, True, chunk_size=self.chunk_size)
-            y = 2 * torch.einsum("bthn,hn->bth", h_all, C).real + D * x  # (B, T, H)
+            y = 2 * (h_all * C).real.sum(-1) + D * x  # (B, T, H)
         return self._output(y.to(x.dtype)), S4DState(h)
 
     def step(self, x_t: torch.Tensor, state: S4DState | None) -> tuple[torch.Tensor, S4DState]:

@@ -42,7 +42,7 @@ from longssm import hippo
 from longssm.layers.base import check_input, check_state, tag_ssm_param
 from longssm.layers.s4d import complex_dtype_for, log_uniform_dt, validate_options
 from longssm.models.config import ModelConfig
-from longssm.ops.diag_scan import diag_scan_chunk
+from longssm.ops.diag_scan import diag_scan_chunk, matmul_complex_real, matmul_re
 
 INITS = ("hippo-n", "block")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -173,9 +173,10 @@ class S5(nn.Module):
         h0 = self._state_tensor(state, x.shape[0], x)
         cdtype = complex_dtype_for(x.dtype)
         lam_bar, B_bar, C_t = self.discretize(cdtype)
-        v = torch.einsum("bth,nh->btn", x.to(cdtype), B_bar)  # (B, T, n)
+        real_dtype = torch.promote_types(x.dtype, torch.float32)
+        v = matmul_complex_real(B_bar, x.to(real_dtype).transpose(1, 2)).transpose(1, 2)  # (B, T, n)
         h_all, h = diag_scan_chunk(v, lam_bar, h0, True, chunk_size=self.chunk_size)
-        y = 2 * torch.einsum("btn,hn->bth", h_all, C_t).real  # (B, T, H)
+        y = 2 * matmul_re(h_all, C_t.T)  # (B, T, H)
         y = y.to(x.dtype) + self.D.to(x.dtype) * x  # (B, T, H)
         return F.gelu(y), S5State(h)
 

@@ -8,10 +8,18 @@ convolution with the initial-state response and the final state. See README.md f
 """
 
 from .chunk import diag_scan_chunk
-from .conv import s4d_conv
+from .conv import matmul_complex_real, matmul_re, s4d_conv
 from .naive import diag_scan_naive
 from .step import diag_scan_step
 
 diag_scan = diag_scan_chunk
 
-__all__ = ["diag_scan", "diag_scan_chunk", "diag_scan_naive", "diag_scan_step", "s4d_conv"]
+__all__ = [
+    "diag_scan",
+    "diag_scan_chunk",
+    "diag_scan_naive",
+    "diag_scan_step",
+    "matmul_complex_real",
+    "matmul_re",
+    "s4d_conv",
+]

@@ -4,7 +4,7 @@ Split time into chunks of L steps. Inside a chunk (local time t, s in 0..L-1), w
 entering the chunk:
     h_t = λ^(t+1) ⊙ h_in + sum_{s <= t} λ^(t-s) ⊙ v_s
 The sum is a (L x L) lower-triangular Toeplitz matrix of powers λ^k, 0 <= k < L, applied to the
-chunk (a batched matmul per state entry). Only non-negative powers of λ are ever formed, each as
+chunk (a batched matmul per state entry, run in real arithmetic). Only non-negative powers of λ are ever formed, each as
 ``exp(k log λ)``; with |λ| <= 1 they are bounded by 1 (λ^(-k) would overflow and is never used).
 The states entering the chunks obey the same recurrence one level up, with transition λ^L and
 inputs the chunks' local end states, so they are computed by the same function recursively.
@@ -37,6 +37,27 @@ def powers_from_log(log_lam: torch.Tensor, n: int) -> torch.Tensor:
     return torch.exp(k.view(n, *([1] * log_lam.dim())) * log_lam)  # (n, *S)
 
 
+def _toeplitz_apply(pw: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+    """Σ_{s<=t} λ^(t-s) v_s inside every chunk: pw (L, n) = λ^0..λ^(L-1), vc (B, C, L, n).
+
+    Complex batched matmuls are slow on CPU, so the product runs as one real batched matmul with
+    the 2x2 real block form [[Re M, -Im M], [Im M, Re M]] of the complex Toeplitz matrix M.
+    """
+    batch, n_chunks, L, n = vc.shape
+    lag = torch.arange(L, device=vc.device)
+    lag = lag[:, None] - lag[None, :]  # (L, L): t - s
+    causal = (lag >= 0).to(pw.real.dtype)  # (L, L)
+    M = pw.T[:, lag.clamp(min=0)] * causal  # (n, L, L): λ^(t-s) for s <= t
+    M_re, M_im = M.real, M.imag
+    block = torch.cat([torch.cat([M_re, -M_im], 2), torch.cat([M_im, M_re], 2)], 1)  # (n, 2L, 2L)
+    # state-major layout with real and imaginary rows stacked: one strided copy in, one out
+    v_ri = torch.view_as_real(vc).permute(3, 4, 2, 0, 1)  # (n, 2, L, B, C)
+    v_ri = v_ri.reshape(n, 2 * L, batch * n_chunks)  # (n, 2L, BC)
+    out = torch.bmm(block, v_ri).view(n, 2, L, batch, n_chunks)  # (n, 2, L, B, C)
+    out = out.permute(3, 4, 2, 0, 1).contiguous()  # (B, C, L, n, 2)
+    return torch.view_as_complex(out)  # (B, C, L, n)
+
+
 def _scan_log(
     v: torch.Tensor, log_lam: torch.Tensor, h0: torch.Tensor, chunk_size: int
 ) -> torch.Tensor:
@@ -52,11 +73,7 @@ def _scan_log(
     vc = v.view(batch, n_chunks, L, n)  # (B, C, L, n)
 
     pw = powers_from_log(log_lam, L + 1)  # (L + 1, n): λ^0 .. λ^L
-    lag = torch.arange(L, device=v.device)
-    lag = lag[:, None] - lag[None, :]  # (L, L): t - s
-    causal = (lag >= 0).to(pw.real.dtype)[..., None]  # (L, L, 1)
-    toeplitz = pw[lag.clamp(min=0)] * causal  # (L, L, n): λ^(t-s) for s <= t
-    local = torch.einsum("tsn,bcsn->bctn", toeplitz, vc)  # (B, C, L, n)
+    local = _toeplitz_apply(pw[:L], vc)  # (B, C, L, n)
 
     if n_chunks > 1:
         # states entering chunks 1..C-1: a scan with transition λ^L over the local end states

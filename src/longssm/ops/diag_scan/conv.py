@@ -8,6 +8,7 @@ unrolling from h_{-1} = h_0 gives
 The convolution runs as an FFT of length 2T (zero padding makes the circular convolution causal);
 the powers λ̄^k, 0 <= k <= T, are one Vandermonde tensor ``exp(k log λ̄)`` shared by the kernel,
 the initial-state response and the final state (a matmul against the time-reversed powers).
+All contractions run as real matmuls (``matmul_re``): complex matmuls are slow on CPU.
 
 Glossary (paper symbol -> code name, shape):
     u_t  (input)                     u              (batch, T, H) real
@@ -24,6 +25,25 @@ from __future__ import annotations
 import torch
 
 from .chunk import powers_from_log, safe_log
+
+
+def matmul_re(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re(a @ b)`` for complex ``a`` (..., M, K) and ``b`` (..., K, P) as one real matmul.
+
+    Re(a b) = Re a Re b - Im a Im b: complex matmuls (and badly strided real ones) are many
+    times slower than a contiguous real matmul on CPU.
+    """
+    a_r = torch.view_as_real(a).flatten(-2)  # (..., M, 2K): re, im interleaved
+    b_r = torch.stack([b.real, -b.imag], dim=-2).flatten(-3, -2)  # (..., 2K, P)
+    return torch.matmul(a_r.contiguous(), b_r.contiguous())  # (..., M, P)
+
+
+def matmul_complex_real(a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``a @ u`` for complex ``a`` (..., M, K) and real ``u`` (..., K, P) as one real matmul."""
+    M = a.shape[-2]
+    stacked = torch.cat([a.real, a.imag], dim=-2).contiguous()  # (..., 2M, K)
+    res = torch.matmul(stacked, u.contiguous())  # (..., 2M, P)
+    return torch.complex(res[..., :M, :], res[..., M:, :])  # (..., M, P)
 
 
 def _check_conv_inputs(u, lam_bar, B_bar, C, D, initial_state) -> None:
@@ -81,8 +101,9 @@ def s4d_conv(
     lam_bar, B_bar, C = lam_bar.to(cdtype), B_bar.to(cdtype), C.to(cdtype)
     T = u.shape[1]
 
-    pw = powers_from_log(safe_log(lam_bar), T + 1)  # (T + 1, H, N): λ̄^0 .. λ̄^T
-    kernel = 2 * torch.einsum("khn,hn->kh", pw[:T], C * B_bar).real  # (T, H)
+    # channel-major powers: pw[h, k, n] = λ̄[h, n]^k, k = 0..T
+    pw = powers_from_log(safe_log(lam_bar), T + 1).permute(1, 0, 2)  # (H, T + 1, N)
+    kernel = 2 * matmul_re(pw[:, :T], (C * B_bar)[..., None])[..., 0].T  # (T, H)
     n_fft = 2 * T
     u_f = torch.fft.rfft(u, n=n_fft, dim=1)  # (B, T + 1, H)
     k_f = torch.fft.rfft(kernel, n=n_fft, dim=0)  # (T + 1, H)
@@ -92,13 +113,15 @@ def s4d_conv(
 
     h0 = None if initial_state is None else initial_state.to(cdtype)
     if h0 is not None:
-        y = y + 2 * torch.einsum("thn,bhn->bth", pw[1:], C * h0).real  # (B, T, H)
+        Ch0 = (C * h0).permute(1, 2, 0)  # (H, N, B)
+        y = y + 2 * matmul_re(pw[:, 1:], Ch0).permute(2, 1, 0)  # (B, T, H)
 
     final = None
     if output_final_state:
         # h_T = sum_s λ̄^(T-1-s) B̄ u_s: time-reversed powers against u
-        reversed_pw = pw[:T].flip(0)  # (T, H, N): λ̄^(T-1-s)
-        final = B_bar * torch.einsum("shn,bsh->bhn", reversed_pw, u.to(cdtype))  # (B, H, N)
+        reversed_pw = pw[:, :T].flip(1).transpose(1, 2)  # (H, N, T): λ̄^(T-1-s)
+        summed = matmul_complex_real(reversed_pw, u.permute(2, 1, 0))  # (H, N, B)
+        final = B_bar * summed.permute(2, 0, 1)  # (B, H, N)
         if h0 is not None:
-            final = final + pw[T] * h0  # (B, H, N)
+            final = final + pw[:, T] * h0  # (B, H, N)
     return y, final
