@@ -170,3 +170,18 @@ def test_parameter_tags_and_dt_range():
     dt = layer.log_dt.exp()
     assert bool(((dt >= 1e-3) & (dt <= 0.1)).all())
     assert bool((layer.eigenvalues().real < 0).all())
+
+
+def test_zoh_matches_matrix_exponential():
+    """λ̄ and B̄ against expm of the augmented matrix [[λ, B], [0, 0]] Δ (exact ZOH)."""
+    layer = make().requires_grad_(False)
+    lam_bar, B_bar, _ = layer.discretize(torch.complex128)
+    lam = layer.eigenvalues().to(torch.complex128)
+    dt = layer.log_dt.exp().to(torch.complex128)
+    B = torch.view_as_complex(layer.B).to(torch.complex128)
+    for h in range(H):
+        for n in range(N // 2):
+            aug = torch.tensor([[lam[h, n], B[h, n]], [0, 0]], dtype=torch.complex128)
+            e = torch.linalg.matrix_exp(aug * dt[h])
+            assert_close(lam_bar[h, n], e[0, 0], name=f"λ̄[{h},{n}]")
+            assert_close(B_bar[h, n], e[0, 1], name=f"B̄[{h},{n}]")

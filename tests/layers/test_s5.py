@@ -200,3 +200,27 @@ def test_from_config_and_tags():
         S5.from_config(ModelConfig(mixer="s5", mixer_options={"mode": "conv"}), 0)
     tagged = {n for n, p in layer.named_parameters() if is_ssm_param(p)}
     assert tagged == {"Lambda_re", "Lambda_im", "log_dt", "B", "D"}
+
+
+@pytest.mark.parametrize("disc", DISC)
+def test_discretization_matches_dense_formulas(disc):
+    """λ̄, B̄ against dense-matrix definitions: ZOH via expm of [[Λ, B], [0, 0]] Δ; bilinear via
+    (I - ΔΛ/2)^-1 (I + ΔΛ/2) and (I - ΔΛ/2)^-1 Δ B."""
+    layer = make(disc)
+    lam_bar, B_bar, _ = layer.discretize(torch.complex128)
+    lam = layer.eigenvalues().to(torch.complex128)
+    dt = layer.log_dt.exp().to(torch.complex128)
+    B_t = torch.view_as_complex(layer.B).to(torch.complex128)
+    n = lam.shape[0]
+    for i in range(n):
+        if disc == "zoh":
+            aug = torch.zeros(1 + H, 1 + H, dtype=torch.complex128)
+            aug[0, 0], aug[0, 1:] = lam[i], B_t[i]
+            e = torch.linalg.matrix_exp(aug * dt[i])
+            want_lam, want_B = e[0, 0], e[0, 1:]
+        else:
+            left = 1 - dt[i] * lam[i] / 2
+            want_lam = torch.linalg.solve(left.view(1, 1), (1 + dt[i] * lam[i] / 2).view(1, 1))[0, 0]
+            want_B = torch.linalg.solve(left.view(1, 1), (dt[i] * B_t[i]).view(1, H))[0]
+        assert_close(lam_bar[i], want_lam, name=f"λ̄[{i}]")
+        assert_close(B_bar[i], want_B, name=f"B̄[{i}]")

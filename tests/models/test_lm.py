@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from helpers import assert_close
 
+from helpers import assert_close
 from longssm.layers.base import is_ssm_param, wants_weight_decay
 from longssm.models import ModelConfig, SSMLanguageModel
 from longssm.models.state import flatten_state, unflatten_state

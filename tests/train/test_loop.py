@@ -5,8 +5,8 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
 
+from helpers import assert_close
 from longssm import checkpoint as ckpt_io
 from longssm.config import RunConfig
 from longssm.data import ContiguousStreams
