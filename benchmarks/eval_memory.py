@@ -38,8 +38,11 @@ def child(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # Only the Mamba-1 mixer has the scan option (auto: the fused numba kernel on CPU).
+    options = {"scan": args.scan} if args.mixer == "mamba" else {}
     cfg = ModelConfig(mixer=args.mixer, d_model=args.d_model, n_layers=args.n_layers,
-                      d_state=args.d_state, expand=args.expand, d_conv=args.d_conv, vocab_size=257)
+                      d_state=args.d_state, expand=args.expand, d_conv=args.d_conv, vocab_size=257,
+                      mixer_options=options)
     model = SSMLanguageModel(cfg).to(args.device).eval()
     length = args.child
     tokens = np.random.default_rng(0).integers(0, 257, size=length + 1, dtype=np.uint16)  # (L+1,)
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--expand", type=int, default=2)
     parser.add_argument("--d-conv", type=int, default=4)
+    parser.add_argument("--scan", default="auto", help="mamba scan: auto | fused | chunk | naive")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="JSON output path")
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         model = {k: getattr(args, k) for k in ("mixer", "d_model", "n_layers", "d_state", "expand",
-                                               "d_conv")}
+                                               "d_conv", "scan")}
         out.write_text(json.dumps({"benchmark": "eval_memory", "model": model,
                                    "chunk_size": args.chunk_size, "device": args.device,
                                    "machine": machine_info(), "rows": rows}, indent=1) + "\n")

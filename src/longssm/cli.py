@@ -7,6 +7,7 @@ Bad input (missing paths, invalid config values, corrupt checkpoints) prints one
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from longssm.eval.cli import add_eval_arguments, add_plot_arguments
@@ -46,6 +47,9 @@ def _run_train(args, overrides: list[str]) -> int:
         cfg = RunConfig.from_dict(read_meta(resolve_checkpoint(out))["config"])
         cfg.train.progress = not args.quiet
     result = train(cfg, out, resume=args.resume)
+    # under torchrun only rank 0 reports (the others hold no validation numbers)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     vr = "n/a" if result.val_loss_reset is None else f"{result.val_loss_reset:.4f}"
     vs = "n/a" if result.val_loss_stream is None else f"{result.val_loss_stream:.4f}"
     print(

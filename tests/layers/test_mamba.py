@@ -1,7 +1,8 @@
-"""Mamba layer: chunk == naive scan, pieces with carried state == one pass, prefill + step == forward."""
+"""Mamba layer: chunk == fused == naive scan, pieces with carried state == one pass, prefill + step == forward."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -9,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from helpers import assert_close
+from longssm.layers import mamba as mamba_module
 from longssm.layers.base import is_ssm_param
 from longssm.layers.mamba import Mamba, MambaState
 from longssm.models.config import ModelConfig
+from longssm.ops.selective_scan import scan_path
 
 D_MODEL = 16
 
@@ -41,7 +44,10 @@ CONV_IDS = [f"conv{k}" for k in CONVS]
 @pytest.mark.parametrize("with_state", [True, False], ids=["state", "zero-state"])
 @pytest.mark.parametrize("T", [1, 7, 63], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("d_conv", CONVS, ids=CONV_IDS)
-def test_chunk_matches_naive_with_grads(d_conv, T, with_state):
+@pytest.mark.parametrize("scan", ["chunk", "fused"])
+def test_fast_scan_matches_naive_with_grads(scan, d_conv, T, with_state):
+    if scan == "fused":
+        pytest.importorskip("numba")
     layer = make_layer(d_conv)
     x = torch.randn(2, T, D_MODEL, dtype=torch.float64, requires_grad=True)
     state = random_state(layer, 2) if with_state else None
@@ -51,8 +57,7 @@ def test_chunk_matches_naive_with_grads(d_conv, T, with_state):
     w = torch.randn(2, T, D_MODEL, dtype=torch.float64)
 
     results = []
-    for scan in ("chunk", "naive"):
-        layer.scan = scan
+    for layer.scan in (scan, "naive"):
         y, final = layer(x, state)
         loss = (y * w).sum() + final.ssm.pow(2).sum() + final.conv.sum()
         results.append((y, final, torch.autograd.grad(loss, leaves, allow_unused=True)))
@@ -162,3 +167,16 @@ def test_bad_state_and_input_raise():
         layer(torch.ones(2, 5, D_MODEL, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(batch, d_model\)"):
         layer.step(x, good)
+
+
+def test_auto_scan_is_default_and_logs_its_path_once(monkeypatch, caplog):
+    monkeypatch.setattr(mamba_module, "_ANNOUNCED", set())
+    layer = Mamba.from_config(ModelConfig(d_model=8, d_state=2), 0)
+    assert layer.scan == "auto"
+    x = torch.randn(1, 3, 8)
+    with caplog.at_level(logging.INFO, logger="longssm"):
+        layer(x)
+        layer(x)
+    lines = [r.getMessage() for r in caplog.records if "selective scan" in r.getMessage()]
+    expected = "fused" if scan_path(x) == "fused" else "chunk"
+    assert lines == [f"Mamba selective scan: {expected} path (scan='auto')"]

@@ -191,7 +191,7 @@ def test_bad_inputs_raise_clearly():
 
 
 def test_from_config_and_tags():
-    cfg = ModelConfig(mixer="s5", d_model=8, d_state=8,
+    cfg = ModelConfig(mixer="s5", d_model=8, d_state=8, eigen_param="direct",
                       mixer_options={"discretization": "bilinear", "clip_eigs": False})
     layer = S5.from_config(cfg, layer_idx=1)
     assert (layer.d_model, layer.n_modes, layer.discretization, layer.clip_eigs) == (

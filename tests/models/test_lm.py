@@ -15,6 +15,14 @@ MIXERS = {
     "s4d": dict(mixer="s4d", d_state=8),
     "s5": dict(mixer="s5", d_state=8),
     "mamba-mlp-layernorm": dict(mixer="mamba", d_state=4, mlp_ratio=2, norm="layernorm"),
+    "longhorn": dict(mixer="longhorn", d_state=4, d_conv=4, mixer_options={"chunk_size": 8}),
+    "longhorn-noconv": dict(mixer="longhorn", d_state=4, d_conv=0),
+    "lru": dict(mixer="lru", d_state=8, mixer_options={"chunk_size": 8}),
+    "gru": dict(mixer="gru"),
+    "lstm": dict(mixer="lstm", mixer_options={"hidden": 12}),
+    "mamba-best": dict(mixer="mamba", d_state=4, eigen_param="best", eigen_param_b=0.25),
+    "s4d-softplus": dict(mixer="s4d", d_state=8, eigen_param="softplus"),
+    "s5-direct": dict(mixer="s5", d_state=8, eigen_param="direct"),
 }
 
 
@@ -98,8 +106,10 @@ def test_generate_is_reproducible_and_continues_the_state():
         model.generate(prompt, 2, top_k=0)
 
 
-@pytest.mark.parametrize("name", ["mamba", "mamba2", "s4d", "s5"])
+@pytest.mark.parametrize("name", list(MIXERS))
 def test_ssm_parameters_are_tagged(name):
+    if MIXERS[name]["mixer"] in ("gru", "lstm"):
+        pytest.skip("GRU / LSTM have no SSM dynamics parameters to tag")
     model = make_model(name)
     ssm = [n for n, p in model.named_parameters() if is_ssm_param(p)]
     assert ssm, "every mixer tags its dynamics parameters"

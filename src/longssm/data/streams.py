@@ -15,11 +15,15 @@ Glossary (code name -> symbol):
                  given, then drawn per epoch so segment boundaries move between epochs
 
 ``state_dict()`` is a small JSON-serialisable dict; ``load_state_dict`` resumes exactly.
+
+A data-parallel rank passes ``rows``, the streams it owns: it reads only those rows, every stream
+keeps its place in the layout of the global batch B, and the loader position is the same for
+every rank (see ``longssm.train.distributed``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -96,6 +100,9 @@ class ContiguousStreams:
         offset_seed: if given, each epoch shifts every stream's start by a seeded random
             o < T, so segments differ between epochs; costs up to T-1 tokens per epoch.
         device: where the batch tensors are put.
+        rows: the streams (indices in [0, B)) this loader yields, in this order; all B by
+            default. Batches then have ``len(rows)`` rows; the layout and the position do not
+            change.
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class ContiguousStreams:
         doc_starts=None,
         offset_seed: int | None = None,
         device: torch.device | str | None = None,
+        rows: Sequence[int] | None = None,
     ):
         self.tokens, corpus_starts = _as_array(tokens)
         if doc_starts is None:
@@ -116,6 +124,11 @@ class ContiguousStreams:
         self.seq_len = seq_len
         self.offset_seed = offset_seed
         self.device = device
+        self.rows = np.arange(batch_size) if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows.ndim != 1 or not len(self.rows) or not (
+            (self.rows >= 0) & (self.rows < batch_size)
+        ).all():
+            raise DataError(f"rows must be a non-empty list of streams in [0, {batch_size})")
         n = len(self.tokens)
         max_offset = seq_len - 1 if offset_seed is not None else 0
         self.stream_len = (n - max_offset) // batch_size
@@ -143,9 +156,9 @@ class ContiguousStreams:
         """The batch of step ``step`` of ``epoch``, without moving the iterator."""
         if not 0 <= step < self.num_steps_per_epoch:
             raise DataError(f"step {step} outside [0, {self.num_steps_per_epoch})")
-        b, t = self.batch_size, self.seq_len
+        b, t = len(self.rows), self.seq_len
         # (B,) first token of each row's window
-        starts = self.epoch_offset(epoch) + np.arange(b) * self.stream_len + step * t
+        starts = self.epoch_offset(epoch) + self.rows * self.stream_len + step * t
         idx = starts[:, None] + np.arange(t + 1)[None, :]  # (B, T+1)
         window = torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))  # (B, T+1)
         mask = torch.from_numpy(self._starts_at(idx[:, :-1]))  # (B, T)

@@ -87,6 +87,7 @@ def evaluate_lengths(
     progress: bool = True,
     start: int | None = None,
     seed: int = 0,
+    plan_indices: Sequence[int] | None = None,
 ) -> list[dict]:
     """Loss, perplexity and bits per byte at each length L under one or more protocols.
 
@@ -103,9 +104,11 @@ def evaluate_lengths(
         start: offset of the first scored window; default max(lengths) (every protocol and L
             scores the same text, and the warm-up of stream/shuffled has text to read).
         seed: seeds the shuffled permutation.
+        plan_indices: score only these (protocol, L) pairs, as indices into the full
+            protocol-major order (a rank's share, see ``longssm.train.distributed``).
 
     Returns:
-        One dict per (protocol, L), protocol-major, lengths ascending, with keys ``protocol``,
+        One dict per (protocol, L) scored, protocol-major, lengths ascending, with keys ``protocol``,
         ``length``, ``loss``, ``perplexity``, ``bits_per_byte``, ``n_tokens`` (targets scored),
         ``n_windows``, ``rows``, ``windows_per_row``, ``start``.
     """
@@ -114,6 +117,8 @@ def evaluate_lengths(
     if chunk_size < 1:
         raise EvalError(f"chunk_size must be >= 1, got {chunk_size!r}")
     plans = make_plans(tokens, lengths, resolve_protocols(protocol), n_tokens, batch_size, start, seed)
+    if plan_indices is not None:
+        plans = [plans[i] for i in sorted(set(plan_indices))]
     total = sum(p.tokens_processed for p in plans)
     was_training = model.training
     model.eval()

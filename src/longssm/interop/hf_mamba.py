@@ -100,11 +100,21 @@ def config_from_hf_mamba(hf_config: Any) -> ModelConfig:
     )
 
 
+def _require_exp_eigen_param(cfg: ModelConfig) -> None:
+    """transformers' Mamba stores A as A_log (A = -exp(A_log)): only eigen_param='exp' maps onto it."""
+    if cfg.eigen_param != "exp":
+        raise ValueError(
+            "transformers' Mamba parameterises A = -exp(A_log): need eigen_param='exp', "
+            f"got {cfg.eigen_param!r}"
+        )
+
+
 def hf_config_from_model_config(cfg: ModelConfig):
     """A transformers ``MambaConfig`` for ``cfg``; ValueError if transformers' Mamba can't express it."""
     transformers = _transformers()
     if cfg.mixer != "mamba":
         raise ValueError(f"only mixer='mamba' converts to transformers' Mamba, got {cfg.mixer!r}")
+    _require_exp_eigen_param(cfg)
     if cfg.mlp_ratio != 0:
         raise ValueError(f"transformers' Mamba has no MLP: need mlp_ratio=0, got {cfg.mlp_ratio}")
     if cfg.norm != "rmsnorm":
@@ -186,6 +196,7 @@ def state_dict_from_hf_mamba(hf_state_dict: dict, cfg: ModelConfig) -> dict[str,
 
     Raises ValueError naming the first unknown key, missing key or shape mismatch.
     """
+    _require_exp_eigen_param(cfg)
     expected = _expected_shapes(cfg)
     converted = {}
     for key, value in hf_state_dict.items():

@@ -11,17 +11,21 @@ Glossary (paper symbol -> code name):
     x, z (SSM branch, gate branch)  in_proj(x).chunk(2)
     Δ = softplus(W_Δ x + b_Δ)       dt = softplus(dt_proj(x_proj(x)[:R]))
     A = -exp(A_log)                 A_log, initialised to log(1..N) (S4D-Real)
+    A = f(w) (StableSSM map)        eigen_param != "exp": A_direct / A_softplus / A_best = w,
+                                    A = longssm.reparam.eigen_real(w), same initial A
     B_t, C_t                        x_proj(x)[R:R+N], x_proj(x)[R+N:]
     D (skip)                        D
     h_t                             state.ssm       (batch, d_inner, d_state)
     last K-1 conv inputs            state.conv      (batch, d_inner, d_conv - 1)
 
 Block: x, z = in_proj(u); x = silu(conv1d(x)) (causal, depthwise; skipped when d_conv = 0);
-y = selective_scan(x, Δ, A, B, C, D); out = out_proj(y * silu(z)).
+y = selective_scan(x, Δ, A, B, C, D) (fused numba kernel on CPU, chunked torch form elsewhere);
+out = out_proj(y * silu(z)).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -33,12 +37,20 @@ from longssm.layers.base import check_input, check_state, tag_no_weight_decay, t
 from longssm.models.config import ModelConfig
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
+    scan_path,
     selective_scan_chunk,
+    selective_scan_fused,
     selective_scan_naive,
     selective_scan_step,
 )
+from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
-SCANS = ("chunk", "naive")
+SCANS = ("auto", "fused", "chunk", "naive")
+logger = logging.getLogger("longssm")
+# Scan paths already announced in the log: one line per path per process.
+_ANNOUNCED: set[str] = set()
+# Stored name of A's raw parameter per StableSSM map; "exp" keeps transformers' A_log.
+A_PARAM_NAMES = {"exp": "A_log", "direct": "A_direct", "softplus": "A_softplus", "best": "A_best"}
 OPTION_DEFAULTS = {
     "dt_rank": "auto",
     "dt_min": 1e-3,
@@ -48,7 +60,7 @@ OPTION_DEFAULTS = {
     "dt_init": "random",
     "bias": False,
     "conv_bias": True,
-    "scan": "chunk",
+    "scan": "auto",
     "chunk_size": DEFAULT_CHUNK_SIZE,
 }
 
@@ -80,8 +92,12 @@ class Mamba(nn.Module):
         dt_init: "random" (uniform dt_proj.weight) or "constant".
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
-        scan: "chunk" (fast) or "naive" (reference loop).
+        scan: "auto" (fused numba kernel for CPU tensors when numba is importable, else chunk),
+            "fused" (CPU only), "chunk" (pure torch, any device) or "naive" (reference loop).
         chunk_size: chunk length of the chunked scan.
+        eigen_param: StableSSM map from the stored parameter to A (``longssm.reparam``); "exp"
+            stores A_log (transformers' layout), the others A_<map>.
+        eigen_param_b: b of eigen_param="best".
     """
 
     def __init__(
@@ -98,8 +114,10 @@ class Mamba(nn.Module):
         dt_init: str = "random",
         bias: bool = False,
         conv_bias: bool = True,
-        scan: str = "chunk",
+        scan: str = "auto",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        eigen_param: str = "exp",
+        eigen_param_b: float = 0.5,
     ):
         super().__init__()
         if scan not in SCANS:
@@ -132,9 +150,12 @@ class Mamba(nn.Module):
             self.conv1d = None
         self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
-        self.A_log = nn.Parameter(
-            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
-        )
+        check_eigen_param(eigen_param, eigen_param_b)
+        self.eigen_param, self.eigen_param_b = eigen_param, eigen_param_b
+        # S4D-Real A = -(1..N) under every map; the inverse map gives the stored parameter.
+        A_init = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        A_raw = eigen_real_inverse(A_init, eigen_param, eigen_param_b)  # (Di, N)
+        self.register_parameter(A_PARAM_NAMES[eigen_param], nn.Parameter(A_raw))
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
@@ -148,7 +169,7 @@ class Mamba(nn.Module):
             dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)  # (Di,)
             # softplus^-1(dt) = dt + log(1 - exp(-dt)), written with expm1 for small dt.
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        tag_ssm_param(self.A_log)
+        tag_ssm_param(self.A_raw)
         tag_ssm_param(self.D)
         tag_ssm_param(self.dt_proj.bias)
         for module in (self.in_proj, self.out_proj, self.conv1d):
@@ -164,11 +185,28 @@ class Mamba(nn.Module):
                 f"unknown mamba mixer option(s) {unknown}; valid options: {sorted(OPTION_DEFAULTS)}"
             )
         options = {**OPTION_DEFAULTS, **cfg.mixer_options}
-        return cls(cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **options)
+        return cls(
+            cfg.d_model,
+            cfg.d_state,
+            cfg.expand,
+            cfg.d_conv,
+            **options,
+            eigen_param=cfg.eigen_param,
+            eigen_param_b=cfg.eigen_param_b,
+        )
+
+    @property
+    def A_raw(self) -> nn.Parameter:
+        """The stored parameter w of A (A_log under "exp"), (d_inner, d_state)."""
+        return getattr(self, A_PARAM_NAMES[self.eigen_param])
+
+    def eigenvalues(self) -> torch.Tensor:
+        """A = f(w) (d_inner, d_state), real and negative, in float32 or wider."""
+        return eigen_real(self.A_raw.float(), self.eigen_param, self.eigen_param_b)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
         """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, max(d_conv - 1, 0))."""
-        device = self.A_log.device if device is None else device
+        device = self.D.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
         return MambaState(
             ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
@@ -214,9 +252,15 @@ class Mamba(nn.Module):
             xs = F.silu(xs)  # (B, T, Di)
 
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
-        A = -torch.exp(self.A_log.float())  # (Di, N)
+        A = self.eigenvalues()  # (Di, N)
         h0 = None if state is None else state.ssm
-        if self.scan == "chunk":
+        path = scan_path(xs, h0) if self.scan == "auto" else self.scan
+        if path not in _ANNOUNCED:
+            _ANNOUNCED.add(path)
+            logger.info("Mamba selective scan: %s path (scan=%r)", path, self.scan)
+        if path == "fused":
+            y, h = selective_scan_fused(xs, dt, A, B, C, self.D, h0, output_final_state=True)
+        elif path == "chunk":
             y, h = selective_scan_chunk(
                 xs, dt, A, B, C, self.D, h0, output_final_state=True, chunk_size=self.chunk_size
             )
@@ -244,7 +288,7 @@ class Mamba(nn.Module):
             conv_state = state.conv
         xs = F.silu(xs)  # (B, Di)
         dt, B, C = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
-        A = -torch.exp(self.A_log.float())  # (Di, N)
+        A = self.eigenvalues()  # (Di, N)
         y, h = selective_scan_step(xs, dt, A, B, C, self.D, state.ssm)  # (B, Di), (B, Di, N)
         y = y * F.silu(z)  # (B, Di)
         return self.out_proj(y), MambaState(ssm=h, conv=conv_state)

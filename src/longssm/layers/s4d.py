@@ -20,7 +20,9 @@ checkpoints only ever see real tensors.
 Options (``ModelConfig.mixer_options``): ``init`` legs|lin|inv|real (default legs; S4D-LegS uses
 the projected LegS B, the others B = 1), ``mode`` conv|recurrent (default conv), ``dt_min`` /
 ``dt_max`` (log-uniform init range of Δ, default 1e-3 / 0.1), ``chunk_size`` of the recurrent scan
-(default 32). ``ModelConfig.expand`` and ``d_conv`` are not used by S4D.
+(default 32). ``ModelConfig.expand`` and ``d_conv`` are not used by S4D. ``ModelConfig.eigen_param``
+picks the StableSSM map Re λ = f(w) (``longssm.reparam``): "exp" stores w as A_log_re (as above),
+the others as A_re_<map>; the initial λ is the same under every map.
 """
 
 from __future__ import annotations
@@ -36,8 +38,16 @@ from longssm import hippo
 from longssm.layers.base import check_input, check_state, tag_ssm_param
 from longssm.models.config import ModelConfig
 from longssm.ops.diag_scan import diag_scan_chunk, s4d_conv
+from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
 MODES = ("conv", "recurrent")
+# Stored name of Re λ's raw parameter per StableSSM map; "exp" keeps the original A_log_re.
+A_RE_PARAM_NAMES = {
+    "exp": "A_log_re",
+    "direct": "A_re_direct",
+    "softplus": "A_re_softplus",
+    "best": "A_re_best",
+}
 S4D_DEFAULTS = {"init": "legs", "mode": "conv", "dt_min": 1e-3, "dt_max": 0.1, "chunk_size": 32}
 
 
@@ -85,6 +95,8 @@ class S4D(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         chunk_size: int = 32,
+        eigen_param: str = "exp",
+        eigen_param_b: float = 0.5,
     ) -> None:
         super().__init__()
         if d_state < 2 or d_state % 2:
@@ -104,7 +116,12 @@ class S4D(nn.Module):
         C = torch.randn(H, n, dtype=torch.complex128)  # (H, n), E|C|^2 = 1
         dtype = torch.get_default_dtype()
         self.log_dt = tag_ssm_param(nn.Parameter(log_uniform_dt(H, dt_min, dt_max).to(dtype)))
-        self.A_log_re = tag_ssm_param(nn.Parameter(torch.log(-lam.real).to(dtype)))
+        check_eigen_param(eigen_param, eigen_param_b)
+        self.eigen_param, self.eigen_param_b = eigen_param, eigen_param_b
+        w_re = eigen_real_inverse(lam.real, eigen_param, eigen_param_b)  # (H, n)
+        self.register_parameter(
+            A_RE_PARAM_NAMES[eigen_param], tag_ssm_param(nn.Parameter(w_re.to(dtype)))
+        )
         self.A_im = tag_ssm_param(nn.Parameter(lam.imag.clone().to(dtype)))
         self.B = tag_ssm_param(nn.Parameter(torch.view_as_real(B.expand(H, n).clone()).to(dtype)))
         self.C = nn.Parameter(torch.view_as_real(C).to(dtype))
@@ -114,14 +131,26 @@ class S4D(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer_idx: int) -> S4D:
         opts = validate_options(cfg.mixer_options, S4D_DEFAULTS, "S4D")
-        return cls(cfg.d_model, cfg.d_state, **opts)
+        return cls(
+            cfg.d_model,
+            cfg.d_state,
+            **opts,
+            eigen_param=cfg.eigen_param,
+            eigen_param_b=cfg.eigen_param_b,
+        )
+
+    @property
+    def A_re_raw(self) -> nn.Parameter:
+        """The stored parameter w of Re λ (A_log_re under "exp"), (H, N/2)."""
+        return getattr(self, A_RE_PARAM_NAMES[self.eigen_param])
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, init={self.init}, mode={self.mode}"
 
     def eigenvalues(self) -> torch.Tensor:
-        """Continuous-time λ = -exp(A_log_re) + i A_im, (H, N/2) complex."""
-        return torch.complex(-torch.exp(self.A_log_re), self.A_im)
+        """Continuous-time λ = f(w) + i A_im (f = -exp for "exp"), (H, N/2) complex."""
+        re = eigen_real(self.A_re_raw, self.eigen_param, self.eigen_param_b)  # (H, n)
+        return torch.complex(re, self.A_im)
 
     def discretize(self, cdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ZOH: λ̄ = exp(Δλ), B̄ = (λ̄ - 1)/λ · B; returns (λ̄, B̄, C), each (H, N/2) in ``cdtype``."""

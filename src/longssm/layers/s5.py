@@ -27,6 +27,10 @@ Options (``ModelConfig.mixer_options``): ``init`` hippo-n|block (default hippo-n
 (default 4, used by init=block; P must be divisible by 2*blocks), ``discretization`` zoh|bilinear
 (default zoh), ``clip_eigs`` (default True), ``dt_min`` / ``dt_max`` (default 1e-3 / 0.1),
 ``chunk_size`` of the scan (default 32). ``ModelConfig.expand`` and ``d_conv`` are not used.
+``eigen_param`` picks the StableSSM map Re Λ = f(w) (``longssm.reparam``; ModelConfig.eigen_param,
+constructor default "direct" as in the S5 paper): "direct" stores w as Lambda_re (clamped only
+under ``clip_eigs``), the others as Lambda_re_<map>, negative by construction, so ``clip_eigs``
+has no effect there. The initial Λ is the same under every map.
 """
 
 from __future__ import annotations
@@ -43,10 +47,18 @@ from longssm.layers.base import check_input, check_state, tag_ssm_param
 from longssm.layers.s4d import complex_dtype_for, log_uniform_dt, validate_options
 from longssm.models.config import ModelConfig
 from longssm.ops.diag_scan import diag_scan_chunk, matmul_complex_real, matmul_re
+from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
 INITS = ("hippo-n", "block")
 DISCRETIZATIONS = ("zoh", "bilinear")
 CLIP_RE_MAX = -1e-4
+# Stored name of Re Λ's raw parameter per StableSSM map; "direct" keeps the original Lambda_re.
+LAMBDA_RE_PARAM_NAMES = {
+    "direct": "Lambda_re",
+    "exp": "Lambda_re_exp",
+    "softplus": "Lambda_re_softplus",
+    "best": "Lambda_re_best",
+}
 S5_DEFAULTS = {
     "init": "hippo-n",
     "blocks": 4,
@@ -93,6 +105,8 @@ class S5(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         chunk_size: int = 32,
+        eigen_param: str = "direct",
+        eigen_param_b: float = 0.5,
     ) -> None:
         super().__init__()
         if d_state < 2 or d_state % 2:
@@ -116,7 +130,12 @@ class S5(nn.Module):
         B_t = V.conj().T @ B.to(torch.complex128)  # (n, H)
         C_t = C.to(torch.complex128) @ V  # (H, n)
         dtype = torch.get_default_dtype()
-        self.Lambda_re = tag_ssm_param(nn.Parameter(lam.real.clone().to(dtype)))
+        check_eigen_param(eigen_param, eigen_param_b)
+        self.eigen_param, self.eigen_param_b = eigen_param, eigen_param_b
+        w_re = eigen_real_inverse(lam.real, eigen_param, eigen_param_b)  # (n,)
+        self.register_parameter(
+            LAMBDA_RE_PARAM_NAMES[eigen_param], tag_ssm_param(nn.Parameter(w_re.to(dtype)))
+        )
         self.Lambda_im = tag_ssm_param(nn.Parameter(lam.imag.clone().to(dtype)))
         self.log_dt = tag_ssm_param(nn.Parameter(log_uniform_dt(self.n_modes, dt_min, dt_max).to(dtype)))
         self.B = tag_ssm_param(nn.Parameter(torch.view_as_real(B_t).to(dtype)))
@@ -126,7 +145,18 @@ class S5(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer_idx: int) -> S5:
         opts = validate_options(cfg.mixer_options, S5_DEFAULTS, "S5")
-        return cls(cfg.d_model, cfg.d_state, **opts)
+        return cls(
+            cfg.d_model,
+            cfg.d_state,
+            **opts,
+            eigen_param=cfg.eigen_param,
+            eigen_param_b=cfg.eigen_param_b,
+        )
+
+    @property
+    def Lambda_re_raw(self) -> nn.Parameter:
+        """The stored parameter w of Re Λ (Lambda_re under "direct"), (P/2,)."""
+        return getattr(self, LAMBDA_RE_PARAM_NAMES[self.eigen_param])
 
     def extra_repr(self) -> str:
         return (
@@ -136,7 +166,11 @@ class S5(nn.Module):
 
     def eigenvalues(self) -> torch.Tensor:
         """Continuous-time Λ (P/2,) complex, real part clamped to <= -1e-4 under ``clip_eigs``."""
-        re = self.Lambda_re.clamp(max=CLIP_RE_MAX) if self.clip_eigs else self.Lambda_re
+        w = self.Lambda_re_raw  # (n,)
+        if self.eigen_param == "direct" and not self.clip_eigs:
+            re = w
+        else:
+            re = eigen_real(w, self.eigen_param, self.eigen_param_b, eps=-CLIP_RE_MAX)  # (n,)
         return torch.complex(re, self.Lambda_im)
 
     def discretize(self, cdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

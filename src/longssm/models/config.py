@@ -5,6 +5,7 @@ Glossary (paper symbol -> field):
     N (state size)           d_state
     E (expansion)            expand; d_inner = expand * d_model (Mamba, Mamba-2)
     conv kernel              d_conv (0 switches the short causal convolution off, as in LongSSM)
+    λ = f(w) (StableSSM)     eigen_param (map from raw parameter to eigenvalue real part), eigen_param_b
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-MIXERS = ("s4d", "s5", "mamba", "mamba2")
+from longssm.reparam import EIGEN_PARAMS
+
+MIXERS = ("s4d", "s5", "mamba", "mamba2", "longhorn", "lru", "gru", "lstm")
 NORMS = ("rmsnorm", "layernorm")
 
 
@@ -22,7 +25,7 @@ class ModelConfig:
     """Everything needed to build an ``SSMLanguageModel``; validated on construction."""
 
     mixer: str = "mamba"
-    """Sequence mixer of every block: one of s4d, s5, mamba, mamba2."""
+    """Sequence mixer of every block: one of s4d, s5, mamba, mamba2, longhorn, lru, gru, lstm."""
     d_model: int = 128
     """Residual stream width."""
     n_layers: int = 4
@@ -45,6 +48,13 @@ class ModelConfig:
     """Share the token embedding with the output head."""
     mixer_options: dict[str, Any] = field(default_factory=dict)
     """Family-specific options passed to the mixer (e.g. headdim for mamba2, init for s4d)."""
+    eigen_param: str = "exp"
+    """StableSSM map from a raw parameter w to the real part λ < 0 of the continuous eigenvalues
+    of Mamba's A and S4D's / S5's Λ: direct (λ = min(w, -1e-4)), exp (-exp(w)), softplus
+    (-log(1 + exp(w))) or best (-1/(w² + eigen_param_b)). Initial eigenvalues are the same for
+    every map. Other mixers ignore it."""
+    eigen_param_b: float = 0.5
+    """Offset b of eigen_param=best; that map reaches only -1/b <= λ < 0."""
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -61,6 +71,13 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             raise ValueError(f"norm_eps must be a positive number, got {self.norm_eps!r}")
+        if self.eigen_param not in EIGEN_PARAMS:
+            raise ValueError(
+                f"eigen_param must be one of {', '.join(EIGEN_PARAMS)}, got {self.eigen_param!r}"
+            )
+        b = self.eigen_param_b
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0:
+            raise ValueError(f"eigen_param_b must be a positive number, got {b!r}")
         if not isinstance(self.mixer_options, dict):
             raise ValueError(
                 f"mixer_options must be a mapping, got {type(self.mixer_options).__name__}"

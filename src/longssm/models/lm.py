@@ -24,6 +24,10 @@ MIXER_CLASSES = {
     "s5": "longssm.layers.s5:S5",
     "mamba": "longssm.layers.mamba:Mamba",
     "mamba2": "longssm.layers.mamba2:Mamba2",
+    "longhorn": "longssm.layers.longhorn:Longhorn",
+    "lru": "longssm.layers.lru:LRU",
+    "gru": "longssm.layers.rnn:GRU",
+    "lstm": "longssm.layers.rnn:LSTM",
 }
 
 

@@ -9,6 +9,9 @@ for ``bptt:K``). The carry is explicit:
 
 A run directory holds ``config.json`` (the resolved config), ``metrics.csv``, ``diagnostics.jsonl``,
 ``tokenizer.json`` and ``checkpoints/ckpt-*``.
+
+Under ``torchrun`` the same loop runs on every rank with its own streams of the global batch
+(``longssm.train.distributed``); rank 0 alone logs, validates and writes files.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ from longssm.data import ContiguousStreams, load_corpus, tokenizer_from_dict
 from longssm.data.tokenizers import ByteTokenizer
 from longssm.models import SSMLanguageModel
 from longssm.models.state import detach_state, flatten_state, state_norms, unflatten_state
+from longssm.train.distributed import (
+    ShardedPolicy,
+    env_world,
+    init_distributed,
+    maybe_crash_for_test,
+    owned_streams,
+    wrap_model,
+)
 from longssm.train.optim import lr_at, param_groups, set_lr
 from longssm.train.policies import make_policy
 
@@ -205,12 +216,15 @@ def accumulate_gradients(
     device,
     autocast=None,
     reset_at_doc_boundaries: bool = False,
+    no_sync=None,
 ):
     """Run the segments of one optimiser step and accumulate their gradients.
 
     The step takes ``grad_accum * K`` consecutive batches (K = ``policy.bptt_segments``); its loss
     is the mean of the segment losses. Inside a group of K segments the state keeps its graph, so
     gradients flow across segments; between groups it is detached (truncated BPTT).
+    ``no_sync`` (DDP's ``model.no_sync``) wraps every group but the last, so ranks exchange
+    gradients once per step.
 
     Returns: (mean loss of the step as a float, the carried state after the last segment).
     Raises NonFiniteError naming the step and the first layer whose state is not finite.
@@ -218,34 +232,42 @@ def accumulate_gradients(
     autocast = autocast or contextlib.nullcontext
     k = policy.bptt_segments
     n_micro = grad_accum * k
-    step_loss, group_loss = 0.0, 0.0
-    for micro in range(n_micro):
-        batch = next(loader)
-        resets = batch.resets
-        if reset_at_doc_boundaries:
-            # a row whose segment opens a new document starts from zero
-            resets = resets | batch.doc_start_mask[:, 0]
-        init = policy.initial_state(carried, resets.cpu(), batch.inputs.shape[0])
-        with autocast():
-            logits, final = model(batch.inputs.to(device), init)  # (B, T, V)
-            loss = F.cross_entropy(_upcast(logits).flatten(0, 1), batch.targets.to(device).flatten())
-        bad = first_non_finite_layer(final)
-        if not math.isfinite(loss.item()) or bad is not None:
-            where = f"layer {bad}" if bad is not None else "the output (all states finite)"
-            raise NonFiniteError(
-                f"non-finite training loss ({loss.item()}) or state at step {step + 1}, "
-                f"micro-step {micro}: first non-finite state in {where}"
-            )
-        policy.observe(final)
-        step_loss += loss.item() / n_micro
-        group_loss = group_loss + loss / n_micro
-        carried = final
-        if (micro + 1) % k == 0:
+    step_loss = 0.0
+    for group in range(grad_accum):
+        last = group == grad_accum - 1
+        group_loss = 0.0
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            for micro in range(group * k, group * k + k):
+                batch = next(loader)
+                resets = batch.resets
+                if reset_at_doc_boundaries:
+                    # a row whose segment opens a new document starts from zero
+                    resets = resets | batch.doc_start_mask[:, 0]
+                init = policy.initial_state(carried, resets.cpu(), batch.inputs.shape[0])
+                with autocast():
+                    logits, final = model(batch.inputs.to(device), init)  # (B, T, V)
+                    loss = F.cross_entropy(
+                        _upcast(logits).flatten(0, 1), batch.targets.to(device).flatten()
+                    )
+                bad = first_non_finite_layer(final)
+                if not math.isfinite(loss.item()) or bad is not None:
+                    where = f"layer {bad}" if bad is not None else "the output (all states finite)"
+                    raise NonFiniteError(
+                        f"non-finite training loss ({loss.item()}) or state at step {step + 1}, "
+                        f"micro-step {micro}: first non-finite state in {where}"
+                    )
+                policy.observe(final)
+                step_loss += loss.item() / n_micro
+                group_loss = group_loss + loss / n_micro
+                carried = final
             group_loss.backward()
-            group_loss = 0.0
-            # truncated BPTT: the next group starts from the value of the state, not its graph
-            carried = detach_state(carried)
+        # truncated BPTT: the next group starts from the value of the state, not its graph
+        carried = detach_state(carried)
     return step_loss, carried
+
+
+def _silent(*args, **kwargs) -> None:
+    """The ``log`` of ranks other than 0."""
 
 
 def train(
@@ -253,11 +275,24 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` into ``run_dir``; with ``resume`` continue exactly from its latest checkpoint.
 
+    Under torchrun every rank calls this with the same arguments (see
+    ``longssm.train.distributed``): rank r trains its streams of the global batch, rank 0 logs,
+    validates and writes ``run_dir``; the returned validation losses are rank 0's only.
+
     Raises ConfigError / DataError / CheckpointError for bad input (nothing on disk is touched
     before they are raised) and NonFiniteError when training diverges.
     """
     run_dir = Path(run_dir)
     tc, dc = cfg.train, cfg.data
+    batch_size = dc.effective_batch_size
+    # a one-line ConfigError, before joining the job, when the N processes cannot share B streams
+    rank, world_size, _ = env_world()
+    owned_streams(rank, world_size, batch_size)
+    ctx = init_distributed(tc.device)
+    # this rank's streams: r, r+N, r+2N, ... (all B in a single process)
+    rows = ctx.owned_streams(batch_size)
+    if not ctx.is_main:
+        log = _silent
     latest = None
     if resume:
         latest = ckpt_io.resolve_checkpoint(run_dir)
@@ -268,18 +303,30 @@ def train(
             f"run directory {run_dir} already holds a run; pass --resume to continue it or choose "
             "another --out"
         )
+    # every rank has looked at run_dir before rank 0 writes into it
+    ctx.barrier()
 
-    device = resolve_device(tc.device)
+    device = ctx.device
     dtype = getattr(torch, tc.dtype)
     torch.manual_seed(tc.seed)
     cache_dir = dc.cache_dir or None
 
     if latest is not None:
         tokenizer = tokenizer_from_dict(meta["tokenizer"])
-    else:
+    elif ctx.is_main:
         tokenizer = build_tokenizer(dc.tokenizer, dc.corpus, cache_dir)
+    if latest is None and ctx.enabled:
+        # rank 0 built (for BPE: trained) the tokenizer; the other ranks receive it
+        spec = ctx.broadcast_object(tokenizer.to_dict() if ctx.is_main else None)
+        if not ctx.is_main:
+            tokenizer = tokenizer_from_dict(spec)
+    if not ctx.is_main:
+        # rank 0 fills the token cache first; the other ranks then read it instead of tokenising
+        ctx.barrier()
     train_corpus = load_corpus(dc.corpus, tokenizer, "train", cache_dir=cache_dir)
     val_corpus = load_corpus(dc.corpus, tokenizer, "validation", cache_dir=cache_dir)
+    if ctx.is_main:
+        ctx.barrier()
     train_tokens, val_tokens = train_corpus.tokens, val_corpus.tokens
     doc_starts = train_corpus.doc_starts
     if dc.max_tokens:
@@ -288,7 +335,6 @@ def train(
 
     # markov: corpora are symbols with their own vocabulary; text corpora use the tokenizer's
     cfg.model.vocab_size = train_corpus.vocab_size
-    batch_size = dc.effective_batch_size
     model = SSMLanguageModel(cfg.model).to(device=device, dtype=dtype)
     policy = make_policy(tc.policy, model, noise_std=tc.noise_std, seed=tc.seed)
     optimizer = torch.optim.AdamW(
@@ -303,6 +349,7 @@ def train(
         seq_len=dc.seq_len,
         doc_starts=doc_starts,
         offset_seed=tc.seed if dc.random_offset else None,
+        rows=rows,
     )
 
     step, carried, history = 0, None, []
@@ -315,13 +362,15 @@ def train(
         loader.load_state_dict(meta["loader"])
         policy.load_state_tensors(extra)
         if meta.get("has_carried"):
-            carried = unflatten_state(extra, model.initial_state(batch_size), prefix="carried")
+            full = unflatten_state(extra, model.initial_state(batch_size), prefix="carried")
+            # states are stored in global stream order, whatever the world size that wrote them
+            carried = ctx.shard_state(full, batch_size)
         if "rng.torch" in extra:
             torch.set_rng_state(extra["rng.torch"])
         step = int(meta["step"])
         history = [r for r in _read_metrics(run_dir / "metrics.csv") if int(r["step"]) <= step]
         log(f"resuming {run_dir} from step {step} ({latest.name})")
-    else:
+    elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "config.json", "w") as f:
             json.dump(cfg.to_dict(), f, indent=1)
@@ -333,24 +382,42 @@ def train(
             f"policy {tc.policy}, T={dc.seq_len}, B={batch_size}, {len(train_tokens):,} train tokens "
             f"(unigram entropy {unigram:.3f} nats)"
         )
-    _write_metrics(run_dir / "metrics.csv", history)
+    if ctx.enabled:
+        log(
+            f"data parallel: {ctx.world_size} ranks, {len(rows)} streams each (rank r owns "
+            f"streams r, r+{ctx.world_size}, ...), backend {torch.distributed.get_backend()}"
+        )
+    if ctx.is_main:
+        _write_metrics(run_dir / "metrics.csv", history)
+    train_model = wrap_model(model, ctx)
+    step_policy = ShardedPolicy(policy, ctx, batch_size) if ctx.enabled else policy
+    no_sync = train_model.no_sync if ctx.enabled else None
 
     use_bf16 = tc.autocast == "bf16"
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    def save(at_step: int) -> Path:
+    def save(at_step: int) -> Path | None:
+        # collective: every rank sends its carried rows and loader position, rank 0 writes
+        full = ctx.gather_state(carried) if carried is not None else None
+        positions = ctx.all_gather_object(loader.state_dict())
+        if any(p != positions[0] for p in positions):
+            raise RuntimeError(f"ranks disagree on the loader position at step {at_step}: {positions}")
+        if not ctx.is_main:
+            ctx.barrier()
+            return None
         extra = dict(policy.state_tensors())
         extra["rng.torch"] = torch.get_rng_state()
-        if carried is not None:
-            extra.update(flatten_state(carried, prefix="carried"))
+        if full is not None:
+            extra.update(flatten_state(full, prefix="carried"))
         meta_out = {
             "config": cfg.to_dict(),
             "step": at_step,
-            "loader": loader.state_dict(),
+            "loader": positions[0],
             "tokenizer": tokenizer.to_dict(),
-            "has_carried": carried is not None,
+            "has_carried": full is not None,
+            "world_size": ctx.world_size,
             "torch_version": torch.__version__,
             "python": platform.python_version(),
         }
@@ -362,6 +429,8 @@ def train(
             extra=extra,
         )
         ckpt_io.prune_checkpoints(run_dir, tc.keep_last)
+        # no rank moves on before the checkpoint is complete
+        ctx.barrier()
         return path
 
     n_micro = tc.grad_accum * policy.bptt_segments
@@ -370,7 +439,7 @@ def train(
     start_time, last_log_time, last_log_step = time.perf_counter(), time.perf_counter(), step
     loss_value, val_reset, val_stream = float("nan"), None, None
     progress = None
-    if tc.progress:
+    if tc.progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         progress = tqdm(
@@ -383,8 +452,8 @@ def train(
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             loss_value_step, carried = accumulate_gradients(
-                model,
-                policy,
+                train_model,
+                step_policy,
                 loader,
                 carried,
                 tc.grad_accum,
@@ -392,7 +461,10 @@ def train(
                 device,
                 autocast,
                 reset_at_doc_boundaries=tc.reset_at_doc_boundaries,
+                no_sync=no_sync,
             )
+            # DDP averaged the model's gradients; a learned initial state is outside the model
+            ctx.average_gradients(policy.parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]],
                 tc.grad_clip if tc.grad_clip > 0 else float("inf"),
@@ -401,16 +473,21 @@ def train(
                 raise NonFiniteError(f"non-finite gradient norm at step {step + 1}")
             optimizer.step()
             step += 1
-            loss_value = loss_value_step
+            # each rank's loss is the mean over its B/N rows: their mean is the global loss
+            loss_value = ctx.mean(loss_value_step)
             if progress is not None:
                 progress.update(1)
             val_reset = val_stream = None
             if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-                val_reset, val_stream = validate(
-                    model, val_tokens, dc.seq_len, batch_size, tc.eval_batches, autocast
-                )
+                if ctx.is_main:
+                    val_reset, val_stream = validate(
+                        model, val_tokens, dc.seq_len, batch_size, tc.eval_batches, autocast
+                    )
+                # the other ranks wait while rank 0 validates the unwrapped model
+                ctx.barrier()
             now = time.perf_counter()
-            if step % tc.log_every == 0 or step == tc.steps or val_reset is not None:
+            logs = step % tc.log_every == 0 or step == tc.steps or val_reset is not None
+            if ctx.is_main and logs:
                 tps = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_step = now, step
                 row = {
@@ -430,23 +507,28 @@ def train(
                 if progress is not None:
                     progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tps:,.0f}")
             if tc.diag_every and step % tc.diag_every == 0:
-                weights = torch.sqrt(
-                    sum(p.detach().float().pow(2).sum() for p in model.parameters())
-                )
-                record = {
-                    "step": step,
-                    "grad_norm": grad_norm,
-                    "grad_weight_ratio": grad_norm / max(weights.item(), 1e-12),
-                    "state_max_norm": state_norms(carried) if carried is not None else [],
-                    "transition": transition_stats(model),
-                }
-                with open(diag_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                # collective: the maximum over every rank's streams
+                norms = ctx.max(state_norms(carried)) if carried is not None else []
+                if ctx.is_main:
+                    weights = torch.sqrt(
+                        sum(p.detach().float().pow(2).sum() for p in model.parameters())
+                    )
+                    record = {
+                        "step": step,
+                        "grad_norm": grad_norm,
+                        "grad_weight_ratio": grad_norm / max(weights.item(), 1e-12),
+                        "state_max_norm": norms,
+                        "transition": transition_stats(model),
+                    }
+                    with open(diag_file, "a") as f:
+                        f.write(json.dumps(record) + "\n")
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
                 save(step)
+            maybe_crash_for_test(step, ctx.rank)
     finally:
         if progress is not None:
             progress.close()
+    ctx.close()
     return TrainResult(
         run_dir=run_dir,
         step=step,

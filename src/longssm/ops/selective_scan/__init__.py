@@ -1,20 +1,58 @@
 """Selective scan (Mamba-1 / S6): h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t, y_t = C_t·h_t + D x_t.
 
 Forms, one signature ``(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False)``:
-``selective_scan_naive`` (the reference loop), ``selective_scan_chunk`` (the training form, also
-exported as ``selective_scan``) and ``selective_scan_step`` (one step). Derivation in README.md.
+``selective_scan_naive`` (the reference loop), ``selective_scan_chunk`` (pure torch, any device),
+``selective_scan_fused`` (numba kernels, CPU only) and ``selective_scan_step`` (one step).
+``selective_scan`` dispatches: the fused form for CPU tensors when numba is importable, else the
+chunked form (``scan_path`` says which). Derivations and timings in README.md.
 """
 
+from __future__ import annotations
+
+import torch
+
 from longssm.ops.selective_scan.chunk import DEFAULT_CHUNK_SIZE, selective_scan_chunk
+from longssm.ops.selective_scan.fused_cpu import numba_available, selective_scan_fused
 from longssm.ops.selective_scan.naive import selective_scan_naive
 from longssm.ops.selective_scan.step import selective_scan_step
 
-selective_scan = selective_scan_chunk
+
+def scan_path(*tensors: torch.Tensor | None) -> str:
+    """ "fused" when every given tensor is on the CPU and numba is importable, else "chunk"."""
+    on_cpu = all(t.device.type == "cpu" for t in tensors if t is not None)
+    return "fused" if on_cpu and numba_available() else "chunk"
+
+
+def selective_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fastest available form: fused on CPU with numba, else chunked (``chunk_size`` used).
+
+    Args and returns as ``selective_scan_naive``: x, dt (batch, T, d_inner); A (d_inner, d_state);
+    B, C (batch, T, d_state); D (d_inner,) or None; initial_state (batch, d_inner, d_state) or None;
+    returns y (batch, T, d_inner) and final_state (batch, d_inner, d_state) or None.
+    """
+    if scan_path(x, dt, A, B, C, D, initial_state) == "fused":
+        return selective_scan_fused(x, dt, A, B, C, D, initial_state, output_final_state)
+    return selective_scan_chunk(
+        x, dt, A, B, C, D, initial_state, output_final_state, chunk_size=chunk_size
+    )
+
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "scan_path",
     "selective_scan",
     "selective_scan_chunk",
+    "selective_scan_fused",
     "selective_scan_naive",
     "selective_scan_step",
 ]

@@ -1,0 +1,251 @@
+"""Longhorn mixer (Liu et al., 2024) with the longssm state protocol.
+
+The block is Mamba's (in_proj -> short causal conv -> SSM -> gate -> out_proj) with the selective
+scan replaced by Longhorn's online-learning update, which needs no separate transition matrix A:
+the forgetting 1 - ε k² is tied to how strongly the new key is written.
+
+Glossary (paper symbol -> code name):
+    D (model width)                   d_model
+    d_inner (SSM width)               d_inner = expand * d_model
+    N (key / query size)              d_state
+    R (rank of β's projection)        dt_rank ("auto" = ceil(d_model / 16))
+    x, z (SSM branch, gate branch)    in_proj(u).chunk(2)
+    β_t = sigmoid(W_β x_t + b_β)      beta = sigmoid(dt_proj(x_proj(x)[:R])), per channel
+    k_t, q_t (key, query)             x_proj(x)[R:R+N], x_proj(x)[R+N:]
+    ε_t = β_t / (1 + β_t ||k_t||²)    computed in ``ops.longhorn``
+    D (skip)                          D
+    S_t                               state.ssm    (batch, d_inner, d_state)
+    last K-1 conv inputs              state.conv   (batch, d_inner, d_conv - 1)
+
+Recurrence: S_t = (1 - ε_t k_t²) ⊙ S_{t-1} + ε_t x_t k_tᵀ,  y_t = S_t q_t + D x_t;
+out = out_proj(y * silu(z)).
+
+Options (``ModelConfig.mixer_options``): ``dt_rank`` ("auto"), ``beta_min`` / ``beta_max``
+(β = sigmoid(b_β) is initialised log-uniform in this range; default 1e-3 / 0.1), ``dt_scale``
+(init scale of dt_proj.weight, default 1), ``bias`` (in_proj / out_proj, default False),
+``conv_bias`` (default True), ``scan`` chunk|naive (default chunk), ``chunk_size`` (default 32).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.models.config import ModelConfig
+from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn_chunk, longhorn_naive, longhorn_step
+
+SCANS = ("chunk", "naive")
+OPTION_DEFAULTS = {
+    "dt_rank": "auto",
+    "beta_min": 1e-3,
+    "beta_max": 0.1,
+    "dt_scale": 1.0,
+    "bias": False,
+    "conv_bias": True,
+    "scan": "chunk",
+    "chunk_size": DEFAULT_CHUNK_SIZE,
+}
+
+
+class LonghornState(NamedTuple):
+    """State of one Longhorn layer.
+
+    ssm: (batch, d_inner, d_state) the state S_t.
+    conv: (batch, d_inner, max(d_conv - 1, 0)) the last d_conv - 1 inputs of the causal
+        convolution, oldest first (zero width when there is no convolution).
+    """
+
+    ssm: torch.Tensor
+    conv: torch.Tensor
+
+
+class Longhorn(nn.Module):
+    """Longhorn mixer: ``forward(x, state=None) -> (y, LonghornState)``.
+
+    Args:
+        d_model: residual width.
+        d_state: key / query size N.
+        expand: d_inner = expand * d_model.
+        d_conv: causal depthwise convolution kernel; 0 = no convolution.
+        dt_rank: rank R of β's projection, or "auto" = ceil(d_model / 16).
+        beta_min, beta_max: β = sigmoid(b_β) is initialised log-uniform in [beta_min, beta_max].
+        dt_scale: dt_proj.weight init scale (uniform, bound dt_scale / sqrt(R)).
+        bias: bias in in_proj and out_proj.
+        conv_bias: bias in conv1d.
+        scan: "chunk" (fast) or "naive" (reference loop).
+        chunk_size: chunk length of the chunked form.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: int | str = "auto",
+        beta_min: float = 1e-3,
+        beta_max: float = 0.1,
+        dt_scale: float = 1.0,
+        bias: bool = False,
+        conv_bias: bool = True,
+        scan: str = "chunk",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ):
+        super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"Longhorn: scan must be one of {', '.join(SCANS)}, got {scan!r}")
+        if not 0 < beta_min <= beta_max < 1:
+            raise ValueError(
+                f"Longhorn: need 0 < beta_min <= beta_max < 1, got beta_min={beta_min}, "
+                f"beta_max={beta_max}"
+            )
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank <= 0:
+            raise ValueError(
+                f"Longhorn: dt_rank must be a positive integer or 'auto', got {dt_rank!r}"
+            )
+        if not isinstance(d_conv, int) or d_conv < 0:
+            raise ValueError(f"Longhorn: d_conv must be a non-negative integer, got {d_conv!r}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+            raise ValueError(f"Longhorn: chunk_size must be a positive integer, got {chunk_size!r}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = expand * d_model
+        self.d_conv = d_conv
+        self.dt_rank = dt_rank
+        self.scan = scan
+        self.chunk_size = chunk_size
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        if d_conv > 0:
+            # No padding: the layer prepends the carried conv state (zeros by default) itself.
+            self.conv1d = nn.Conv1d(
+                self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias
+            )
+        else:
+            self.conv1d = None
+        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+        bound = dt_scale * dt_rank**-0.5
+        with torch.no_grad():
+            nn.init.uniform_(self.dt_proj.weight, -bound, bound)
+            u = torch.rand(self.d_inner, dtype=torch.float64)
+            log_beta = u * (math.log(beta_max) - math.log(beta_min)) + math.log(beta_min)
+            beta = torch.exp(log_beta)  # (Di,)
+            # sigmoid⁻¹(β) = log β - log(1 - β)
+            self.dt_proj.bias.copy_(log_beta - torch.log1p(-beta))
+        tag_ssm_param(self.D)
+        tag_ssm_param(self.dt_proj.bias)
+        for module in (self.in_proj, self.out_proj, self.conv1d):
+            if module is not None and module.bias is not None:
+                tag_no_weight_decay(module.bias)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> Longhorn:
+        """Build from ``cfg`` (d_model, d_state, expand, d_conv) and ``cfg.mixer_options``."""
+        unknown = sorted(set(cfg.mixer_options) - set(OPTION_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"unknown longhorn mixer option(s) {unknown}; valid options: "
+                f"{sorted(OPTION_DEFAULTS)}"
+            )
+        options = {**OPTION_DEFAULTS, **cfg.mixer_options}
+        return cls(cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **options)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+            f"d_conv={self.d_conv}, scan={self.scan}"
+        )
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> LonghornState:
+        """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, max(d_conv - 1, 0))."""
+        device = self.D.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        return LonghornState(
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
+            conv=torch.zeros(
+                batch_size, self.d_inner, max(self.d_conv - 1, 0), device=device, dtype=dtype
+            ),
+        )
+
+    def _check(self, state, batch: int, x: torch.Tensor) -> LonghornState:
+        if state is None:
+            return self.initial_state(batch, x.device, x.dtype)
+        check_state(state, self.initial_state(batch, x.device, x.dtype), "Longhorn")
+        return state
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        """β (after the sigmoid), k and q from x (..., d_inner)."""
+        dt_low, k, q = torch.split(
+            self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )  # (..., R), (..., N), (..., N)
+        beta = torch.sigmoid(self.dt_proj(dt_low))  # (..., Di)
+        return beta, k, q
+
+    def forward(
+        self, x: torch.Tensor, state: LonghornState | None = None
+    ) -> tuple[torch.Tensor, LonghornState]:
+        """Args: x (batch, time, d_model); state (LonghornState) or None for zeros.
+
+        Returns: y (batch, time, d_model) and the state after the last step.
+        """
+        check_input(x, self.d_model)
+        batch = x.shape[0]
+        state = self._check(state, batch, x)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
+        if self.conv1d is not None:
+            width = self.d_conv - 1
+            window = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=-1)
+            # window: (B, Di, K-1+T); the next segment's conv state is its last K-1 columns
+            conv_state = window[:, :, window.shape[-1] - width :]  # (B, Di, K-1)
+            xs = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, T, Di)
+        else:
+            conv_state = state.conv
+            xs = F.silu(xs)  # (B, T, Di)
+        beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
+        if self.scan == "chunk":
+            y, s = longhorn_chunk(
+                xs,
+                beta,
+                k,
+                q,
+                self.D,
+                state.ssm,
+                output_final_state=True,
+                chunk_size=self.chunk_size,
+            )
+        else:
+            y, s = longhorn_naive(xs, beta, k, q, self.D, state.ssm, output_final_state=True)
+        y = y * F.silu(z)  # (B, T, Di)
+        return self.out_proj(y), LonghornState(ssm=s, conv=conv_state)
+
+    def step(
+        self, x_t: torch.Tensor, state: LonghornState | None
+    ) -> tuple[torch.Tensor, LonghornState]:
+        """One decoding step. Args: x_t (batch, d_model); state. Returns y_t (batch, d_model), state."""
+        check_input(x_t, self.d_model, name="x_t", ndim=2)
+        state = self._check(state, x_t.shape[0], x_t)
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
+        if self.conv1d is not None:
+            window = torch.cat([state.conv.to(xs.dtype), xs[:, :, None]], dim=-1)  # (B, Di, K)
+            conv_state = window[:, :, 1:]  # (B, Di, K-1)
+            xs = (window * self.conv1d.weight[:, 0, :]).sum(-1)  # (B, Di)
+            if self.conv1d.bias is not None:
+                xs = xs + self.conv1d.bias
+        else:
+            conv_state = state.conv
+        xs = F.silu(xs)  # (B, Di)
+        beta, k, q = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
+        y, s = longhorn_step(xs, beta, k, q, self.D, state.ssm)  # (B, Di), (B, Di, N)
+        y = y * F.silu(z)  # (B, Di)
+        return self.out_proj(y), LonghornState(ssm=s, conv=conv_state)

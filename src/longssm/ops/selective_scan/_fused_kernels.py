@@ -1,0 +1,320 @@
+"""Numba kernels of the fused CPU selective scan (Mamba-1 / S6); imported lazily by ``fused_cpu.py``.
+
+Importing this module imports numba (about a second); nothing is compiled until a kernel is first
+called with a given dtype (float32 or float64), and ``cache=True`` keeps the machine code on disk.
+
+Glossary (paper symbol -> code name, shape; one task = one batch row b and one channel block):
+    x_t, Δ_t (input, step size)        x, dt          (batch, T, d_inner)
+    A (dynamics, transposed)           AT             (d_state, d_inner)
+    B_t, C_t                           Bm, Cm         (batch, T, d_state)
+    D (skip)                           Dv             (d_inner,)
+    h_t (state of one channel block)   h              (d_state, LANES): lanes = channels of the block
+    h at steps 0, K, 2K, ...           ckpt           (batch, ceil(T / K), d_state, d_inner)
+    ∂L/∂h_t (adjoint state)            lam            (d_state, LANES)
+    K (checkpoint interval)            CHECKPOINT
+
+Layout: a task keeps the state of ``LANES`` consecutive channels as a small (d_state, LANES) array;
+every inner loop runs over the lanes, is element-wise and has a constant trip count, so LLVM
+vectorises it without reassociating any sum (the kernels are compiled with ``fastmath=False``).
+Channels past d_inner in the last block are zero lanes (Δ = 0, x = 0: they stay zero).
+See README.md ("Fused CPU kernel") for the backward derivation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+LANES = 16
+CHECKPOINT = 32
+
+# exp(x) = 2^k · exp(r) with k = round(x / ln 2), r = x − k ln 2 (ln 2 split in a high part exact
+# in few bits and a low correction), |r| <= ln(2) / 2; exp(r) by its Taylor series, long enough
+# that the truncation is below one ulp (degree 7 for float32, 13 for float64); 2^k is built from
+# its exponent bits. Unlike math.exp (a scalar libm call), this vectorises.
+_LOG2E = 1.4426950408889634
+_LN2_HI_32, _LN2_LO_32 = 0.693359375, -2.12194440e-4
+_LN2_HI_64, _LN2_LO_64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+# Adding then subtracting 1.5 · 2^(mantissa bits) rounds to the nearest integer.
+_ROUND_32, _ROUND_64 = 12582912.0, 6755399441055744.0
+
+
+@intrinsic
+def _bits_to_float(typingctx, bits):
+    """Reinterpret an int32 (int64) as a float32 (float64): the exponent-bits trick for 2^k."""
+    if bits == types.int32:
+        sig, llty = types.float32(types.int32), ir.FloatType()
+    elif bits == types.int64:
+        sig, llty = types.float64(types.int64), ir.DoubleType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llty)
+
+    return sig, codegen
+
+
+def _exp32(x):
+    # Below lo the result would be subnormal (returned as 0); above hi, +inf.
+    lo, hi = np.float32(-87.3365), np.float32(88.0)
+    xc = min(max(x, lo), hi)
+    k = (xc * np.float32(_LOG2E) + np.float32(_ROUND_32)) - np.float32(_ROUND_32)
+    r = (xc - k * np.float32(_LN2_HI_32)) - k * np.float32(_LN2_LO_32)
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    # numba widens int32 arithmetic to int64: narrow the exponent bits back before the cast.
+    res = p * _bits_to_float(np.int32((np.int32(k) + 127) << 23))
+    if x < lo:
+        res = np.float32(0.0)
+    if x > hi:
+        res = np.float32(np.inf)
+    if x != x:
+        res = x
+    return res
+
+
+def _exp64(x):
+    lo, hi = -708.3964, 709.0
+    xc = min(max(x, lo), hi)
+    k = (xc * _LOG2E + _ROUND_64) - _ROUND_64
+    r = (xc - k * _LN2_HI_64) - k * _LN2_LO_64
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    res = p * _bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
+    if x < lo:
+        res = 0.0
+    if x > hi:
+        res = np.inf
+    if x != x:
+        res = x
+    return res
+
+
+def fast_exp(x):
+    """exp(x) for float32 or float64 scalars inside the kernels (see the comment above _exp32)."""
+    raise NotImplementedError("fast_exp runs inside numba kernels only")
+
+
+@overload(fast_exp)
+def _fast_exp_overload(x):
+    if x == types.float32:
+        return _exp32
+    if x == types.float64:
+        return _exp64
+    return None
+
+
+@njit(cache=True)
+def _lane_sum(p):
+    """Σ_j p[j] over the LANES lanes as a fixed pairwise tree (deterministic and vectorisable)."""
+    width = LANES // 2
+    while width >= 1:
+        for j in range(width):
+            p[j] = p[j] + p[j + width]
+        width //= 2
+    return p[0]
+
+
+@njit(cache=True)
+def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
+    """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring)."""
+    T, n_inner = x.shape[1], x.shape[2]
+    N = AT.shape[0]
+    w = min(LANES, n_inner - d0)
+    dtype = x.dtype
+    h = np.zeros((N, LANES), dtype)  # (N, lanes)
+    a = np.zeros((N, LANES), dtype)  # (N, lanes) A of the block's channels
+    dv = np.zeros(LANES, dtype)
+    xs = np.zeros(LANES, dtype)
+    ds = np.zeros(LANES, dtype)
+    u = np.zeros(LANES, dtype)
+    acc = np.zeros(LANES, dtype)
+    for n in range(N):
+        for j in range(w):
+            h[n, j] = h0[b, d0 + j, n]
+            a[n, j] = AT[n, d0 + j]
+    for j in range(w):
+        dv[j] = Dv[d0 + j]
+    for t in range(T):
+        if save and t % CHECKPOINT == 0:
+            k = t // CHECKPOINT
+            for n in range(N):
+                for j in range(w):
+                    ckpt[b, k, n, d0 + j] = h[n, j]
+        for j in range(w):
+            xs[j] = x[b, t, d0 + j]
+            ds[j] = dt[b, t, d0 + j]
+        for j in range(LANES):
+            u[j] = ds[j] * xs[j]
+            acc[j] = 0
+        for n in range(N):
+            bn = Bm[b, t, n]
+            cn = Cm[b, t, n]
+            for j in range(LANES):
+                hv = fast_exp(ds[j] * a[n, j]) * h[n, j] + u[j] * bn
+                h[n, j] = hv
+                acc[j] += cn * hv
+        for j in range(w):
+            y[b, t, d0 + j] = acc[j] + xs[j] * dv[j]
+    for n in range(N):
+        for j in range(w):
+            hT[b, d0 + j, n] = h[n, j]
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save):
+    """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
+
+    Parallel over the flattened (batch row, channel block) index.
+    """
+    n_batch, n_inner = x.shape[0], x.shape[2]
+    n_blocks = (n_inner + LANES - 1) // LANES
+    for task in prange(n_batch * n_blocks):
+        b = task // n_blocks
+        _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, (task % n_blocks) * LANES)
+
+
+# Rows of the backward's per-lane work array: inputs of step t, Δx, Σ_n λ B_n, Σ_n ∂L/∂(ΔA) A,
+# and the products summed over lanes for dB, dC. One array keeps the number of distinct arrays in
+# each inner loop small, so LLVM vectorises it behind few runtime alias checks.
+_X, _DT, _GY, _U, _GU, _GDA, _PB, _PC, _ROWS = range(9)
+
+
+@njit(cache=True)
+def _backward_task(
+    x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0, b, blk
+):
+    """Reverse-time scan of one task; states recomputed from the checkpoints, K steps at a time."""
+    T, n_inner = x.shape[1], x.shape[2]
+    N = AT.shape[0]
+    d0 = blk * LANES
+    w = min(LANES, n_inner - d0)
+    dtype = x.dtype
+    a = np.zeros((N, LANES), dtype)
+    dv = np.zeros(LANES, dtype)
+    lam = np.zeros((N, LANES), dtype)  # (N, lanes) ∂L/∂h_t
+    dA_acc = np.zeros((N, LANES), np.float64)
+    dD_acc = np.zeros(LANES, np.float64)
+    hbuf = np.zeros((CHECKPOINT + 1, N, LANES), dtype)  # h_{t0-1} .. h_{t0+K-1} of one block
+    ebuf = np.zeros((CHECKPOINT, N, LANES), dtype)  # exp(Δ_t A) of one block
+    v = np.zeros((_ROWS, LANES), dtype)
+    for n in range(N):
+        for j in range(w):
+            a[n, j] = AT[n, d0 + j]
+            lam[n, j] = gh[b, d0 + j, n]
+    for j in range(w):
+        dv[j] = Dv[d0 + j]
+    for k in range(ckpt.shape[1] - 1, -1, -1):
+        t0 = k * CHECKPOINT
+        steps = min(CHECKPOINT, T - t0)
+        for n in range(N):
+            for j in range(w):
+                hbuf[0, n, j] = ckpt[b, k, n, d0 + j]
+        for s in range(steps):
+            for j in range(w):
+                v[_X, j] = x[b, t0 + s, d0 + j]
+                v[_DT, j] = dt[b, t0 + s, d0 + j]
+            for j in range(LANES):
+                v[_U, j] = v[_DT, j] * v[_X, j]
+            for n in range(N):
+                bn = Bm[b, t0 + s, n]
+                for j in range(LANES):
+                    e = fast_exp(v[_DT, j] * a[n, j])
+                    ebuf[s, n, j] = e
+                    hbuf[s + 1, n, j] = e * hbuf[s, n, j] + v[_U, j] * bn
+        for s in range(steps - 1, -1, -1):
+            t = t0 + s
+            for j in range(w):
+                v[_X, j] = x[b, t, d0 + j]
+                v[_DT, j] = dt[b, t, d0 + j]
+                v[_GY, j] = gy[b, t, d0 + j]
+            for j in range(LANES):
+                v[_U, j] = v[_DT, j] * v[_X, j]
+                v[_GU, j] = 0
+                v[_GDA, j] = 0
+                dD_acc[j] += v[_GY, j] * v[_X, j]
+            for n in range(N):
+                bn = Bm[b, t, n]
+                cn = Cm[b, t, n]
+                # lam becomes ∂L/∂h_t: the carried part plus y_t's (y_t = Σ_n C_t h_t + D x_t).
+                for j in range(LANES):
+                    lam[n, j] += v[_GY, j] * cn
+                for j in range(LANES):
+                    v[_PC, j] = v[_GY, j] * hbuf[s + 1, n, j]
+                    v[_PB, j] = lam[n, j] * v[_U, j]
+                    v[_GU, j] += lam[n, j] * bn
+                for j in range(LANES):
+                    # ∂L/∂(Δ_t A) = lam · h_{t-1} · exp(Δ_t A); then lam becomes ∂L/∂h_{t-1}.
+                    da = lam[n, j] * hbuf[s, n, j] * ebuf[s, n, j]
+                    v[_GDA, j] += da * a[n, j]
+                    dA_acc[n, j] += da * v[_DT, j]
+                    lam[n, j] = ebuf[s, n, j] * lam[n, j]
+                dC_part[b, blk, t, n] = _lane_sum(v[_PC])
+                dB_part[b, blk, t, n] = _lane_sum(v[_PB])
+            for j in range(w):
+                # u = Δ x: ∂L/∂x = Δ Σ_n lam B_n + D ∂L/∂y, ∂L/∂Δ = x Σ_n lam B_n + Σ_n ∂L/∂(ΔA) A.
+                dx[b, t, d0 + j] = v[_GU, j] * v[_DT, j] + v[_GY, j] * dv[j]
+                ddt[b, t, d0 + j] = v[_GU, j] * v[_X, j] + v[_GDA, j]
+    for n in range(N):
+        for j in range(w):
+            dh0[b, d0 + j, n] = lam[n, j]
+            dA_part[b, n, d0 + j] = dA_acc[n, j]
+    for j in range(w):
+        dD_part[b, d0 + j] = dD_acc[j]
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def scan_backward(
+    x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0
+):
+    """Gradients of the scan given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂h_T.
+
+    Writes dx, ddt (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; the parameters
+    shared across tasks get per-task partial sums, reduced by the caller: dB_part, dC_part
+    (batch, n_blocks, T, d_state), dA_part (batch, d_state, d_inner) and dD_part (batch, d_inner),
+    the last two in float64.
+    """
+    n_batch, n_inner = x.shape[0], x.shape[2]
+    n_blocks = (n_inner + LANES - 1) // LANES
+    for task in prange(n_batch * n_blocks):
+        _backward_task(
+            x,
+            dt,
+            AT,
+            Bm,
+            Cm,
+            Dv,
+            ckpt,
+            gy,
+            gh,
+            dx,
+            ddt,
+            dB_part,
+            dC_part,
+            dA_part,
+            dD_part,
+            dh0,
+            task // n_blocks,
+            task % n_blocks,
+        )

@@ -1,0 +1,162 @@
+"""Fused CPU selective scan (Mamba-1 / S6): numba kernels with a hand-written backward.
+
+Glossary as in ``naive.py`` (x_t -> x, Δ_t -> dt, A, B_t -> B, C_t -> C, D, h_t -> state), plus
+    K (checkpoint interval)          CHECKPOINT (32)   states stored every K steps for the backward
+    h_0, h_K, h_2K, ...              ckpt              (batch, ceil(T / K), d_state, d_inner)
+    ∂L/∂y, ∂L/∂h_T                   gy, gh            (batch, T, d_inner), (batch, d_inner, d_state)
+
+The forward keeps the state of a block of 16 channels in a small local array and runs over time once,
+parallel over the (batch row, channel block) pairs; it never materialises (batch, T, d_inner,
+d_state). The backward runs time in reverse, recomputing the states of each K-step block from its
+checkpoint. Derivation and timings in README.md ("Fused CPU kernel").
+
+The kernels live in ``_fused_kernels.py``, imported (with numba) on the first call; numba compiles
+each dtype (float32, float64) on its first use and caches the machine code on disk. Half-precision
+inputs run in float32. CPU tensors only: ``selective_scan`` (the dispatcher in ``__init__.py``)
+falls back to the chunked form on other devices or without numba.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+
+import torch
+
+from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
+
+
+@lru_cache(maxsize=1)
+def numba_available() -> bool:
+    """Whether numba can be imported (checked once, without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def _kernels():
+    """The numba kernels module, imported on first use (importing numba takes about a second)."""
+    from longssm.ops.selective_scan import _fused_kernels
+
+    return _fused_kernels
+
+
+def _numpy(t: torch.Tensor):
+    """A zero-copy numpy view of a contiguous CPU tensor."""
+    return t.detach().numpy()
+
+
+class _FusedScan(torch.autograd.Function):
+    """Autograd wrapper; all inputs contiguous, in one dtype (float32 or float64), A transposed."""
+
+    @staticmethod
+    def forward(ctx, x, dt, AT, B, C, D, h0):
+        # x, dt: (B, T, Di); AT: (N, Di); B, C: (B, T, N); D: (Di,); h0: (B, Di, N)
+        kern = _kernels()
+        batch, T, d_inner = x.shape
+        d_state = AT.shape[0]
+        save = any(ctx.needs_input_grad)
+        n_ckpt = -(-T // kern.CHECKPOINT) if save else 0
+        y = torch.empty_like(x)  # (B, T, Di)
+        hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
+        ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
+        kern.scan_forward(*(_numpy(t) for t in (x, dt, AT, B, C, D, h0, y, hT, ckpt)), save)
+        if save:
+            ctx.save_for_backward(x, dt, AT, B, C, D, ckpt)
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        kern = _kernels()
+        x, dt, AT, B, C, D, ckpt = ctx.saved_tensors
+        batch, T, d_inner = x.shape
+        d_state = AT.shape[0]
+        n_blocks = -(-d_inner // kern.LANES)
+        # An output that does not reach the loss has no gradient: it contributes zeros.
+        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
+        gh = (
+            torch.zeros(batch, d_inner, d_state, dtype=x.dtype)
+            if gh is None
+            else gh.to(x.dtype).contiguous()
+        )
+        dx = torch.empty_like(x)  # (B, T, Di)
+        ddt = torch.empty_like(x)  # (B, T, Di)
+        dB_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
+        dC_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
+        dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
+        dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
+        dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
+        kern.scan_backward(
+            *(
+                _numpy(t)
+                for t in (x, dt, AT, B, C, D, ckpt, gy, gh, dx, ddt)
+                + (dB_part, dC_part, dA_part, dD_part, dh0)
+            )
+        )
+        dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
+        dD = dD_part.sum(0).to(x.dtype)  # (Di,)
+        return dx, ddt, dAT, dB_part.sum(1), dC_part.sum(1), dD, dh0
+
+
+def selective_scan_fused(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Selective scan by fused numba kernels on CPU; same results as ``selective_scan_naive``.
+
+    Args:
+        x: (batch, T, d_inner) input.
+        dt: (batch, T, d_inner) positive step sizes Δ (after softplus and bias).
+        A: (d_inner, d_state) real, negative.
+        B, C: (batch, T, d_state) input-dependent input and output maps.
+        D: (d_inner,) skip weight, or None.
+        initial_state: (batch, d_inner, d_state) h_0, or None for zeros.
+        output_final_state: also return h_T.
+
+    Returns:
+        y: (batch, T, d_inner) in x's dtype; final_state: (batch, d_inner, d_state) in the compute
+        dtype (float32 or float64), or None.
+
+    Raises:
+        ValueError: on mismatched shapes or tensors not on the CPU.
+        ImportError: when numba is not installed.
+    """
+    check_scan_inputs(x, dt, A, B, C, D, initial_state)
+    tensors = [t for t in (x, dt, A, B, C, D, initial_state) if t is not None]
+    if any(t.device.type != "cpu" for t in tensors):
+        raise ValueError("selective_scan_fused runs on CPU tensors only; use selective_scan_chunk")
+    if not numba_available():
+        raise ImportError("selective_scan_fused needs numba (pip install numba)")
+    batch, T, d_inner = x.shape
+    d_state = A.shape[1]
+    dtype = compute_dtype(x, dt, A, B, C, initial_state)
+    if initial_state is not None:
+        initial_state = initial_state.to(dtype)
+    if T == 0:
+        final = (
+            initial_state
+            if initial_state is not None
+            else x.new_zeros(batch, d_inner, d_state, dtype=dtype)
+        )
+        return x.new_zeros(batch, 0, d_inner), (final if output_final_state else None)
+
+    h0 = (
+        x.new_zeros(batch, d_inner, d_state, dtype=dtype)
+        if initial_state is None
+        else initial_state.contiguous()
+    )  # (B, Di, N)
+    Dc = x.new_zeros(d_inner, dtype=dtype) if D is None else D.to(dtype).contiguous()  # (Di,)
+    y, hT = _FusedScan.apply(
+        x.to(dtype).contiguous(),
+        dt.to(dtype).contiguous(),
+        A.to(dtype).t().contiguous(),  # (N, Di)
+        B.to(dtype).contiguous(),
+        C.to(dtype).contiguous(),
+        Dc,
+        h0,
+    )
+    return y.to(x.dtype), (hT if output_final_state else None)
