@@ -126,12 +126,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for name in wa:
-        # Mamba.eigenvalues computes A from A_log in float32 (``.float()``) even in a float64
-        # model, so the A_log gradient is rounded to float32, differently when the rows are
-        # split, and Adam amplifies that near zero gradients (seen: 2e-9); every other parameter
-        # agrees to float64 rounding (seen: 1e-16)
-        atol = 1e-7 if name.endswith("mixer.A_log") else 1e-10
-        assert_close(wa[name], wb[name], atol=atol, rtol=0, name=name)
+        assert_close(wa[name], wb[name], atol=1e-10, rtol=0, name=name)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -202,7 +202,10 @@ class Mamba(nn.Module):
 
     def eigenvalues(self) -> torch.Tensor:
         """A = f(w) (d_inner, d_state), real and negative, in float32 or wider."""
-        return eigen_real(self.A_raw.float(), self.eigen_param, self.eigen_param_b)
+        raw = self.A_raw
+        # half precision goes up to float32; float64 stays float64 (exact float64 training)
+        raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
+        return eigen_real(raw, self.eigen_param, self.eigen_param_b)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
         """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, max(d_conv - 1, 0))."""

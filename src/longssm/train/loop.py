@@ -141,7 +141,7 @@ def transition_stats(model: SSMLanguageModel) -> list[dict]:
         if hasattr(mixer, "eigenvalues"):
             eig = mixer.eigenvalues()
         elif hasattr(mixer, "A_log"):
-            eig = -torch.exp(mixer.A_log.detach().float())
+            eig = -torch.exp(mixer.A_log.detach())
         if eig is None:
             stats.append({})
             continue
