@@ -34,7 +34,8 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def main() -> None:
+def render() -> str:
+    """The whole page as text."""
     lines = [HEADER]
     for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
         docs = field_docs(cls)
@@ -43,8 +44,12 @@ def main() -> None:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"| `{f.name}` | `{default!r}` | {docs.get(f.name, '')} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
     out = Path(__file__).with_name("configuration.md")
-    out.write_text("\n".join(lines))
+    out.write_text(render())
     print(f"wrote {out}")
 
 

@@ -74,3 +74,15 @@ def test_shipped_configs_load():
     assert files, "configs/ ships example configs"
     for path in files:
         load_run_config(path)
+
+
+def test_configuration_doc_is_current():
+    import importlib.util
+    import os
+
+    docs = os.path.join(os.path.dirname(__file__), "..", "docs")
+    spec = importlib.util.spec_from_file_location("gen_config_doc", os.path.join(docs, "gen_config_doc.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(docs, "configuration.md")) as f:
+        assert f.read() == module.render(), "run: python docs/gen_config_doc.py"

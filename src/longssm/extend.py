@@ -35,16 +35,16 @@ PRESETS = {
         },
         "data": {"seq_len": 32, "tokens_per_step": 2048},
         "train": {
-            "steps": 400,
+            "steps": 300,
             "lr": 4e-3,
-            "warmup_steps": 40,
+            "warmup_steps": 30,
             "eval_every": 100,
             "eval_batches": 4,
-            "checkpoint_every": 200,
+            "checkpoint_every": 100,
             "log_every": 20,
         },
         "max_length": 8192,
-        "n_tokens": 16384,
+        "n_tokens": 8192,
     },
     "full": {
         "model": {
