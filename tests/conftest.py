@@ -9,6 +9,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 # Tests use tiny tensors: one intra-op thread per process avoids OpenMP oversubscription when
 # pytest-xdist runs several workers on a 2-core machine (it made tiny ops 50x slower).
 torch.set_num_threads(1)
+try:
+    import numba
+
+    # numba's worker threads left spinning after a parallel kernel slow torch's own ops down
+    numba.set_num_threads(1)
+except ImportError:
+    pass
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
