@@ -17,6 +17,7 @@ Glossary:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,7 +125,10 @@ def evaluate_lengths(
     model.eval()
     records = []
     try:
-        with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc="eval") as bar:
+        with tqdm(
+            total=total, unit="tok", unit_scale=True, disable=not progress, desc="eval",
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        ) as bar:
             for plan in plans:
                 bar.set_postfix_str(f"{plan.protocol} L={plan.length}")
                 loss_sum = 0.0

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,7 +444,13 @@ def train(
         from tqdm.auto import tqdm
 
         progress = tqdm(
-            total=tc.steps, initial=step, unit="step", dynamic_ncols=True, desc=f"train {tc.policy}"
+            total=tc.steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            desc=f"train {tc.policy}",
+            # a log file (no terminal) gets one line every 30 s, not one per update
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
     diag_file = run_dir / "diagnostics.jsonl"
     try:
