@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.models.config import ModelConfig
 from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn_chunk, longhorn_naive, longhorn_step
 
@@ -203,15 +204,8 @@ class Longhorn(nn.Module):
         batch = x.shape[0]
         state = self._check(state, batch, x)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
-        if self.conv1d is not None:
-            width = self.d_conv - 1
-            window = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=-1)
-            # window: (B, Di, K-1+T); the next segment's conv state is its last K-1 columns
-            conv_state = window[:, :, window.shape[-1] - width :]  # (B, Di, K-1)
-            xs = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, T, Di)
-        else:
-            conv_state = state.conv
-            xs = F.silu(xs)  # (B, T, Di)
+        xs, conv_state = causal_conv(self.conv1d, xs, state.conv)
+        xs = F.silu(xs)  # (B, T, Di)
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         if self.scan == "chunk":
             y, s = longhorn_chunk(
@@ -236,14 +230,7 @@ class Longhorn(nn.Module):
         check_input(x_t, self.d_model, name="x_t", ndim=2)
         state = self._check(state, x_t.shape[0], x_t)
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
-        if self.conv1d is not None:
-            window = torch.cat([state.conv.to(xs.dtype), xs[:, :, None]], dim=-1)  # (B, Di, K)
-            conv_state = window[:, :, 1:]  # (B, Di, K-1)
-            xs = (window * self.conv1d.weight[:, 0, :]).sum(-1)  # (B, Di)
-            if self.conv1d.bias is not None:
-                xs = xs + self.conv1d.bias
-        else:
-            conv_state = state.conv
+        xs, conv_state = causal_conv_step(self.conv1d, xs, state.conv)  # (B, Di), (B, Di, K-1)
         xs = F.silu(xs)  # (B, Di)
         beta, k, q = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
         y, s = longhorn_step(xs, beta, k, q, self.D, state.ssm)  # (B, Di), (B, Di, N)

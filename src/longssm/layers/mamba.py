@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.models.config import ModelConfig
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
@@ -240,19 +241,8 @@ class Mamba(nn.Module):
         xz = self.in_proj(x)  # (B, T, 2*Di)
         xs, z = xz.chunk(2, dim=-1)  # (B, T, Di) each
 
-        if self.conv1d is not None:
-            width = self.d_conv - 1
-            prev = (
-                state.conv.to(xs.dtype)
-                if state is not None
-                else xs.new_zeros(batch, self.d_inner, width)
-            )  # (B, Di, K-1)
-            window = torch.cat([prev, xs.transpose(1, 2)], dim=-1)  # (B, Di, K-1+T)
-            conv_state = window[:, :, window.shape[-1] - width :]  # (B, Di, K-1)
-            xs = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, T, Di)
-        else:
-            conv_state = xs.new_zeros(batch, self.d_inner, 0)  # (B, Di, 0)
-            xs = F.silu(xs)  # (B, T, Di)
+        xs, conv_state = causal_conv(self.conv1d, xs, None if state is None else state.conv)
+        xs = F.silu(xs)  # (B, T, Di)
 
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
@@ -281,14 +271,7 @@ class Mamba(nn.Module):
         else:
             check_state(state, self.initial_state(batch, x_t.device, x_t.dtype), "Mamba")
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
-        if self.conv1d is not None:
-            window = torch.cat([state.conv.to(xs.dtype), xs[:, :, None]], dim=-1)  # (B, Di, K)
-            conv_state = window[:, :, 1:]  # (B, Di, K-1)
-            xs = (window * self.conv1d.weight[:, 0, :]).sum(-1)  # (B, Di)
-            if self.conv1d.bias is not None:
-                xs = xs + self.conv1d.bias
-        else:
-            conv_state = state.conv
+        xs, conv_state = causal_conv_step(self.conv1d, xs, state.conv)  # (B, Di), (B, Di, K-1)
         xs = F.silu(xs)  # (B, Di)
         dt, B, C = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
         A = self.eigenvalues()  # (Di, N)

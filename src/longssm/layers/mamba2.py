@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.ops.ssd import ssd_chunk, ssd_naive, ssd_step
 
 if TYPE_CHECKING:
@@ -251,17 +252,7 @@ class Mamba2(nn.Module):
         proj = self.in_proj(x)  # (b, T, 2*d_inner + 2*G*N + H)
         z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
-        if self.conv1d is not None:
-            if state is None:
-                history = xBC.new_zeros(batch, self.conv_dim, self.d_conv - 1)  # (b, C, K-1)
-            else:
-                history = state.conv.to(xBC.dtype)  # (b, C, K-1)
-            window = torch.cat([history, xBC.transpose(1, 2)], dim=-1)  # (b, C, K-1+T)
-            xBC = F.conv1d(window, self.conv1d.weight, self.conv1d.bias,
-                           groups=self.conv_dim).transpose(1, 2)  # (b, T, C)
-            conv_state = window[..., window.shape[-1] - (self.d_conv - 1):]  # (b, C, K-1)
-        else:
-            conv_state = xBC.new_zeros(batch, self.conv_dim, 0)  # (b, C, 0)
+        xBC, conv_state = causal_conv(self.conv1d, xBC, None if state is None else state.conv)
         xBC = F.silu(xBC)  # (b, T, C)
 
         xs, B, C = xBC.split(
@@ -304,14 +295,7 @@ class Mamba2(nn.Module):
         proj = self.in_proj(x_t)  # (b, 2*d_inner + 2*G*N + H)
         z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
-        if self.conv1d is not None:
-            window = torch.cat([state.conv.to(xBC.dtype), xBC[..., None]], dim=-1)  # (b, C, K)
-            xBC = (window * self.conv1d.weight[:, 0]).sum(-1)  # (b, C)
-            if self.conv1d.bias is not None:
-                xBC = xBC + self.conv1d.bias
-            conv_state = window[..., 1:]  # (b, C, K-1)
-        else:
-            conv_state = state.conv
+        xBC, conv_state = causal_conv_step(self.conv1d, xBC, state.conv)  # (b, C), (b, C, K-1)
         xBC = F.silu(xBC)  # (b, C)
 
         xs, B, C = xBC.split(
