@@ -214,8 +214,11 @@ def build_model(impl: str, cfg: dict):
         )
         return MambaForCausalLM(hf_cfg)
     if impl == "mambapy":
-        from mambapy.lm import LM
-        from mambapy.mamba import MambaConfig
+        # mambapy.lm imports mambapy.mamba2, which needs mamba_ssm (CUDA only): build the same LM
+        # (embedding, mambapy's Mamba stack, RMSNorm, tied head) from mambapy.mamba directly.
+        import torch.nn.functional as F
+        from mambapy.mamba import Mamba, MambaConfig, RMSNorm
+        from torch import nn
 
         mcfg = MambaConfig(
             d_model=cfg["d_model"],
@@ -225,7 +228,19 @@ def build_model(impl: str, cfg: dict):
             d_conv=cfg["d_conv"],
             pscan=True,
         )
-        return LM(mcfg, vocab_size=257)
+
+        class MambapyLM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embedding = nn.Embedding(257, cfg["d_model"])
+                self.mamba = Mamba(mcfg)
+                self.norm_f = RMSNorm(cfg["d_model"])
+
+            def forward(self, tokens):
+                h = self.norm_f(self.mamba(self.embedding(tokens)))
+                return F.linear(h, self.embedding.weight)
+
+        return MambapyLM()
     raise ValueError(f"unknown model implementation {impl!r}")
 
 

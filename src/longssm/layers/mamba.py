@@ -43,10 +43,11 @@ from longssm.ops.selective_scan import (
     selective_scan_fused,
     selective_scan_naive,
     selective_scan_step,
+    selective_scan_triton,
 )
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
-SCANS = ("auto", "fused", "chunk", "naive")
+SCANS = ("auto", "fused", "triton", "chunk", "naive")
 logger = logging.getLogger("longssm")
 # Scan paths already announced in the log: one line per path per process.
 _ANNOUNCED: set[str] = set()
@@ -93,8 +94,9 @@ class Mamba(nn.Module):
         dt_init: "random" (uniform dt_proj.weight) or "constant".
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
-        scan: "auto" (fused numba kernel for CPU tensors when numba is importable, else chunk),
-            "fused" (CPU only), "chunk" (pure torch, any device) or "naive" (reference loop).
+        scan: "auto" (fused numba kernel for CPU tensors when numba is importable, Triton kernel
+            for CUDA tensors when triton is importable, else chunk), "fused" (CPU only), "triton"
+            (CUDA only), "chunk" (pure torch, any device) or "naive" (reference loop).
         chunk_size: chunk length of the chunked scan.
         eigen_param: StableSSM map from the stored parameter to A (``longssm.reparam``); "exp"
             stores A_log (transformers' layout), the others A_<map>.
@@ -253,6 +255,8 @@ class Mamba(nn.Module):
             logger.info("Mamba selective scan: %s path (scan=%r)", path, self.scan)
         if path == "fused":
             y, h = selective_scan_fused(xs, dt, A, B, C, self.D, h0, output_final_state=True)
+        elif path == "triton":
+            y, h = selective_scan_triton(xs, dt, A, B, C, self.D, h0, output_final_state=True)
         elif path == "chunk":
             y, h = selective_scan_chunk(
                 xs, dt, A, B, C, self.D, h0, output_final_state=True, chunk_size=self.chunk_size

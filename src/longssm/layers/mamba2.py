@@ -23,6 +23,7 @@ and xBC = [x (d_inner) | B (ngroups * d_state) | C (ngroups * d_state)].
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -32,12 +33,14 @@ from torch import nn
 
 from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
 from longssm.layers.conv import causal_conv, causal_conv_step
-from longssm.ops.ssd import ssd_chunk, ssd_naive, ssd_step
+from longssm.ops.ssd import ssd_chunk, ssd_fla, ssd_naive, ssd_path, ssd_step
 
 if TYPE_CHECKING:
     from longssm.models.config import ModelConfig
 
-SCANS = ("chunk", "naive")
+SCANS = ("auto", "chunk", "fla", "naive")
+logger = logging.getLogger("longssm")
+_ANNOUNCED: set[str] = set()  # scan paths already logged once
 
 DEFAULT_OPTIONS = {
     "headdim": 64,
@@ -49,7 +52,7 @@ DEFAULT_OPTIONS = {
     "bias": False,
     "conv_bias": True,
     "chunk_size": 64,
-    "scan": "chunk",
+    "scan": "auto",
 }
 """The ``ModelConfig.mixer_options`` a Mamba-2 layer understands, with their defaults."""
 
@@ -110,7 +113,8 @@ class Mamba2(nn.Module):
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
         chunk_size: chunk length of the SSD chunked scan.
-        scan: "chunk" (fast) or "naive" (reference loop).
+        scan: "auto" (fla's Triton kernels for CUDA tensors when fla is importable, else chunk),
+            "chunk" (matmul form, any device), "fla" or "naive" (reference loop).
         norm_eps: epsilon of the gated RMSNorm.
         layer_idx: position in the stack (informational).
     """
@@ -130,7 +134,7 @@ class Mamba2(nn.Module):
         bias: bool = False,
         conv_bias: bool = True,
         chunk_size: int = 64,
-        scan: str = "chunk",
+        scan: str = "auto",
         norm_eps: float = 1e-5,
         layer_idx: int | None = None,
     ):
@@ -258,8 +262,13 @@ class Mamba2(nn.Module):
         xs, B, C = xBC.split(
             [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
         )
-        scan = ssd_chunk if self.scan == "chunk" else ssd_naive
-        kwargs = {"chunk_size": self.chunk_size} if self.scan == "chunk" else {}
+        h0 = None if state is None else state.ssm
+        path = ssd_path(xs, h0) if self.scan == "auto" else self.scan
+        if path not in _ANNOUNCED:
+            _ANNOUNCED.add(path)
+            logger.info("Mamba-2 SSD scan: %s path (scan=%r)", path, self.scan)
+        scan = {"chunk": ssd_chunk, "fla": ssd_fla, "naive": ssd_naive}[path]
+        kwargs = {"chunk_size": self.chunk_size} if path == "chunk" else {}
         y, ssm_state = scan(
             xs.reshape(batch, T, self.nheads, self.headdim),  # (b, T, H, P)
             self._dt(dt_raw),  # (b, T, H)
@@ -267,7 +276,7 @@ class Mamba2(nn.Module):
             B.reshape(batch, T, self.ngroups, self.d_state),  # (b, T, G, N)
             C.reshape(batch, T, self.ngroups, self.d_state),  # (b, T, G, N)
             self.D,
-            initial_state=None if state is None else state.ssm,
+            initial_state=h0,
             output_final_state=True,
             **kwargs,
         )

@@ -2,9 +2,10 @@
 
 Forms, one signature ``(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False)``:
 ``selective_scan_naive`` (the reference loop), ``selective_scan_chunk`` (pure torch, any device),
-``selective_scan_fused`` (numba kernels, CPU only) and ``selective_scan_step`` (one step).
-``selective_scan`` dispatches: the fused form for CPU tensors when numba is importable, else the
-chunked form (``scan_path`` says which). Derivations and timings in README.md.
+``selective_scan_fused`` (numba kernels, CPU only), ``selective_scan_triton`` (Triton kernels, CUDA
+only, optional) and ``selective_scan_step`` (one step). ``selective_scan`` dispatches: the fused form
+for CPU tensors when numba is importable, the Triton form for CUDA tensors when triton is
+importable, else the chunked form (``scan_path`` says which). Derivations and timings in README.md.
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ from longssm.ops.selective_scan.chunk import DEFAULT_CHUNK_SIZE, selective_scan_
 from longssm.ops.selective_scan.fused_cpu import numba_available, selective_scan_fused
 from longssm.ops.selective_scan.naive import selective_scan_naive
 from longssm.ops.selective_scan.step import selective_scan_step
+from longssm.ops.selective_scan.triton_gpu import selective_scan_triton, triton_available
 
 
 def scan_path(*tensors: torch.Tensor | None) -> str:
-    """ "fused" when every given tensor is on the CPU and numba is importable, else "chunk"."""
-    on_cpu = all(t.device.type == "cpu" for t in tensors if t is not None)
-    return "fused" if on_cpu and numba_available() else "chunk"
+    """The form ``selective_scan`` runs for these tensors.
+
+    "fused" when every given tensor is on the CPU and numba is importable, "triton" when every one
+    is on a CUDA device and triton is importable, else "chunk".
+    """
+    devices = {t.device.type for t in tensors if t is not None}
+    if devices == {"cpu"} and numba_available():
+        return "fused"
+    if devices == {"cuda"} and triton_available():
+        return "triton"
+    return "chunk"
 
 
 def selective_scan(
@@ -34,14 +44,17 @@ def selective_scan(
     output_final_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fastest available form: fused on CPU with numba, else chunked (``chunk_size`` used).
+    """The fastest available form: fused on CPU with numba, Triton on CUDA, else chunked.
 
     Args and returns as ``selective_scan_naive``: x, dt (batch, T, d_inner); A (d_inner, d_state);
     B, C (batch, T, d_state); D (d_inner,) or None; initial_state (batch, d_inner, d_state) or None;
     returns y (batch, T, d_inner) and final_state (batch, d_inner, d_state) or None.
     """
-    if scan_path(x, dt, A, B, C, D, initial_state) == "fused":
+    path = scan_path(x, dt, A, B, C, D, initial_state)
+    if path == "fused":
         return selective_scan_fused(x, dt, A, B, C, D, initial_state, output_final_state)
+    if path == "triton":
+        return selective_scan_triton(x, dt, A, B, C, D, initial_state, output_final_state)
     return selective_scan_chunk(
         x, dt, A, B, C, D, initial_state, output_final_state, chunk_size=chunk_size
     )
@@ -55,4 +68,5 @@ __all__ = [
     "selective_scan_fused",
     "selective_scan_naive",
     "selective_scan_step",
+    "selective_scan_triton",
 ]

@@ -1,0 +1,185 @@
+"""GPU selective scan (Mamba-1 / S6): Triton kernels with a hand-written backward.
+
+Glossary as in ``naive.py`` (x_t -> x, Δ_t -> dt, A, B_t -> B, C_t -> C, D, h_t -> state), plus
+    K (checkpoint interval)          CHUNK (32)       states stored every K steps for the backward
+    h_0, h_K, h_2K, ...              ckpt             (batch, ceil(T / K), d_inner, d_state)
+
+One Triton program scans one batch row and a block of channels over all T steps with the state in
+registers; it never materialises (batch, T, d_inner, d_state). The backward runs time in reverse,
+recomputing each K-step block's states from its checkpoint. Same algorithm as the fused CPU kernel
+(``fused_cpu.py``); the kernels are in ``_triton_kernels.py``, imported on the first call.
+
+Optional: needs CUDA tensors and an importable ``triton``; ``selective_scan`` (the dispatcher in
+``__init__.py``) picks this form only then. Half-precision inputs run in float32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+
+import torch
+
+from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
+
+CHUNK = 32
+BLOCK_D = 16  # channels per program (tuned on an H100, see README.md)
+
+
+@lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """Whether triton can be imported (checked once, without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kernels():
+    """The Triton kernels module, imported on first use."""
+    from longssm.ops.selective_scan import _triton_kernels
+
+    return _triton_kernels
+
+
+def _block_n(d_state: int) -> int:
+    return max(2, 1 << (d_state - 1).bit_length())
+
+
+def _num_warps(block_d: int, block_n: int) -> int:
+    return max(1, min(8, block_d * block_n // 256))
+
+
+class _TritonScan(torch.autograd.Function):
+    """Autograd wrapper; all inputs contiguous CUDA tensors in one dtype (float32 or float64)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, h0, block_d):
+        # x, dt: (B, T, Di); A: (Di, N); B, C: (B, T, N); D: (Di,) or None; h0: (B, Di, N) or None
+        kern = _kernels()
+        batch, T, d_inner = x.shape
+        d_state = A.shape[1]
+        save = any(ctx.needs_input_grad)
+        n_ckpt = -(-T // CHUNK)
+        y = torch.empty_like(x)  # (B, T, Di)
+        hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype, device=x.device)  # (B, Di, N)
+        ckpt = torch.empty(
+            (batch, n_ckpt, d_inner, d_state) if save else (1,), dtype=x.dtype, device=x.device
+        )  # (B, nK, Di, N)
+        block_n = _block_n(d_state)
+        grid = (-(-d_inner // block_d), batch)
+        kern.scan_forward_kernel[grid](
+            x, dt, A, B, C, x if D is None else D, x if h0 is None else h0, y, hT, ckpt,
+            T, d_inner, d_state, n_ckpt,
+            HAS_D=D is not None, HAS_H0=h0 is not None, SAVE=save,
+            CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n,
+            num_warps=_num_warps(block_d, block_n),
+        )  # fmt: skip
+        if save:
+            ctx.save_for_backward(x, dt, A, B, C, D, ckpt)
+            ctx.block_d = block_d
+            ctx.has_h0 = h0 is not None
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        kern = _kernels()
+        x, dt, A, B, C, D, ckpt = ctx.saved_tensors
+        block_d = ctx.block_d
+        batch, T, d_inner = x.shape
+        d_state = A.shape[1]
+        n_ckpt = ckpt.shape[1]
+        n_blocks = -(-d_inner // block_d)
+        block_n = _block_n(d_state)
+        kw = {"dtype": x.dtype, "device": x.device}
+        # An output that does not reach the loss has no gradient: it contributes zeros.
+        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
+        gh = torch.zeros(batch, d_inner, d_state, **kw) if gh is None else gh.to(x.dtype).contiguous()
+        scratch = torch.empty(batch * n_blocks * CHUNK * block_d * block_n, **kw)
+        dx = torch.empty_like(x)  # (B, T, Di)
+        ddt = torch.empty_like(x)  # (B, T, Di)
+        dB_part = torch.empty(batch, n_blocks, T, d_state, **kw)  # (B, nblk, T, N)
+        dC_part = torch.empty(batch, n_blocks, T, d_state, **kw)  # (B, nblk, T, N)
+        dA_part = torch.empty(batch, d_inner, d_state, **kw)  # (B, Di, N)
+        dD_part = torch.empty(batch, d_inner, **kw)  # (B, Di)
+        dh0 = torch.empty(batch, d_inner, d_state, **kw)  # (B, Di, N)
+        kern.scan_backward_kernel[(n_blocks, batch)](
+            x, dt, A, B, C, x if D is None else D, ckpt, gy, gh, scratch,
+            dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0,
+            T, d_inner, d_state, n_ckpt, n_blocks,
+            HAS_D=D is not None, CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n,
+            num_warps=_num_warps(block_d, block_n),
+        )  # fmt: skip
+        dD = None if D is None else dD_part.sum(0)
+        dh0 = dh0 if ctx.has_h0 else None
+        return dx, ddt, dA_part.sum(0), dB_part.sum(1), dC_part.sum(1), dD, dh0, None
+
+
+def selective_scan_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    block_d: int = BLOCK_D,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Selective scan by Triton kernels on the GPU; same results as ``selective_scan_naive``.
+
+    Args:
+        x: (batch, T, d_inner) input.
+        dt: (batch, T, d_inner) positive step sizes Δ (after softplus and bias).
+        A: (d_inner, d_state) real, negative.
+        B, C: (batch, T, d_state) input-dependent input and output maps.
+        D: (d_inner,) skip weight, or None.
+        initial_state: (batch, d_inner, d_state) h_0, or None for zeros.
+        output_final_state: also return h_T.
+        block_d: channels per Triton program (a power of two).
+
+    Returns:
+        y: (batch, T, d_inner) in x's dtype; final_state: (batch, d_inner, d_state) in the compute
+        dtype (float32 or float64), or None.
+
+    Raises:
+        ValueError: on mismatched shapes or tensors not on one CUDA device (CPU tensors are
+            accepted under Triton's interpreter, ``TRITON_INTERPRET=1``).
+        ImportError: when triton is not installed.
+    """
+    check_scan_inputs(x, dt, A, B, C, D, initial_state)
+    tensors = [t for t in (x, dt, A, B, C, D, initial_state) if t is not None]
+    on_gpu = x.device.type == "cuda" or (x.device.type == "cpu" and interpreting())
+    if any(t.device != x.device for t in tensors) or not on_gpu:
+        raise ValueError(
+            "selective_scan_triton runs on CUDA tensors on one device; use selective_scan_chunk"
+        )
+    if not triton_available():
+        raise ImportError("selective_scan_triton needs triton (pip install triton)")
+    if block_d < 1 or block_d & (block_d - 1):
+        raise ValueError(f"block_d must be a power of two, got {block_d}")
+    batch, T, d_inner = x.shape
+    d_state = A.shape[1]
+    dtype = compute_dtype(x, dt, A, B, C, initial_state)
+    if T == 0:
+        final = (
+            initial_state.to(dtype)
+            if initial_state is not None
+            else x.new_zeros(batch, d_inner, d_state, dtype=dtype)
+        )
+        return x.new_zeros(batch, 0, d_inner), (final if output_final_state else None)
+    y, hT = _TritonScan.apply(
+        x.to(dtype).contiguous(),
+        dt.to(dtype).contiguous(),
+        A.to(dtype).contiguous(),
+        B.to(dtype).contiguous(),
+        C.to(dtype).contiguous(),
+        None if D is None else D.to(dtype).contiguous(),
+        None if initial_state is None else initial_state.to(dtype).contiguous(),
+        block_d,
+    )
+    return y.to(x.dtype), (hT if output_final_state else None)
+
