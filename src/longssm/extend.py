@@ -149,7 +149,7 @@ def run_extend(args: argparse.Namespace, extra_overrides: list[str] | None = Non
     from longssm.eval import classify_extension, evaluate_lengths, make_results, save_results
     from longssm.eval.cli import format_table, load_split
     from longssm.eval.lengths import resolve_protocols
-    from longssm.train.loop import train
+    from longssm.train.loop import resolve_device, train
 
     overrides = list(extra_overrides or [])
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -183,7 +183,8 @@ def run_extend(args: argparse.Namespace, extra_overrides: list[str] | None = Non
             train(cfg, run_dir, resume=bool(done))
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model, ckpt, meta = load_model(run_dir)
+        # Evaluate where the run trained (train.device: cpu, cuda or auto).
+        model, ckpt, meta = load_model(run_dir, device=resolve_device(cfg.train.device))
         tokens, bytes_per_token = load_split(meta, "test")
         print(
             f"[{policy}] evaluating at L = {lengths[0]} ... {lengths[-1]} ({', '.join(protocols)})"

@@ -157,21 +157,19 @@ def validate(model, tokens, seq_len: int, batch_size: int, n_batches: int, autoc
     """Mean loss at the training length on held-out tokens: zero-initialised and stream-carried."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     loader = ContiguousStreams(tokens, batch_size=batch_size, seq_len=seq_len)
     n = min(n_batches, loader.num_steps_per_epoch)
     totals = {"reset": 0.0, "stream": 0.0}
     carried = None
     for _ in range(n):
         batch = next(loader)
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device).flatten()
         with autocast():
-            logits, _ = model(batch.inputs)
-            totals["reset"] += F.cross_entropy(
-                _upcast(logits).flatten(0, 1), batch.targets.flatten()
-            ).item()
-            logits, carried = model(batch.inputs, carried)
-            totals["stream"] += F.cross_entropy(
-                _upcast(logits).flatten(0, 1), batch.targets.flatten()
-            ).item()
+            logits, _ = model(inputs)
+            totals["reset"] += F.cross_entropy(_upcast(logits).flatten(0, 1), targets).item()
+            logits, carried = model(inputs, carried)
+            totals["stream"] += F.cross_entropy(_upcast(logits).flatten(0, 1), targets).item()
     model.train(was_training)
     return totals["reset"] / max(n, 1), totals["stream"] / max(n, 1)
 
