@@ -69,6 +69,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
 
 def _run_generate(args, overrides: list[str]) -> int:
@@ -79,7 +80,14 @@ def _run_generate(args, overrides: list[str]) -> int:
 
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
-    model, _, meta = load_model(args.checkpoint)
+    if args.device not in ("cpu", "cuda", "auto") and not args.device.startswith("cuda:"):
+        raise ValueError(f"--device must be cpu, cuda or auto, got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device is cuda but no CUDA device is available")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _, meta = load_model(args.checkpoint, device=device)
     tokenizer = tokenizer_from_dict(meta["tokenizer"])
     symbols = model.cfg.vocab_size != tokenizer.vocab_size
     if symbols:
@@ -92,8 +100,8 @@ def _run_generate(args, overrides: list[str]) -> int:
             ) from exc
     else:
         ids = [tokenizer.sep_id] + list(tokenizer.encode(args.prompt))
-    prompt = torch.tensor([ids], dtype=torch.long)
-    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.tensor([ids], dtype=torch.long, device=device)
+    gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same samples on any device
     tokens, _ = model.generate(
         prompt, args.num_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen
     )

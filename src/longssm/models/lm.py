@@ -195,7 +195,10 @@ class SSMLanguageModel(nn.Module):
                     kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
                     scaled = scaled.masked_fill(scaled < kth, float("-inf"))
                 probs = torch.softmax(scaled, dim=-1)
+                if generator is not None:  # sample where the generator lives (a CPU one on CUDA)
+                    probs = probs.to(generator.device)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+                token = token.to(logits.device)
             out.append(token)
             if i + 1 < n:
                 logits, state = self.step(token, state)
