@@ -103,6 +103,8 @@ class TrainConfig:
     """none or bf16 (CPU/GPU autocast)."""
     device: str = "cpu"
     """cpu, cuda, or auto."""
+    threads: int = 0
+    """CPU threads for torch and numba (0 = the libraries' defaults; 1 helps on a busy 2-core machine)."""
     log_every: int = 10
     eval_every: int = 200
     """Validate at the training length every N steps (0 = only at the end)."""
@@ -134,6 +136,7 @@ class TrainConfig:
             "checkpoint_every",
             "keep_last",
             "noise_std",
+            "threads",
         )
         for name in ("beta1", "beta2", "min_lr_ratio"):
             value = getattr(self, name)

@@ -167,3 +167,24 @@ def test_training_lowers_loss_below_unigram(tmp_path):
     unigram = unigram_entropy(load_tokens(tmp_path), 12)
     assert result.val_loss_stream is not None
     assert result.val_loss_stream < unigram - 0.25, (result.val_loss_stream, unigram)
+
+
+def test_threads_option_sets_torch_and_numba_threads(tmp_path):
+    from longssm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.threads"):
+        tiny_run(tmp_path, threads=-1)
+    before = torch.get_num_threads()
+    try:
+        train(tiny_run(tmp_path, steps=1, threads=2), tmp_path / "run", log=lambda *a: None)
+        assert torch.get_num_threads() == 2
+        numba = pytest.importorskip("numba")
+        assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+    finally:
+        torch.set_num_threads(before)
+        try:
+            import numba
+
+            numba.set_num_threads(1)  # as tests/conftest.py pins it
+        except ImportError:
+            pass

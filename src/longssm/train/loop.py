@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -70,6 +71,7 @@ RESUMABLE_TRAIN_FIELDS = {
     "keep_last",
     "progress",
     "device",
+    "threads",
 }
 
 
@@ -269,6 +271,15 @@ def _silent(*args, **kwargs) -> None:
     """The ``log`` of ranks other than 0."""
 
 
+def set_cpu_threads(n: int) -> None:
+    """Use ``n`` CPU threads in torch and, when it is installed, numba's parallel kernels."""
+    torch.set_num_threads(n)
+    if importlib.util.find_spec("numba") is not None:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
 def train(
     cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, log=print
 ) -> TrainResult:
@@ -284,6 +295,8 @@ def train(
     run_dir = Path(run_dir)
     tc, dc = cfg.train, cfg.data
     batch_size = dc.effective_batch_size
+    if tc.threads:
+        set_cpu_threads(tc.threads)
     # a one-line ConfigError, before joining the job, when the N processes cannot share B streams
     rank, world_size, _ = env_world()
     owned_streams(rank, world_size, batch_size)
