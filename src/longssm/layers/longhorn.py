@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.base import check_input, check_state
 from longssm.layers.conv import causal_conv, causal_conv_step
+from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
 from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn_chunk, longhorn_naive, longhorn_step
 
@@ -65,7 +66,7 @@ class LonghornState(NamedTuple):
     conv: torch.Tensor
 
 
-class Longhorn(nn.Module):
+class Longhorn(GatedBlock):
     """Longhorn mixer: ``forward(x, state=None) -> (y, LonghornState)``.
 
     Args:
@@ -81,6 +82,9 @@ class Longhorn(nn.Module):
         scan: "chunk" (fast) or "naive" (reference loop).
         chunk_size: chunk length of the chunked form.
     """
+
+    NAME = "Longhorn"
+    STATE = LonghornState
 
     def __init__(
         self,
@@ -105,38 +109,14 @@ class Longhorn(nn.Module):
                 f"Longhorn: need 0 < beta_min <= beta_max < 1, got beta_min={beta_min}, "
                 f"beta_max={beta_max}"
             )
-        if dt_rank == "auto":
-            dt_rank = math.ceil(d_model / 16)
-        if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank <= 0:
-            raise ValueError(
-                f"Longhorn: dt_rank must be a positive integer or 'auto', got {dt_rank!r}"
-            )
-        if not isinstance(d_conv, int) or d_conv < 0:
-            raise ValueError(f"Longhorn: d_conv must be a non-negative integer, got {d_conv!r}")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
             raise ValueError(f"Longhorn: chunk_size must be a positive integer, got {chunk_size!r}")
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_inner = expand * d_model
-        self.d_conv = d_conv
-        self.dt_rank = dt_rank
+        self._build_input_side(d_model, d_state, expand, d_conv, dt_rank, bias, conv_bias)
         self.scan = scan
         self.chunk_size = chunk_size
+        self._build_output_side(bias)
 
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        if d_conv > 0:
-            # No padding: the layer prepends the carried conv state (zeros by default) itself.
-            self.conv1d = nn.Conv1d(
-                self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias
-            )
-        else:
-            self.conv1d = None
-        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
-        self.D = nn.Parameter(torch.ones(self.d_inner))
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
-
-        bound = dt_scale * dt_rank**-0.5
+        bound = dt_scale * self.dt_rank**-0.5
         with torch.no_grad():
             nn.init.uniform_(self.dt_proj.weight, -bound, bound)
             u = torch.rand(self.d_inner, dtype=torch.float64)
@@ -144,11 +124,6 @@ class Longhorn(nn.Module):
             beta = torch.exp(log_beta)  # (Di,)
             # sigmoid⁻¹(β) = log β - log(1 - β)
             self.dt_proj.bias.copy_(log_beta - torch.log1p(-beta))
-        tag_ssm_param(self.D)
-        tag_ssm_param(self.dt_proj.bias)
-        for module in (self.in_proj, self.out_proj, self.conv1d):
-            if module is not None and module.bias is not None:
-                tag_no_weight_decay(module.bias)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer_idx: int) -> Longhorn:
@@ -168,17 +143,6 @@ class Longhorn(nn.Module):
             f"d_conv={self.d_conv}, scan={self.scan}"
         )
 
-    def initial_state(self, batch_size: int, device=None, dtype=None) -> LonghornState:
-        """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, max(d_conv - 1, 0))."""
-        device = self.D.device if device is None else device
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        return LonghornState(
-            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
-            conv=torch.zeros(
-                batch_size, self.d_inner, max(self.d_conv - 1, 0), device=device, dtype=dtype
-            ),
-        )
-
     def _check(self, state, batch: int, x: torch.Tensor) -> LonghornState:
         if state is None:
             return self.initial_state(batch, x.device, x.dtype)
@@ -187,9 +151,7 @@ class Longhorn(nn.Module):
 
     def _ssm_inputs(self, x: torch.Tensor):
         """β (after the sigmoid), k and q from x (..., d_inner)."""
-        dt_low, k, q = torch.split(
-            self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1
-        )  # (..., R), (..., N), (..., N)
+        dt_low, k, q = self._split_x_proj(x)  # (..., R), (..., N), (..., N)
         beta = torch.sigmoid(self.dt_proj(dt_low))  # (..., Di)
         return beta, k, q
 

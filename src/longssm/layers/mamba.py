@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.base import check_input, check_state, tag_ssm_param
 from longssm.layers.conv import causal_conv, causal_conv_step
+from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
@@ -79,8 +80,8 @@ class MambaState(NamedTuple):
     conv: torch.Tensor
 
 
-class Mamba(nn.Module):
-    """Selective state-space mixer (Gu & Dao, 2023).
+class Mamba(GatedBlock):
+    """Selective state-space mixer (Gu & Dao, 2023); modules shared with Longhorn in ``gated.py``.
 
     Args:
         d_model: residual width D.
@@ -103,6 +104,9 @@ class Mamba(nn.Module):
         eigen_param_b: b of eigen_param="best".
     """
 
+    NAME = "Mamba"
+    STATE = MambaState
+
     def __init__(
         self,
         d_model: int,
@@ -124,45 +128,24 @@ class Mamba(nn.Module):
     ):
         super().__init__()
         if scan not in SCANS:
-            raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {scan!r}")
+            raise ValueError(f"Mamba: scan must be one of {', '.join(SCANS)}, got {scan!r}")
         if dt_init not in ("random", "constant"):
-            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+            raise ValueError(f"Mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if dt_rank == "auto":
-            dt_rank = math.ceil(d_model / 16)
-        if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank <= 0:
-            raise ValueError(f"dt_rank must be a positive integer or 'auto', got {dt_rank!r}")
-        if not isinstance(d_conv, int) or d_conv < 0:
-            raise ValueError(f"d_conv must be a non-negative integer, got {d_conv!r}")
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_inner = expand * d_model
-        self.d_conv = d_conv
-        self.dt_rank = dt_rank
+            raise ValueError(f"Mamba: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        self._build_input_side(d_model, d_state, expand, d_conv, dt_rank, bias, conv_bias)
         self.scan = scan
         self.chunk_size = chunk_size
-
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        if d_conv > 0:
-            # No padding: the layer prepends the carried conv state (zeros by default) itself.
-            self.conv1d = nn.Conv1d(
-                self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias
-            )
-        else:
-            self.conv1d = None
-        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
         check_eigen_param(eigen_param, eigen_param_b)
         self.eigen_param, self.eigen_param_b = eigen_param, eigen_param_b
         # S4D-Real A = -(1..N) under every map; the inverse map gives the stored parameter.
         A_init = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
         A_raw = eigen_real_inverse(A_init, eigen_param, eigen_param_b)  # (Di, N)
         self.register_parameter(A_PARAM_NAMES[eigen_param], nn.Parameter(A_raw))
-        self.D = nn.Parameter(torch.ones(self.d_inner))
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        tag_ssm_param(self.A_raw)
+        self._build_output_side(bias)
 
-        dt_std = dt_scale * dt_rank**-0.5
+        dt_std = dt_scale * self.dt_rank**-0.5
         with torch.no_grad():
             if dt_init == "constant":
                 nn.init.constant_(self.dt_proj.weight, dt_std)
@@ -172,12 +155,6 @@ class Mamba(nn.Module):
             dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)  # (Di,)
             # softplus^-1(dt) = dt + log(1 - exp(-dt)), written with expm1 for small dt.
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        tag_ssm_param(self.A_raw)
-        tag_ssm_param(self.D)
-        tag_ssm_param(self.dt_proj.bias)
-        for module in (self.in_proj, self.out_proj, self.conv1d):
-            if module is not None and module.bias is not None:
-                tag_no_weight_decay(module.bias)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer_idx: int) -> Mamba:
@@ -210,22 +187,9 @@ class Mamba(nn.Module):
         raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
         return eigen_real(raw, self.eigen_param, self.eigen_param_b)
 
-    def initial_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
-        """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, max(d_conv - 1, 0))."""
-        device = self.D.device if device is None else device
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        return MambaState(
-            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
-            conv=torch.zeros(
-                batch_size, self.d_inner, max(self.d_conv - 1, 0), device=device, dtype=dtype
-            ),
-        )
-
     def _ssm_inputs(self, x: torch.Tensor):
         """Split x_proj(x) into Δ (after softplus), B and C; x (..., d_inner)."""
-        dt_low, B, C = torch.split(
-            self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1
-        )  # (..., R), (..., N), (..., N)
+        dt_low, B, C = self._split_x_proj(x)  # (..., R), (..., N), (..., N)
         dt = F.softplus(self.dt_proj(dt_low))  # (..., Di)
         return dt, B, C
 
