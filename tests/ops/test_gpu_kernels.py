@@ -85,6 +85,31 @@ def test_triton_scan_matches_naive_float64(shape, with_h0, block_d):
 
 
 @needs_triton
+def test_triton_scan_with_a_wider_backward_block():
+    # 200 channels in blocks of 2 forward; the backward widens its blocks to 4 (<= 64 per row).
+    inp = to_device(make_inputs(2, 70, 200, 8), "cuda")
+    y, h = run(selective_scan_triton, inp, block_d=2)
+    y_ref, h_ref = run(selective_scan_naive, inp)
+    leaves = [inp[k] for k in NAMES]
+    for name, g, g_ref in zip(
+        NAMES, linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves)
+    ):
+        assert_close(g, g_ref, name=f"d loss / d {name}")
+
+
+def test_backward_block_bounds_the_number_of_programs_per_row():
+    from longssm.ops.selective_scan.triton_gpu import MAX_BACKWARD_BLOCKS, backward_block_d
+
+    assert backward_block_d(512, 8) == 8
+    assert backward_block_d(200, 2) == 4
+    for d_inner in (1, 63, 64, 65, 512, 1536, 5000):
+        for block in (1, 4, 8, 32):
+            wide = backward_block_d(d_inner, block)
+            assert wide >= block and wide & (wide - 1) == 0
+            assert -(-d_inner // wide) <= MAX_BACKWARD_BLOCKS
+
+
+@needs_triton
 def test_triton_scan_float32_and_bfloat16_against_float64_reference():
     ref = to_device(make_inputs(2, 300, 48, 16), "cuda")
     y_ref, h_ref = run(selective_scan_naive, ref)

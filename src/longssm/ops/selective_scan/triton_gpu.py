@@ -25,6 +25,7 @@ from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
 
 CHUNK = 32
 BLOCK_D = 8  # channels per program (fastest of 4, 8, 16, 32 on an H100; see README.md)
+MAX_BACKWARD_BLOCKS = 64  # channel blocks per batch row in the backward (memory of dB, dC partials)
 
 
 @lru_cache(maxsize=1)
@@ -47,6 +48,14 @@ def _kernels():
 
 def _block_n(d_state: int) -> int:
     return max(2, 1 << (d_state - 1).bit_length())
+
+
+def backward_block_d(d_inner: int, block_d: int) -> int:
+    """Channels per backward program: ``block_d``, widened so that at most MAX_BACKWARD_BLOCKS
+    programs share a batch row. Each program writes its own (T, d_state) partial sums of dB and dC,
+    so this bounds their memory at 2 x MAX_BACKWARD_BLOCKS x (batch, T, d_state)."""
+    needed = -(-d_inner // MAX_BACKWARD_BLOCKS)
+    return max(block_d, 1 << (needed - 1).bit_length())
 
 
 def _num_warps(block_d: int, block_n: int) -> int:
@@ -88,8 +97,8 @@ class _TritonScan(torch.autograd.Function):
     def backward(ctx, gy, gh):
         kern = _kernels()
         x, dt, A, B, C, D, ckpt = ctx.saved_tensors
-        block_d = ctx.block_d
         batch, T, d_inner = x.shape
+        block_d = backward_block_d(d_inner, ctx.block_d)
         d_state = A.shape[1]
         n_ckpt = ckpt.shape[1]
         n_blocks = -(-d_inner // block_d)
