@@ -195,10 +195,13 @@ def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save):
         _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, (task % n_blocks) * LANES)
 
 
-# Rows of the backward's per-lane work array: inputs of step t, Δx, Σ_n λ B_n, Σ_n ∂L/∂(ΔA) A,
-# and the products summed over lanes for dB, dC. One array keeps the number of distinct arrays in
-# each inner loop small, so LLVM vectorises it behind few runtime alias checks.
-_X, _DT, _GY, _U, _GU, _GDA, _PB, _PC, _ROWS = range(9)
+# Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: inputs of step t,
+# Δx, Σ_n λ B_n, Σ_n ∂L/∂(ΔA) A. st (N, _ST_ROWS, LANES), per state index n: λ, A, the running
+# Σ_t ∂L/∂(ΔA) Δ of the current checkpoint block, and the products summed over lanes for dB, dC.
+# Keeping the per-(n, lane) values of one n side by side in one array lets LLVM vectorise the
+# reverse step with few runtime alias checks (a loop over many distinct arrays stays scalar).
+_X, _DT, _GY, _U, _GU, _GDA, _DD, _ROWS = range(8)
+_LAM, _A, _DA, _PB, _PC, _ST_ROWS = range(6)
 
 
 @njit(cache=True)
@@ -211,9 +214,8 @@ def _backward_task(
     d0 = blk * LANES
     w = min(LANES, n_inner - d0)
     dtype = x.dtype
-    a = np.zeros((N, LANES), dtype)
     dv = np.zeros(LANES, dtype)
-    lam = np.zeros((N, LANES), dtype)  # (N, lanes) ∂L/∂h_t
+    st = np.zeros((N, _ST_ROWS, LANES), dtype)
     dA_acc = np.zeros((N, LANES), np.float64)
     dD_acc = np.zeros(LANES, np.float64)
     hbuf = np.zeros((CHECKPOINT + 1, N, LANES), dtype)  # h_{t0-1} .. h_{t0+K-1} of one block
@@ -221,8 +223,8 @@ def _backward_task(
     v = np.zeros((_ROWS, LANES), dtype)
     for n in range(N):
         for j in range(w):
-            a[n, j] = AT[n, d0 + j]
-            lam[n, j] = gh[b, d0 + j, n]
+            st[n, _A, j] = AT[n, d0 + j]
+            st[n, _LAM, j] = gh[b, d0 + j, n]
     for j in range(w):
         dv[j] = Dv[d0 + j]
     for k in range(ckpt.shape[1] - 1, -1, -1):
@@ -240,7 +242,7 @@ def _backward_task(
             for n in range(N):
                 bn = Bm[b, t0 + s, n]
                 for j in range(LANES):
-                    e = fast_exp(v[_DT, j] * a[n, j])
+                    e = fast_exp(v[_DT, j] * st[n, _A, j])
                     ebuf[s, n, j] = e
                     hbuf[s + 1, n, j] = e * hbuf[s, n, j] + v[_U, j] * bn
         for s in range(steps - 1, -1, -1):
@@ -253,32 +255,39 @@ def _backward_task(
                 v[_U, j] = v[_DT, j] * v[_X, j]
                 v[_GU, j] = 0
                 v[_GDA, j] = 0
-                dD_acc[j] += v[_GY, j] * v[_X, j]
+                v[_DD, j] += v[_GY, j] * v[_X, j]
             for n in range(N):
                 bn = Bm[b, t, n]
                 cn = Cm[b, t, n]
-                # lam becomes ∂L/∂h_t: the carried part plus y_t's (y_t = Σ_n C_t h_t + D x_t).
                 for j in range(LANES):
-                    lam[n, j] += v[_GY, j] * cn
-                for j in range(LANES):
-                    v[_PC, j] = v[_GY, j] * hbuf[s + 1, n, j]
-                    v[_PB, j] = lam[n, j] * v[_U, j]
-                    v[_GU, j] += lam[n, j] * bn
-                for j in range(LANES):
+                    # lam becomes ∂L/∂h_t: the carried part plus y_t's (y_t = Σ_n C_t h_t + D x_t).
+                    lam = st[n, _LAM, j] + v[_GY, j] * cn
+                    st[n, _PC, j] = v[_GY, j] * hbuf[s + 1, n, j]
+                    st[n, _PB, j] = lam * v[_U, j]
+                    v[_GU, j] += lam * bn
                     # ∂L/∂(Δ_t A) = lam · h_{t-1} · exp(Δ_t A); then lam becomes ∂L/∂h_{t-1}.
-                    da = lam[n, j] * hbuf[s, n, j] * ebuf[s, n, j]
-                    v[_GDA, j] += da * a[n, j]
-                    dA_acc[n, j] += da * v[_DT, j]
-                    lam[n, j] = ebuf[s, n, j] * lam[n, j]
-                dC_part[b, blk, t, n] = _lane_sum(v[_PC])
-                dB_part[b, blk, t, n] = _lane_sum(v[_PB])
+                    e = ebuf[s, n, j]
+                    da = lam * hbuf[s, n, j] * e
+                    v[_GDA, j] += da * st[n, _A, j]
+                    st[n, _DA, j] += da * v[_DT, j]
+                    st[n, _LAM, j] = e * lam
+                dC_part[b, blk, t, n] = _lane_sum(st[n, _PC])
+                dB_part[b, blk, t, n] = _lane_sum(st[n, _PB])
             for j in range(w):
                 # u = Δ x: ∂L/∂x = Δ Σ_n lam B_n + D ∂L/∂y, ∂L/∂Δ = x Σ_n lam B_n + Σ_n ∂L/∂(ΔA) A.
                 dx[b, t, d0 + j] = v[_GU, j] * v[_DT, j] + v[_GY, j] * dv[j]
                 ddt[b, t, d0 + j] = v[_GU, j] * v[_X, j] + v[_GDA, j]
+        # dA, dD: summed over the block's steps in the compute dtype, over blocks in float64.
+        for n in range(N):
+            for j in range(LANES):
+                dA_acc[n, j] += st[n, _DA, j]
+                st[n, _DA, j] = 0
+        for j in range(LANES):
+            dD_acc[j] += v[_DD, j]
+            v[_DD, j] = 0
     for n in range(N):
         for j in range(w):
-            dh0[b, d0 + j, n] = lam[n, j]
+            dh0[b, d0 + j, n] = st[n, _LAM, j]
             dA_part[b, n, d0 + j] = dA_acc[n, j]
     for j in range(w):
         dD_part[b, d0 + j] = dD_acc[j]
