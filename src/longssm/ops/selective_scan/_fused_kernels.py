@@ -15,7 +15,7 @@ Glossary (paper symbol -> code name, shape; one task = one batch row b and one c
 
 Layout: a task keeps the state of ``LANES`` consecutive channels as a small (d_state, LANES) array;
 every inner loop runs over the lanes, is element-wise and has a constant trip count, so LLVM
-vectorises it without reassociating any sum (the kernels are compiled with ``fastmath=False``).
+vectorises it without reassociating any sum (the only fast-math flag is ``contract``: FMAs).
 Channels past d_inner in the last block are zero lanes (Δ = 0, x = 0: they stay zero).
 See README.md ("Fused CPU kernel") for the backward derivation.
 """
@@ -29,6 +29,9 @@ from numba.extending import intrinsic, overload
 
 LANES = 16
 CHECKPOINT = 32
+# The one fast-math flag: a * b + c may become one fused multiply-add (one rounding instead of
+# two). No reassociation, no assumptions about NaN or inf: every sum keeps its order.
+_FASTMATH = {"contract"}
 
 # exp(x) = 2^k · exp(r) with k = round(x / ln 2), r = x − k ln 2 (ln 2 split in a high part exact
 # in few bits and a low correction), |r| <= ln(2) / 2; exp(r) by its Taylor series, long enough
@@ -116,7 +119,7 @@ def fast_exp(x):
     raise NotImplementedError("fast_exp runs inside numba kernels only")
 
 
-@overload(fast_exp)
+@overload(fast_exp, jit_options={"fastmath": _FASTMATH})
 def _fast_exp_overload(x):
     if x == types.float32:
         return _exp32
@@ -125,7 +128,7 @@ def _fast_exp_overload(x):
     return None
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FASTMATH)
 def _lane_sum(p):
     """Σ_j p[j] over the LANES lanes as a fixed pairwise tree (deterministic and vectorisable)."""
     width = LANES // 2
@@ -136,7 +139,7 @@ def _lane_sum(p):
     return p[0]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FASTMATH)
 def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
     """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring)."""
     T, n_inner = x.shape[1], x.shape[2]
@@ -182,7 +185,7 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
             hT[b, d0 + j, n] = h[n, j]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
 
@@ -204,7 +207,7 @@ _X, _DT, _GY, _U, _GU, _GDA, _DD, _ROWS = range(8)
 _LAM, _A, _DA, _PB, _PC, _ST_ROWS = range(6)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FASTMATH)
 def _backward_task(
     x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0, b, blk
 ):
@@ -293,7 +296,7 @@ def _backward_task(
         dD_part[b, d0 + j] = dD_acc[j]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def scan_backward(
     x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0
 ):
