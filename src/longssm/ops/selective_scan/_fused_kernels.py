@@ -61,9 +61,13 @@ def _bits_to_float(typingctx, bits):
 
 
 def _exp32(x):
-    # Below lo the result would be subnormal (returned as 0); above hi, +inf.
-    lo, hi = np.float32(-87.3365), np.float32(88.0)
-    xc = min(max(x, lo), hi)
+    # x is first clamped to [lo, hi] = [-88, 89], where k = -127 at lo gives exponent bits 0
+    # (the result is +0: also below about -87.7, past the smallest normal) and k = 128 at hi gives
+    # the bits of +inf (the result is inf from about 88.4 on). Both selects let a NaN through
+    # (as max/min with the NaN-propagating operand order): it propagates through r and p.
+    lo, hi = np.float32(-88.0), np.float32(89.0)
+    xc = lo if x < lo else x
+    xc = hi if xc > hi else xc
     k = (xc * np.float32(_LOG2E) + np.float32(_ROUND_32)) - np.float32(_ROUND_32)
     r = (xc - k * np.float32(_LN2_HI_32)) - k * np.float32(_LN2_LO_32)
     p = np.float32(1.0 / 5040.0)
@@ -75,19 +79,14 @@ def _exp32(x):
     p = p * r + np.float32(1.0)
     p = p * r + np.float32(1.0)
     # numba widens int32 arithmetic to int64: narrow the exponent bits back before the cast.
-    res = p * _bits_to_float(np.int32((np.int32(k) + 127) << 23))
-    if x < lo:
-        res = np.float32(0.0)
-    if x > hi:
-        res = np.float32(np.inf)
-    if x != x:
-        res = x
-    return res
+    return p * _bits_to_float(np.int32((np.int32(k) + 127) << 23))
 
 
 def _exp64(x):
-    lo, hi = -708.3964, 709.0
-    xc = min(max(x, lo), hi)
+    # As _exp32: k = -1023 at lo gives +0, k = 1024 at hi gives +inf.
+    lo, hi = -709.0, 710.0
+    xc = lo if x < lo else x
+    xc = hi if xc > hi else xc
     k = (xc * _LOG2E + _ROUND_64) - _ROUND_64
     r = (xc - k * _LN2_HI_64) - k * _LN2_LO_64
     p = 1.0 / 6227020800.0
@@ -104,14 +103,7 @@ def _exp64(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    res = p * _bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
-    if x < lo:
-        res = 0.0
-    if x > hi:
-        res = np.inf
-    if x != x:
-        res = x
-    return res
+    return p * _bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
 
 
 def fast_exp(x):
