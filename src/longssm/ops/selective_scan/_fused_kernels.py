@@ -28,7 +28,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-LANES = 16
+LANES = 16  # _lane_sum is written out for 16 lanes
 CHECKPOINT = 32
 PREFETCH = 4  # the forward asks for the input rows this many steps ahead
 # The one fast-math flag: a * b + c may become one fused multiply-add (one rounding instead of
@@ -153,13 +153,15 @@ def _fast_exp_overload(x):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _lane_sum(p):
-    """Σ_j p[j] over the LANES lanes as a fixed pairwise tree (deterministic and vectorisable)."""
-    width = LANES // 2
-    while width >= 1:
-        for j in range(width):
-            p[j] = p[j] + p[j + width]
-        width //= 2
-    return p[0]
+    """Σ_j p[j] over the 16 lanes as a fixed pairwise tree (deterministic); p is only read.
+
+    Written out for LANES = 16: the sums stay in registers (a loop over halving widths stored
+    every level back into p and reloaded it).
+    """
+    q0, q1, q2, q3 = p[0] + p[8], p[1] + p[9], p[2] + p[10], p[3] + p[11]
+    q4, q5, q6, q7 = p[4] + p[12], p[5] + p[13], p[6] + p[14], p[7] + p[15]
+    r0, r1, r2, r3 = q0 + q4, q1 + q5, q2 + q6, q3 + q7
+    return (r0 + r2) + (r1 + r3)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
