@@ -62,7 +62,6 @@ def _bits_to_float(typingctx, bits):
     return sig, codegen
 
 
-
 @intrinsic
 def _prefetch(typingctx, ary, i, j, k):
     """Ask the CPU to load the cache line of ary[i, j, k] (3-d array) ahead of use; no result.
