@@ -10,13 +10,16 @@ Glossary (paper symbol -> code name, shape; one task = one batch row b and one c
     D (skip)                           Dv             (d_inner,)
     h_t (state of one channel block)   h              (d_state, LANES): lanes = channels of the block
     h at steps 0, K, 2K, ...           ckpt           (batch, ceil(T / K), d_state, d_inner)
-    ∂L/∂h_t (adjoint state)            lam            (d_state, LANES)
+    ∂L/∂h_t (adjoint state)            lam, st[:, _LAM]  (d_state, LANES)
     K (checkpoint interval)            CHECKPOINT
 
 Layout: a task keeps the state of ``LANES`` consecutive channels as a small (d_state, LANES) array;
 every inner loop runs over the lanes, is element-wise and has a constant trip count, so LLVM
 vectorises it without reassociating any sum (the only fast-math flag is ``contract``: FMAs).
 Channels past d_inner in the last block are zero lanes (Δ = 0, x = 0: they stay zero).
+The backward keeps its per-(n, lane) values in one array ``st`` (d_state, _ST_ROWS, LANES) so that
+its reverse step vectorises behind few runtime alias checks. Input rows are prefetched ahead of use
+(``_prefetch``): one task's rows are d_inner floats apart, a stride the hardware does not follow.
 See README.md ("Fused CPU kernel") for the backward derivation.
 """
 
