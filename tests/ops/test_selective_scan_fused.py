@@ -191,32 +191,39 @@ def test_strong_decay_and_exp_edge_values():
     check_against_naive(inp64)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_kernel_exp_matches_torch(dtype):
-    """The kernel's vectorisable exp against torch.exp, over the whole range and its edges."""
+def kernel_exp(z):
+    """The kernel's exp of each element of the 1-d tensor z (in z's dtype)."""
     # A scan with h0 = 1, x = 0, C = 1 in the one state and T = 1 returns y = exp(Δ A).
-    finfo = torch.finfo(dtype)
-    # Documented range: +inf above `top` (88 in float32, 709 in float64; within a factor 2 of the
-    # overflow), 0 below the smallest normal; the scan itself only sees exponents <= 0.
-    top = 88.0 if dtype == torch.float32 else 709.0
-    z = torch.cat(
-        [
-            torch.linspace(-800.0, top, 20001, dtype=dtype),
-            torch.tensor([-87.5, -87.3365, -87.0, -708.5, -708.3964, 0.0, -0.0, 1e4], dtype=dtype),
-            torch.tensor([float("-inf"), float("inf"), float("nan")], dtype=dtype),
-        ]
-    )
-    n = z.numel()
-    ones = torch.ones(1, 1, n, dtype=dtype)
+    n, dtype = z.numel(), z.dtype
     y, _ = selective_scan_fused(
         torch.zeros(1, 1, n, dtype=dtype),
-        ones,
+        torch.ones(1, 1, n, dtype=dtype),
         z[:, None],
         torch.zeros(1, 1, 1, dtype=dtype),
         torch.ones(1, 1, 1, dtype=dtype),
         initial_state=torch.ones(1, n, 1, dtype=dtype),
     )
-    got, want = y[0, 0], torch.exp(z)
+    return y[0, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_kernel_exp_matches_torch(dtype):
+    """The kernel's vectorisable exp against torch.exp, over the whole range and its edges."""
+    finfo = torch.finfo(dtype)
+    # Documented range: finite up to `top`, +inf from `inf_from` on (within a factor 1.5 of the
+    # overflow), 0 below -87.7 / -708.8 and subnormals from there to the smallest normal; the scan
+    # itself only sees exponents <= 0.
+    top, inf_from = (88.3, 88.4) if dtype == torch.float32 else (709.3, 709.5)
+    z = torch.cat(
+        [
+            torch.linspace(-800.0, top, 20001, dtype=dtype),
+            torch.tensor([-87.9, -87.6, -87.5, -87.3365, -87.0, 88.0], dtype=dtype),
+            torch.tensor([-708.9, -708.6, -708.5, -708.3964, 709.0, 0.0, -0.0], dtype=dtype),
+            torch.tensor([float("-inf"), float("nan")], dtype=dtype),
+        ]
+    )
+    got, want = kernel_exp(z), torch.exp(z)
+    assert got[-2] == 0.0  # exp(-inf)
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     assert torch.equal(torch.isinf(got), torch.isinf(want))
     keep = torch.isfinite(want)
@@ -224,6 +231,9 @@ def test_kernel_exp_matches_torch(dtype):
     assert_close(
         got[keep], want[keep], atol=float(finfo.tiny), rtol=4 * float(finfo.eps), name="exp"
     )
+    assert torch.isposinf(
+        kernel_exp(torch.tensor([inf_from, 1e4, float("inf")], dtype=dtype))
+    ).all()
 
 
 def test_dispatcher_picks_fused_on_cpu_and_falls_back(monkeypatch):

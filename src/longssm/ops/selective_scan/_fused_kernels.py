@@ -10,13 +10,16 @@ Glossary (paper symbol -> code name, shape; one task = one batch row b and one c
     D (skip)                           Dv             (d_inner,)
     h_t (state of one channel block)   h              (d_state, LANES): lanes = channels of the block
     h at steps 0, K, 2K, ...           ckpt           (batch, ceil(T / K), d_state, d_inner)
-    ∂L/∂h_t (adjoint state)            lam            (d_state, LANES)
+    ∂L/∂h_t (adjoint state)            lam, st[:, _LAM]  (d_state, LANES)
     K (checkpoint interval)            CHECKPOINT
 
 Layout: a task keeps the state of ``LANES`` consecutive channels as a small (d_state, LANES) array;
 every inner loop runs over the lanes, is element-wise and has a constant trip count, so LLVM
-vectorises it without reassociating any sum (the kernels are compiled with ``fastmath=False``).
+vectorises it without reassociating any sum (the only fast-math flag is ``contract``: FMAs).
 Channels past d_inner in the last block are zero lanes (Δ = 0, x = 0: they stay zero).
+The backward keeps its per-(n, lane) values in one array ``st`` (d_state, _ST_ROWS, LANES) so that
+its reverse step vectorises behind few runtime alias checks. Input rows are prefetched ahead of use
+(``_prefetch``): one task's rows are d_inner floats apart, a stride the hardware does not follow.
 See README.md ("Fused CPU kernel") for the backward derivation.
 """
 
@@ -25,10 +28,15 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-LANES = 16
+LANES = 16  # _lane_sum is written out for 16 lanes
 CHECKPOINT = 32
+PREFETCH = 4  # the forward asks for the input rows this many steps ahead
+# The one fast-math flag: a * b + c may become one fused multiply-add (one rounding instead of
+# two). No reassociation, no assumptions about NaN or inf: every sum keeps its order.
+_FASTMATH = {"contract"}
 
 # exp(x) = 2^k · exp(r) with k = round(x / ln 2), r = x − k ln 2 (ln 2 split in a high part exact
 # in few bits and a low correction), |r| <= ln(2) / 2; exp(r) by its Taylor series, long enough
@@ -57,10 +65,42 @@ def _bits_to_float(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _prefetch(typingctx, ary, i, j, k):
+    """Ask the CPU to load the cache line of ary[i, j, k] (3-d array) ahead of use; no result.
+
+    A task reads one 16-float row per time step, d_inner floats apart: the hardware prefetcher
+    does not follow that stride, so each row would be a cache miss waited for in the time loop.
+    """
+    if not (isinstance(ary, types.Array) and ary.ndim == 3):
+        return None
+    sig = types.void(ary, i, j, k)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        arr = context.make_array(aryty)(context, builder, args[0])
+        inds = [
+            context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])
+        ]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, arr, inds, wraparound=False)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # read, high temporal locality, data cache
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _exp32(x):
-    # Below lo the result would be subnormal (returned as 0); above hi, +inf.
-    lo, hi = np.float32(-87.3365), np.float32(88.0)
-    xc = min(max(x, lo), hi)
+    # x is first clamped to [lo, hi] = [-88, 89], where k = -127 at lo gives exponent bits 0
+    # (the result is +0: also below about -87.7, past the smallest normal) and k = 128 at hi gives
+    # the bits of +inf (the result is inf from about 88.4 on). Both selects let a NaN through
+    # (as max/min with the NaN-propagating operand order): it propagates through r and p.
+    lo, hi = np.float32(-88.0), np.float32(89.0)
+    xc = lo if x < lo else x
+    xc = hi if xc > hi else xc
     k = (xc * np.float32(_LOG2E) + np.float32(_ROUND_32)) - np.float32(_ROUND_32)
     r = (xc - k * np.float32(_LN2_HI_32)) - k * np.float32(_LN2_LO_32)
     p = np.float32(1.0 / 5040.0)
@@ -72,19 +112,14 @@ def _exp32(x):
     p = p * r + np.float32(1.0)
     p = p * r + np.float32(1.0)
     # numba widens int32 arithmetic to int64: narrow the exponent bits back before the cast.
-    res = p * _bits_to_float(np.int32((np.int32(k) + 127) << 23))
-    if x < lo:
-        res = np.float32(0.0)
-    if x > hi:
-        res = np.float32(np.inf)
-    if x != x:
-        res = x
-    return res
+    return p * _bits_to_float(np.int32((np.int32(k) + 127) << 23))
 
 
 def _exp64(x):
-    lo, hi = -708.3964, 709.0
-    xc = min(max(x, lo), hi)
+    # As _exp32: k = -1023 at lo gives +0, k = 1024 at hi gives +inf.
+    lo, hi = -709.0, 710.0
+    xc = lo if x < lo else x
+    xc = hi if xc > hi else xc
     k = (xc * _LOG2E + _ROUND_64) - _ROUND_64
     r = (xc - k * _LN2_HI_64) - k * _LN2_LO_64
     p = 1.0 / 6227020800.0
@@ -101,14 +136,7 @@ def _exp64(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    res = p * _bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
-    if x < lo:
-        res = 0.0
-    if x > hi:
-        res = np.inf
-    if x != x:
-        res = x
-    return res
+    return p * _bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
 
 
 def fast_exp(x):
@@ -116,7 +144,7 @@ def fast_exp(x):
     raise NotImplementedError("fast_exp runs inside numba kernels only")
 
 
-@overload(fast_exp)
+@overload(fast_exp, jit_options={"fastmath": _FASTMATH})
 def _fast_exp_overload(x):
     if x == types.float32:
         return _exp32
@@ -125,18 +153,20 @@ def _fast_exp_overload(x):
     return None
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FASTMATH)
 def _lane_sum(p):
-    """Σ_j p[j] over the LANES lanes as a fixed pairwise tree (deterministic and vectorisable)."""
-    width = LANES // 2
-    while width >= 1:
-        for j in range(width):
-            p[j] = p[j] + p[j + width]
-        width //= 2
-    return p[0]
+    """Σ_j p[j] over the 16 lanes as a fixed pairwise tree (deterministic); p is only read.
+
+    Written out for LANES = 16: the sums stay in registers (a loop over halving widths stored
+    every level back into p and reloaded it).
+    """
+    q0, q1, q2, q3 = p[0] + p[8], p[1] + p[9], p[2] + p[10], p[3] + p[11]
+    q4, q5, q6, q7 = p[4] + p[12], p[5] + p[13], p[6] + p[14], p[7] + p[15]
+    r0, r1, r2, r3 = q0 + q4, q1 + q5, q2 + q6, q3 + q7
+    return (r0 + r2) + (r1 + r3)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FASTMATH)
 def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
     """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring)."""
     T, n_inner = x.shape[1], x.shape[2]
@@ -162,6 +192,10 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
             for n in range(N):
                 for j in range(w):
                     ckpt[b, k, n, d0 + j] = h[n, j]
+        ahead = min(t + PREFETCH, T - 1)
+        _prefetch(x, b, ahead, d0)
+        _prefetch(dt, b, ahead, d0)
+        _prefetch(y, b, ahead, d0)
         for j in range(w):
             xs[j] = x[b, t, d0 + j]
             ds[j] = dt[b, t, d0 + j]
@@ -182,7 +216,7 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
             hT[b, d0 + j, n] = h[n, j]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
 
@@ -195,13 +229,16 @@ def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save):
         _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, (task % n_blocks) * LANES)
 
 
-# Rows of the backward's per-lane work array: inputs of step t, Δx, Σ_n λ B_n, Σ_n ∂L/∂(ΔA) A,
-# and the products summed over lanes for dB, dC. One array keeps the number of distinct arrays in
-# each inner loop small, so LLVM vectorises it behind few runtime alias checks.
-_X, _DT, _GY, _U, _GU, _GDA, _PB, _PC, _ROWS = range(9)
+# Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: inputs of step t,
+# Δx, Σ_n λ B_n, Σ_n ∂L/∂(ΔA) A. st (N, _ST_ROWS, LANES), per state index n: λ, A, the running
+# Σ_t ∂L/∂(ΔA) Δ of the current checkpoint block, and the products summed over lanes for dB, dC.
+# Keeping the per-(n, lane) values of one n side by side in one array lets LLVM vectorise the
+# reverse step with few runtime alias checks (a loop over many distinct arrays stays scalar).
+_X, _DT, _GY, _U, _GU, _GDA, _DD, _ROWS = range(8)
+_LAM, _A, _DA, _PB, _PC, _ST_ROWS = range(6)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_FASTMATH)
 def _backward_task(
     x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0, b, blk
 ):
@@ -211,9 +248,8 @@ def _backward_task(
     d0 = blk * LANES
     w = min(LANES, n_inner - d0)
     dtype = x.dtype
-    a = np.zeros((N, LANES), dtype)
     dv = np.zeros(LANES, dtype)
-    lam = np.zeros((N, LANES), dtype)  # (N, lanes) ∂L/∂h_t
+    st = np.zeros((N, _ST_ROWS, LANES), dtype)
     dA_acc = np.zeros((N, LANES), np.float64)
     dD_acc = np.zeros(LANES, np.float64)
     hbuf = np.zeros((CHECKPOINT + 1, N, LANES), dtype)  # h_{t0-1} .. h_{t0+K-1} of one block
@@ -221,8 +257,8 @@ def _backward_task(
     v = np.zeros((_ROWS, LANES), dtype)
     for n in range(N):
         for j in range(w):
-            a[n, j] = AT[n, d0 + j]
-            lam[n, j] = gh[b, d0 + j, n]
+            st[n, _A, j] = AT[n, d0 + j]
+            st[n, _LAM, j] = gh[b, d0 + j, n]
     for j in range(w):
         dv[j] = Dv[d0 + j]
     for k in range(ckpt.shape[1] - 1, -1, -1):
@@ -232,6 +268,13 @@ def _backward_task(
             for j in range(w):
                 hbuf[0, n, j] = ckpt[b, k, n, d0 + j]
         for s in range(steps):
+            # Ahead of use: this block's rows of the reverse pass, the previous block's of x, Δ.
+            _prefetch(gy, b, t0 + s, d0)
+            _prefetch(dx, b, t0 + s, d0)
+            _prefetch(ddt, b, t0 + s, d0)
+            if t0 > 0:
+                _prefetch(x, b, t0 - CHECKPOINT + s, d0)
+                _prefetch(dt, b, t0 - CHECKPOINT + s, d0)
             for j in range(w):
                 v[_X, j] = x[b, t0 + s, d0 + j]
                 v[_DT, j] = dt[b, t0 + s, d0 + j]
@@ -240,7 +283,7 @@ def _backward_task(
             for n in range(N):
                 bn = Bm[b, t0 + s, n]
                 for j in range(LANES):
-                    e = fast_exp(v[_DT, j] * a[n, j])
+                    e = fast_exp(v[_DT, j] * st[n, _A, j])
                     ebuf[s, n, j] = e
                     hbuf[s + 1, n, j] = e * hbuf[s, n, j] + v[_U, j] * bn
         for s in range(steps - 1, -1, -1):
@@ -253,38 +296,45 @@ def _backward_task(
                 v[_U, j] = v[_DT, j] * v[_X, j]
                 v[_GU, j] = 0
                 v[_GDA, j] = 0
-                dD_acc[j] += v[_GY, j] * v[_X, j]
+                v[_DD, j] += v[_GY, j] * v[_X, j]
             for n in range(N):
                 bn = Bm[b, t, n]
                 cn = Cm[b, t, n]
-                # lam becomes ∂L/∂h_t: the carried part plus y_t's (y_t = Σ_n C_t h_t + D x_t).
                 for j in range(LANES):
-                    lam[n, j] += v[_GY, j] * cn
-                for j in range(LANES):
-                    v[_PC, j] = v[_GY, j] * hbuf[s + 1, n, j]
-                    v[_PB, j] = lam[n, j] * v[_U, j]
-                    v[_GU, j] += lam[n, j] * bn
-                for j in range(LANES):
+                    # lam becomes ∂L/∂h_t: the carried part plus y_t's (y_t = Σ_n C_t h_t + D x_t).
+                    lam = st[n, _LAM, j] + v[_GY, j] * cn
+                    st[n, _PC, j] = v[_GY, j] * hbuf[s + 1, n, j]
+                    st[n, _PB, j] = lam * v[_U, j]
+                    v[_GU, j] += lam * bn
                     # ∂L/∂(Δ_t A) = lam · h_{t-1} · exp(Δ_t A); then lam becomes ∂L/∂h_{t-1}.
-                    da = lam[n, j] * hbuf[s, n, j] * ebuf[s, n, j]
-                    v[_GDA, j] += da * a[n, j]
-                    dA_acc[n, j] += da * v[_DT, j]
-                    lam[n, j] = ebuf[s, n, j] * lam[n, j]
-                dC_part[b, blk, t, n] = _lane_sum(v[_PC])
-                dB_part[b, blk, t, n] = _lane_sum(v[_PB])
+                    e = ebuf[s, n, j]
+                    da = lam * hbuf[s, n, j] * e
+                    v[_GDA, j] += da * st[n, _A, j]
+                    st[n, _DA, j] += da * v[_DT, j]
+                    st[n, _LAM, j] = e * lam
+                dC_part[b, blk, t, n] = _lane_sum(st[n, _PC])
+                dB_part[b, blk, t, n] = _lane_sum(st[n, _PB])
             for j in range(w):
                 # u = Δ x: ∂L/∂x = Δ Σ_n lam B_n + D ∂L/∂y, ∂L/∂Δ = x Σ_n lam B_n + Σ_n ∂L/∂(ΔA) A.
                 dx[b, t, d0 + j] = v[_GU, j] * v[_DT, j] + v[_GY, j] * dv[j]
                 ddt[b, t, d0 + j] = v[_GU, j] * v[_X, j] + v[_GDA, j]
+        # dA, dD: summed over the block's steps in the compute dtype, over blocks in float64.
+        for n in range(N):
+            for j in range(LANES):
+                dA_acc[n, j] += st[n, _DA, j]
+                st[n, _DA, j] = 0
+        for j in range(LANES):
+            dD_acc[j] += v[_DD, j]
+            v[_DD, j] = 0
     for n in range(N):
         for j in range(w):
-            dh0[b, d0 + j, n] = lam[n, j]
+            dh0[b, d0 + j, n] = st[n, _LAM, j]
             dA_part[b, n, d0 + j] = dA_acc[n, j]
     for j in range(w):
         dD_part[b, d0 + j] = dD_acc[j]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def scan_backward(
     x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0
 ):
