@@ -97,6 +97,37 @@ def test_triton_scan_with_a_wider_backward_block():
         assert_close(g, g_ref, name=f"d loss / d {name}")
 
 
+@needs_triton
+def test_triton_scan_runs_long_rows_in_pieces(monkeypatch):
+    from longssm.ops.selective_scan import triton_gpu
+
+    # A small limit makes a 150-step sequence run as pieces of 64, 64 and 22 steps.
+    monkeypatch.setattr(triton_gpu, "INT32_LIMIT", 64 * 20 + 1)
+    assert triton_gpu.piece_length(150, 20, 4) == 64
+    inp = to_device(make_inputs(2, 150, 20, 4), "cuda")
+    y, h = run(selective_scan_triton, inp)
+    y_ref, h_ref = run(selective_scan_naive, inp)
+    assert_close(y, y_ref, name="y")
+    assert_close(h, h_ref, name="final_state")
+    leaves = [inp[k] for k in NAMES]
+    for name, g, g_ref in zip(
+        NAMES, linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves)
+    ):
+        assert_close(g, g_ref, name=f"d loss / d {name}")
+
+
+def test_piece_length_keeps_row_offsets_within_int32():
+    from longssm.ops.selective_scan.triton_gpu import CHUNK, INT32_LIMIT, piece_length
+
+    assert piece_length(2048, 512, 16) == 2048
+    for T, d_inner, d_state in ((2**21, 1024, 16), (2**20, 4096, 64), (10**6, 3000, 16)):
+        piece = piece_length(T, d_inner, d_state)
+        assert piece % CHUNK == 0 and piece < T
+        assert piece * max(d_inner, d_state) < INT32_LIMIT
+        assert -(-piece // CHUNK) * d_inner * d_state < INT32_LIMIT
+        assert 2 * piece * d_inner >= INT32_LIMIT or -(-2 * piece // CHUNK) * d_inner * d_state >= INT32_LIMIT
+
+
 def test_backward_block_bounds_the_number_of_programs_per_row():
     from longssm.ops.selective_scan.triton_gpu import MAX_BACKWARD_BLOCKS, backward_block_d
 

@@ -25,6 +25,7 @@ from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
 
 CHUNK = 32
 BLOCK_D = 8  # channels per program (fastest of 4, 8, 16, 32 on an H100; see README.md)
+INT32_LIMIT = 2**31  # offsets inside one batch row must stay below this
 MAX_BACKWARD_BLOCKS = 64  # channel blocks per batch row in the backward (memory of dB, dC partials)
 
 
@@ -56,6 +57,18 @@ def backward_block_d(d_inner: int, block_d: int) -> int:
     so this bounds their memory at 2 x MAX_BACKWARD_BLOCKS x (batch, T, d_state)."""
     needed = -(-d_inner // MAX_BACKWARD_BLOCKS)
     return max(block_d, 1 << (needed - 1).bit_length())
+
+
+def piece_length(T: int, d_inner: int, d_state: int) -> int:
+    """The longest piece of the sequence whose in-row offsets (time x channels, time x state,
+    checkpoints x channels x state) stay below INT32_LIMIT; T itself when it fits."""
+    piece = T
+    while piece > CHUNK and (
+        piece * max(d_inner, d_state) >= INT32_LIMIT
+        or -(-piece // CHUNK) * d_inner * d_state >= INT32_LIMIT
+    ):
+        piece = max(CHUNK, (piece // 2) // CHUNK * CHUNK)
+    return piece
 
 
 def _num_warps(block_d: int, block_n: int) -> int:
@@ -180,15 +193,21 @@ def selective_scan_triton(
             else x.new_zeros(batch, d_inner, d_state, dtype=dtype)
         )
         return x.new_zeros(batch, 0, d_inner), (final if output_final_state else None)
-    y, hT = _TritonScan.apply(
-        x.to(dtype).contiguous(),
-        dt.to(dtype).contiguous(),
-        A.to(dtype).contiguous(),
-        B.to(dtype).contiguous(),
-        C.to(dtype).contiguous(),
-        None if D is None else D.to(dtype).contiguous(),
-        None if initial_state is None else initial_state.to(dtype).contiguous(),
-        block_d,
-    )
-    return y.to(x.dtype), (hT if output_final_state else None)
+    xc, dtc, Bc, Cc = (t.to(dtype) for t in (x, dt, B, C))
+    Ac = A.to(dtype).contiguous()
+    Dc = None if D is None else D.to(dtype).contiguous()
+    h = None if initial_state is None else initial_state.to(dtype).contiguous()
+    # The kernels index one batch row with 32-bit offsets: longer sequences run in pieces, the
+    # state carried from one to the next (the same results; autograd links the pieces).
+    piece = piece_length(T, d_inner, d_state)
+    ys = []
+    for start in range(0, T, piece):
+        rows = slice(start, start + piece)
+        y, h = _TritonScan.apply(
+            xc[:, rows].contiguous(), dtc[:, rows].contiguous(), Ac,
+            Bc[:, rows].contiguous(), Cc[:, rows].contiguous(), Dc, h, block_d,
+        )  # fmt: skip
+        ys.append(y)
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
+    return y.to(x.dtype), (h if output_final_state else None)
 
