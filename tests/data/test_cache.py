@@ -152,6 +152,25 @@ def test_empty_corpus(tmp_path):
         load_corpus(str(tmp_path), cache_dir=tmp_path / "cache")
 
 
+def test_failed_or_empty_build_leaves_no_files(corpus_dir, tmp_path):
+    class FailingTokenizer(ByteTokenizer):
+        def encode_batch(self, texts):
+            raise RuntimeError("tokeniser broke")
+
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="tokeniser broke"):
+        cache_entry(str(corpus_dir), tokenizer=FailingTokenizer(), cache_dir=cache)
+    assert list(cache.iterdir()) == []  # no partial entry, no scratch file
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        cache_entry(str(empty), cache_dir=cache)
+    assert list(cache.iterdir()) == []
+    cache_entry(str(corpus_dir), cache_dir=cache)
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
+
+
 def test_bad_split_arguments(corpus_dir, tmp_path):
     with pytest.raises(DataError, match="unknown split"):
         load_corpus(str(corpus_dir), split="dev", cache_dir=tmp_path)

@@ -9,7 +9,8 @@ Layout of a cache entry (under ``cache_dir``, default ``$LONGSSM_CACHE`` or
 ``key`` hashes the resolved sources (file paths, sizes and mtimes; the spec for synthetic
 sources), the tokeniser's identity and the split seed, so editing a file or changing the tokeniser
 makes a new entry. Both files are written to a temporary name and renamed, the sidecar last: an
-entry whose sidecar exists is complete.
+entry whose sidecar exists is complete. Building one holds a batch of documents in memory, not the
+corpus: tokens go to a scratch file in reading order, then into the entry in the stored order.
 
 Each text document is stored as ``[sep] + tokens(document)``; its start offset points at its
 separator. Documents are stored in a seeded order (sorted by a hash of ``split_seed`` and the
@@ -101,76 +102,104 @@ def _slug(spec) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", base)[:40] or "corpus"
 
 
-def _tokenise(sources, tokenizer: Tokenizer | None, split_seed: int, progress: bool | None):
-    """Tokenise every document; returns (tokens array, meta without paths)."""
-    from tqdm.auto import tqdm
+def _tokenise(sources, tokenizer: Tokenizer | None, path: Path, split_seed: int, progress):
+    """Tokenise every document into ``path`` (.npy) in the stored order; returns the sidecar dict
+    (without spec, tokenizer and key).
+
+    Memory stays bounded by one encoding batch: documents are appended to a scratch file in the
+    order they are read, then copied into ``path`` in the seeded order, both memory-mapped.
+    """
 
     markov = isinstance(sources[0], MarkovSource)
     if markov:
-        doc = next(sources[0].documents())
         vocab, sep = sources[0].chain.vocab_size, None
-        records = [(doc.name, doc.tokens, 0)]
     else:
         vocab, sep = tokenizer.vocab_size, tokenizer.sep_id
-        total = sum(len(getattr(s, "files", ())) for s in sources) or None
-        big = sum(s.approx_bytes for s in sources) > (1 << 20)
-        bar = tqdm(
-            total=total,
-            unit="doc",
-            desc="tokenising",
-            disable=progress is False or (progress is None and not big),
-            delay=0 if progress else 1.0,
-        )
-        records, batch = [], []
+    dtype = np.dtype(np.uint16 if vocab <= (1 << 16) else np.uint32)
+    scratch = path.with_name(f".{path.stem}.{os.getpid()}.scratch")
+    names, lengths, n_bytes = [], [], []  # per document, in reading order
+    try:
+        with open(scratch, "wb") as raw:
 
-        def flush():
-            arrays = tokenizer.encode_batch([d.text for d in batch])
-            for d, ids in zip(batch, arrays, strict=True):
-                n_bytes = len(d.text.encode("utf-8"))
-                records.append((d.name, np.concatenate([[sep], ids]), n_bytes))
-            batch.clear()
+            def append(name: str, ids, text_bytes: int) -> None:
+                ids = np.asarray(ids)
+                if sep is not None:
+                    ids = np.concatenate([[sep], ids])
+                raw.write(ids.astype(dtype, copy=False).tobytes())
+                names.append(name)
+                lengths.append(len(ids))
+                n_bytes.append(text_bytes)
 
-        for source in sources:
-            for d in source.documents():
-                bar.update(1)
-                if d.text:
-                    batch.append(d)
-                if len(batch) >= ENCODE_BATCH:
-                    flush()
-        if batch:
-            flush()
-        bar.close()
-    if not records:
-        labels = ", ".join(repr(s.label) for s in sources)
-        raise DataError(f"corpus {labels} is empty: its documents hold no text; give text files")
-    dtype = np.uint16 if vocab <= (1 << 16) else np.uint32
-    order = sorted(range(len(records)), key=lambda i: (_order_key(split_seed, records[i][0]), i))
-    records = [records[i] for i in order]
-    lengths = np.array([len(r[1]) for r in records], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    tokens = np.concatenate([np.asarray(r[1]).astype(dtype, copy=False) for r in records])
-    meta = {
+            if markov:
+                doc = next(sources[0].documents())
+                append(doc.name, doc.tokens, 0)
+            else:
+                _encode_documents(sources, tokenizer, append, progress)
+        if not names:
+            labels = ", ".join(repr(s.label) for s in sources)
+            raise DataError(f"corpus {labels} is empty: its documents hold no text; give text files")
+        read_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        order = sorted(range(len(names)), key=lambda i: (_order_key(split_seed, names[i]), i))
+        total = int(sum(lengths))
+        unordered = np.memmap(scratch, dtype=dtype, mode="r", shape=(total,))
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(total,))
+        pos = 0
+        for i in order:
+            a = read_starts[i]
+            out[pos : pos + lengths[i]] = unordered[a : a + lengths[i]]
+            pos += lengths[i]
+        out.flush()
+        del out, unordered
+    finally:
+        scratch.unlink(missing_ok=True)
+    stored_lengths = np.array([lengths[i] for i in order], dtype=np.int64)
+    return {
         "format": CACHE_FORMAT,
         "vocab_size": int(vocab),
         "sep_id": None if sep is None else int(sep),
-        "dtype": np.dtype(dtype).name,
-        "num_tokens": int(len(tokens)),
+        "dtype": dtype.name,
+        "num_tokens": total,
         "split_seed": split_seed,
-        "names": [r[0] for r in records],
-        "doc_starts": starts.tolist(),
-        "doc_bytes": [int(r[2]) for r in records],
+        "names": [names[i] for i in order],
+        "doc_starts": np.concatenate([[0], np.cumsum(stored_lengths)[:-1]]).tolist(),
+        "doc_bytes": [int(n_bytes[i]) for i in order],
     }
-    return tokens, meta
 
 
-def _write_atomic(path: Path, tokens: np.ndarray, meta: dict) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=tokens.dtype, shape=tokens.shape)
-    out[:] = tokens
-    out.flush()
-    del out
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
+def _encode_documents(sources, tokenizer: Tokenizer, append, progress) -> None:
+    """Encode the text documents of ``sources`` in batches; ``append(name, ids, n_bytes)`` each."""
+    from tqdm.auto import tqdm
+
+    total = sum(len(getattr(s, "files", ())) for s in sources) or None
+    big = sum(s.approx_bytes for s in sources) > (1 << 20)
+    bar = tqdm(
+        total=total,
+        unit="doc",
+        desc="tokenising",
+        disable=progress is False or (progress is None and not big),
+        delay=0 if progress else 1.0,
+    )
+    batch = []
+
+    def flush():
+        arrays = tokenizer.encode_batch([d.text for d in batch])
+        for d, ids in zip(batch, arrays, strict=True):
+            append(d.name, ids, len(d.text.encode("utf-8")))
+        batch.clear()
+
+    for source in sources:
+        for d in source.documents():
+            bar.update(1)
+            if d.text:
+                batch.append(d)
+            if len(batch) >= ENCODE_BATCH:
+                flush()
+    if batch:
+        flush()
+    bar.close()
+
+
+def _write_sidecar(side: Path, meta: dict) -> None:
     tmp_side = side.with_name(f".{side.stem}.{os.getpid()}.tmp.json")
     tmp_side.write_text(json.dumps(meta))
     os.replace(tmp_side, side)
@@ -218,10 +247,15 @@ def cache_entry(
         meta = json.loads(side.read_text())
         hit = meta.get("format") == CACHE_FORMAT
     if not hit:
-        tokens, meta = _tokenise(sources, tokenizer, split_seed, progress)
-        meta.update(spec=spec, tokenizer=ident, key=key)
         root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, tokens, meta)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        try:
+            meta = _tokenise(sources, tokenizer, tmp, split_seed, progress)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta.update(spec=spec, tokenizer=ident, key=key)
+        _write_sidecar(side, meta)
     return np.load(path, mmap_mode="r"), meta, hit
 
 
