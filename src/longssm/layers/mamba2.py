@@ -113,8 +113,9 @@ class Mamba2(nn.Module):
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
         chunk_size: chunk length of the SSD chunked scan.
-        scan: "auto" (fla's Triton kernels for CUDA tensors when fla is importable, else chunk),
-            "chunk" (matmul form, any device), "fla" or "naive" (reference loop).
+        scan: "auto" (fla's Triton kernels for CUDA inference when fla is importable, else
+            chunk), "chunk" (matmul form, any device), "fla" (also for training; see
+            ``longssm.ops.ssd.fla_gpu``) or "naive" (reference loop).
         norm_eps: epsilon of the gated RMSNorm.
         layer_idx: position in the stack (informational).
     """

@@ -20,19 +20,17 @@ from .step import ssd_step
 def ssd_path(*tensors: torch.Tensor | None) -> str:
     """The form ``ssd`` runs for these tensors.
 
-    "fla" when every given tensor is on a CUDA device in float32 or half precision, fla is
-    importable and, if autograd will need a gradient, fla's backward runs on that device;
-    else "chunk".
+    "fla" when no gradient will be needed (inference: ``torch.no_grad`` / ``inference_mode``, or
+    no tensor requires grad), every given tensor is on a CUDA device in float32 or half precision
+    and fla is importable; else "chunk". Training keeps the chunked form, whose gradients are
+    tested on the GPU; fla's backward is opt-in (``ssd_fla``, ``Mamba2(scan="fla")``) because it
+    could not be checked here (fla 0.6 refuses it on Hopper GPUs with Triton < 3.7.1).
     """
     given = [t for t in tensors if t is not None]
     if not given or not all(t.device.type == "cuda" and t.dtype != torch.float64 for t in given):
         return "chunk"
-    if not fla_available():
-        return "chunk"
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in given)
-    if needs_grad and not fla_backward_supported(given[0].device):
-        return "chunk"
-    return "fla"
+    return "fla" if not needs_grad and fla_available() else "chunk"
 
 
 def ssd(

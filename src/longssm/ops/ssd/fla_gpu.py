@@ -8,9 +8,9 @@ so with q = C_t, k = B_t (each head given its group's), v = Δ_t x_t, g = Δ_t A
 g and v (plain torch around the kernel), and h_0 through the kernel's own backward.
 
 Optional: needs CUDA tensors and an importable ``fla`` (``pip install fla-core``, which brings
-Triton kernels); ``ssd`` (the dispatcher in ``__init__.py``) picks this form only then, and, when
-a gradient is needed, only where fla's backward runs (``fla_backward_supported``: fla 0.6 refuses
-it on Hopper GPUs with Triton < 3.7.1). fla's
+Triton kernels); ``ssd`` (the dispatcher in ``__init__.py``) picks this form for inference only.
+Its backward (fla's own) is used when asked for explicitly; fla 0.6 refuses it on Hopper GPUs with
+Triton < 3.7.1 (``fla_backward_supported``), so it is untested here. fla's
 kernels multiply in TF32 on recent GPUs, so float32 results agree with the reference to about
 1e-3 relative, not to the last bit; float64 inputs are refused (use ``ssd_chunk``).
 """
