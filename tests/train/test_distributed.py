@@ -274,6 +274,23 @@ def test_sharded_evaluation_equals_one_process(root, worker):
             assert g["n_tokens"] == e["n_tokens"]
 
 
+def test_eval_cli_under_torchrun_equals_one_process(single, tmp_path):
+    args = ["eval", str(single), "--lengths", "8,16,24", "--protocol", "all", "--n-tokens", "64",
+            "--batch-size", "2", "--chunk-size", "8", "--no-progress"]  # fmt: skip
+    proc = torchrun(["-m", "longssm.cli", *args, "--out", str(tmp_path / "two")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    (two,) = (tmp_path / "two").glob("*.json")
+    (one,) = (tmp_path / "one").glob("*.json")
+    got, expected = json.loads(two.read_text())["records"], json.loads(one.read_text())["records"]
+    assert [(r["protocol"], r["length"]) for r in got] == [
+        (r["protocol"], r["length"]) for r in expected
+    ]
+    for g, e in zip(got, expected):
+        assert g["loss"] == pytest.approx(e["loss"], abs=1e-12)
+
+
 def test_indivisible_batch_fails_with_one_line_before_joining(tmp_path, monkeypatch, capsys):
     # torchrun's environment for rank 0 of 4; the check runs before any process group is made
     monkeypatch.setenv("WORLD_SIZE", "4")

@@ -124,6 +124,7 @@ def run_dir_of(checkpoint: Path) -> Path:
 def run_eval(args: argparse.Namespace) -> int:
     """``longssm eval``: evaluate, print a table, write results. Returns the exit code (0)."""
     from longssm.checkpoint import load_model
+    from longssm.train.distributed import env_world, evaluate_lengths_sharded, init_distributed
 
     lengths = parse_lengths(args.lengths)
     protocols = resolve_protocols(args.protocol)
@@ -133,13 +134,31 @@ def run_eval(args: argparse.Namespace) -> int:
     if not Path(args.run).exists():
         raise EvalError(f"no such run or checkpoint: {args.run}")
     progress = not args.no_progress
-    model, ckpt, meta = load_model(args.run, device=_device(args.device))
-    tokens, bytes_per_token = load_split(meta, args.split)
-    records = evaluate_lengths(
-        model, tokens, lengths, protocols, n_tokens=args.n_tokens, batch_size=args.batch_size,
-        chunk_size=args.chunk_size, bytes_per_token=bytes_per_token or 1.0, progress=progress,
-        seed=args.seed,
-    )
+    device = _device(args.device)
+    if env_world()[1] > 1:
+        # Under torchrun the (protocol, L) pairs are spread over the ranks; rank 0 gathers the
+        # records (equal to one process's) and does everything else.
+        ctx = init_distributed(device)
+        try:
+            model, ckpt, meta = load_model(args.run, device=ctx.device)
+            tokens, bytes_per_token = load_split(meta, args.split)
+            records = evaluate_lengths_sharded(
+                model, tokens, lengths, ctx, protocols, n_tokens=args.n_tokens,
+                batch_size=args.batch_size, seed=args.seed, chunk_size=args.chunk_size,
+                bytes_per_token=bytes_per_token or 1.0, progress=progress and ctx.is_main,
+            )
+        finally:
+            ctx.close()
+        if not ctx.is_main:
+            return 0
+    else:
+        model, ckpt, meta = load_model(args.run, device=device)
+        tokens, bytes_per_token = load_split(meta, args.split)
+        records = evaluate_lengths(
+            model, tokens, lengths, protocols, n_tokens=args.n_tokens,
+            batch_size=args.batch_size, chunk_size=args.chunk_size,
+            bytes_per_token=bytes_per_token or 1.0, progress=progress, seed=args.seed,
+        )
     train_length = meta["config"].get("data", {}).get("seq_len")
     classification = {}
     for protocol in protocols:
