@@ -28,6 +28,7 @@ Options (``ModelConfig.mixer_options``): ``dt_rank`` ("auto"), ``beta_min`` / ``
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -39,9 +40,19 @@ from longssm.layers.base import check_input, check_state
 from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
-from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn_chunk, longhorn_naive, longhorn_step
+from longssm.ops.longhorn import (
+    DEFAULT_CHUNK_SIZE,
+    longhorn_chunk,
+    longhorn_fused,
+    longhorn_naive,
+    longhorn_path,
+    longhorn_step,
+)
 
-SCANS = ("chunk", "naive")
+SCANS = ("auto", "fused", "chunk", "naive")
+logger = logging.getLogger("longssm")
+# Paths already announced in the log (once per process and path).
+_ANNOUNCED: set[str] = set()
 OPTION_DEFAULTS = {
     "dt_rank": "auto",
     "beta_min": 1e-3,
@@ -79,7 +90,8 @@ class Longhorn(GatedBlock):
         dt_scale: dt_proj.weight init scale (uniform, bound dt_scale / sqrt(R)).
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
-        scan: "chunk" (fast) or "naive" (reference loop).
+        scan: "auto" (fused numba kernel for CPU tensors when numba is importable, else chunk),
+            "fused" (CPU only), "chunk" (pure torch, any device) or "naive" (reference loop).
         chunk_size: chunk length of the chunked form.
     """
 
@@ -169,7 +181,13 @@ class Longhorn(GatedBlock):
         xs, conv_state = causal_conv(self.conv1d, xs, state.conv)
         xs = F.silu(xs)  # (B, T, Di)
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
-        if self.scan == "chunk":
+        path = longhorn_path(xs, state.ssm) if self.scan == "auto" else self.scan
+        if path not in _ANNOUNCED:
+            _ANNOUNCED.add(path)
+            logger.info("Longhorn scan: %s path (scan=%r)", path, self.scan)
+        if path == "fused":
+            y, s = longhorn_fused(xs, beta, k, q, self.D, state.ssm, output_final_state=True)
+        elif path == "chunk":
             y, s = longhorn_chunk(
                 xs,
                 beta,
