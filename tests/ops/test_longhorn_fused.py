@@ -72,13 +72,12 @@ def test_matches_naive_outputs_state_and_grads(shape, with_h0):
 def test_k_gradient_paths_separately():
     """dk through the kernel's input path (ε x k) and decay path (1 - ε k²), with ε held fixed."""
     inp = make_inputs(2, 40, 18, 3)
-    eps = longhorn_module.longhorn_eps(inp["beta"], inp["k"]).detach()
-    # beta' with longhorn_eps(beta', k) == eps is beta itself; instead compare the kernel Function
-    # directly against a torch loop with eps as a leaf.
+    # The kernel Function with ε as a leaf, against a torch loop: dk here is the kernel's own
+    # (input + decay path), without the ε -> k path that autograd adds in longhorn_fused.
     from longssm.ops.longhorn.fused_cpu import _FusedLonghorn
 
+    eps = longhorn_module.longhorn_eps(inp["beta"], inp["k"]).detach().requires_grad_()
     k = inp["k"].detach().requires_grad_()
-    eps = eps.requires_grad_()
     x, q, D, h0 = (inp[n].detach() for n in ("x", "q", "D", "h0"))
     y, h = _FusedLonghorn.apply(x, eps, k, q, D, h0)
     S, ys = h0, []
