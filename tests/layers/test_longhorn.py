@@ -96,7 +96,7 @@ def test_from_config_and_validation():
     with pytest.raises(ValueError, match="valid options"):
         Longhorn.from_config(ModelConfig(mixer="longhorn", mixer_options={"dt_min": 0.1}), 0)
     with pytest.raises(ValueError, match="scan"):
-        Longhorn(8, scan="fused")
+        Longhorn(8, scan="triton")
     with pytest.raises(ValueError, match="beta_min"):
         Longhorn(8, beta_min=0.5, beta_max=0.1)
     layer = make()
@@ -104,3 +104,21 @@ def test_from_config_and_validation():
         layer(torch.randn(2, 3, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="shape"):
         layer(torch.randn(2, 3, D_MODEL, dtype=torch.float64), layer.initial_state(3))
+
+
+def test_fused_scan_equals_chunk_and_auto_picks_fused_on_cpu():
+    pytest.importorskip("numba")
+    layer = make()
+    x = torch.randn(2, 45, D_MODEL, dtype=torch.float64, requires_grad=True)
+    state = LonghornState(*(t.requires_grad_() for t in random_state(layer, 2)))
+    outs = {}
+    for scan in ("chunk", "fused", "auto"):
+        layer.scan = scan
+        layer.zero_grad()
+        y, final = layer(x, state)
+        loss = y.pow(2).sum() + final.ssm.sum()
+        leaves = [x, state.ssm, state.conv, *layer.parameters()]
+        outs[scan] = (y, final.ssm, *torch.autograd.grad(loss, leaves))
+    for scan in ("fused", "auto"):
+        for i, (got, want) in enumerate(zip(outs[scan], outs["chunk"])):
+            assert_close(got, want, name=f"{scan} vs chunk, output/grad {i}")

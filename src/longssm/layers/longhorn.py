@@ -23,11 +23,14 @@ out = out_proj(y * silu(z)).
 Options (``ModelConfig.mixer_options``): ``dt_rank`` ("auto"), ``beta_min`` / ``beta_max``
 (β = sigmoid(b_β) is initialised log-uniform in this range; default 1e-3 / 0.1), ``dt_scale``
 (init scale of dt_proj.weight, default 1), ``bias`` (in_proj / out_proj, default False),
-``conv_bias`` (default True), ``scan`` chunk|naive (default chunk), ``chunk_size`` (default 32).
+``conv_bias`` (default True), ``scan`` auto|fused|chunk|naive (default auto: the fused numba
+kernel for CPU tensors when numba is importable, else chunk; measured 27-44x faster than chunk
+for forward + backward on CPU, see ``ops/longhorn/README.md``), ``chunk_size`` (default 32).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -39,9 +42,19 @@ from longssm.layers.base import check_input, check_state
 from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
-from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn_chunk, longhorn_naive, longhorn_step
+from longssm.ops.longhorn import (
+    DEFAULT_CHUNK_SIZE,
+    longhorn_chunk,
+    longhorn_fused,
+    longhorn_naive,
+    longhorn_path,
+    longhorn_step,
+)
 
-SCANS = ("chunk", "naive")
+SCANS = ("auto", "fused", "chunk", "naive")
+logger = logging.getLogger("longssm")
+# Paths already announced in the log (once per process and path).
+_ANNOUNCED: set[str] = set()
 OPTION_DEFAULTS = {
     "dt_rank": "auto",
     "beta_min": 1e-3,
@@ -49,7 +62,7 @@ OPTION_DEFAULTS = {
     "dt_scale": 1.0,
     "bias": False,
     "conv_bias": True,
-    "scan": "chunk",
+    "scan": "auto",
     "chunk_size": DEFAULT_CHUNK_SIZE,
 }
 
@@ -79,8 +92,10 @@ class Longhorn(GatedBlock):
         dt_scale: dt_proj.weight init scale (uniform, bound dt_scale / sqrt(R)).
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
-        scan: "chunk" (fast) or "naive" (reference loop).
-        chunk_size: chunk length of the chunked form.
+        scan: "auto" (fused numba kernel for CPU tensors when numba is importable, else chunk),
+            "fused" (CPU only), "chunk" (pure torch, any device) or "naive" (reference loop).
+        chunk_size: chunk length of the chunked form (used by scan="chunk" and by "auto" when it
+            picks chunk).
     """
 
     NAME = "Longhorn"
@@ -98,7 +113,7 @@ class Longhorn(GatedBlock):
         dt_scale: float = 1.0,
         bias: bool = False,
         conv_bias: bool = True,
-        scan: str = "chunk",
+        scan: str = "auto",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ):
         super().__init__()
@@ -169,7 +184,13 @@ class Longhorn(GatedBlock):
         xs, conv_state = causal_conv(self.conv1d, xs, state.conv)
         xs = F.silu(xs)  # (B, T, Di)
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
-        if self.scan == "chunk":
+        path = longhorn_path(xs, state.ssm) if self.scan == "auto" else self.scan
+        if path not in _ANNOUNCED:
+            _ANNOUNCED.add(path)
+            logger.info("Longhorn scan: %s path (scan=%r)", path, self.scan)
+        if path == "fused":
+            y, s = longhorn_fused(xs, beta, k, q, self.D, state.ssm, output_final_state=True)
+        elif path == "chunk":
             y, s = longhorn_chunk(
                 xs,
                 beta,

@@ -1,0 +1,219 @@
+"""Numba kernels of the fused CPU Longhorn recurrence; imported lazily by ``fused_cpu.py``.
+
+The design is the fused Mamba-1 kernel's (``ops/selective_scan/_fused_kernels.py``, whose helpers
+``_lane_sum`` and ``_prefetch`` and constants this module reuses): one task per (batch row, block of
+``LANES`` = 16 channels), the block's state held as a small (d_state, LANES) array, inner loops over
+the lanes, states checkpointed every ``CHECKPOINT`` = 32 steps for the backward, per-task partial
+sums of the parameters shared across channels reduced by the caller. The only differences: the
+decay exp(Δ A) becomes 1 - ε k² (no exp), the input Δ x B becomes ε x k, C becomes q.
+
+Glossary (paper symbol -> code name, shape; one task = one batch row b and one channel block):
+    x_t, ε_t (input, step)             x, eps         (batch, T, d_inner)
+    k_t, q_t (key, query)              k, q           (batch, T, d_state)
+    D (skip)                           Dv             (d_inner,)
+    S_t (state of one channel block)   h              (d_state, LANES)
+    S at steps 0, K, 2K, ...           ckpt           (batch, ceil(T / K), d_state, d_inner)
+    ∂L/∂S_t (adjoint state)            st[:, _LAM]    (d_state, LANES)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from longssm.ops.selective_scan._fused_kernels import (
+    _FASTMATH,
+    CHECKPOINT,
+    LANES,
+    PREFETCH,
+    _lane_sum,
+    _prefetch,
+)
+
+__all__ = ["CHECKPOINT", "LANES", "longhorn_backward", "longhorn_forward"]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, d0):
+    """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps."""
+    T, n_inner = x.shape[1], x.shape[2]
+    N = k.shape[2]
+    w = min(LANES, n_inner - d0)
+    dtype = x.dtype
+    h = np.zeros((N, LANES), dtype)  # (N, lanes)
+    dv = np.zeros(LANES, dtype)
+    xs = np.zeros(LANES, dtype)
+    es = np.zeros(LANES, dtype)
+    u = np.zeros(LANES, dtype)
+    acc = np.zeros(LANES, dtype)
+    one = np.ones(1, dtype)[0]  # 1 in the compute dtype (a float literal is float64)
+    for n in range(N):
+        for j in range(w):
+            h[n, j] = h0[b, d0 + j, n]
+    for j in range(w):
+        dv[j] = Dv[d0 + j]
+    for t in range(T):
+        if save and t % CHECKPOINT == 0:
+            c = t // CHECKPOINT
+            for n in range(N):
+                for j in range(w):
+                    ckpt[b, c, n, d0 + j] = h[n, j]
+        ahead = min(t + PREFETCH, T - 1)
+        _prefetch(x, b, ahead, d0)
+        _prefetch(eps, b, ahead, d0)
+        _prefetch(y, b, ahead, d0)
+        for j in range(w):
+            xs[j] = x[b, t, d0 + j]
+            es[j] = eps[b, t, d0 + j]
+        for j in range(LANES):
+            u[j] = es[j] * xs[j]
+            acc[j] = 0
+        for n in range(N):
+            kn = k[b, t, n]
+            qn = q[b, t, n]
+            kk = kn * kn
+            for j in range(LANES):
+                hv = (one - es[j] * kk) * h[n, j] + u[j] * kn
+                h[n, j] = hv
+                acc[j] += qn * hv
+        for j in range(w):
+            y[b, t, d0 + j] = acc[j] + xs[j] * dv[j]
+    for n in range(N):
+        for j in range(w):
+            hT[b, d0 + j, n] = h[n, j]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def longhorn_forward(x, eps, k, q, Dv, h0, y, hT, ckpt, save):
+    """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt."""
+    n_batch, n_inner = x.shape[0], x.shape[2]
+    n_blocks = (n_inner + LANES - 1) // LANES
+    for task in prange(n_batch * n_blocks):
+        b = task // n_blocks
+        _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, (task % n_blocks) * LANES)
+
+
+# Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: x, ε, ∂L/∂y, ε x,
+# Σ_n λ k_n, Σ_n ∂L/∂a_n k_n², the running Σ_t ∂L/∂y x (for dD). st (N, _ST_ROWS, LANES): λ and the
+# per-lane products summed over lanes for dk and dq.
+_X, _EP, _GY, _U, _GU, _GE, _DD, _ROWS = range(8)
+_LAM, _PK, _PQ, _ST_ROWS = range(4)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _backward_task(
+    x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0, b, blk
+):
+    """Reverse-time scan of one task; states recomputed from the checkpoints, K steps at a time."""
+    T, n_inner = x.shape[1], x.shape[2]
+    N = k.shape[2]
+    d0 = blk * LANES
+    w = min(LANES, n_inner - d0)
+    dtype = x.dtype
+    one = np.ones(1, dtype)[0]  # constants in the compute dtype (a float literal is float64)
+    two = one + one
+    dv = np.zeros(LANES, dtype)
+    st = np.zeros((N, _ST_ROWS, LANES), dtype)
+    dD_acc = np.zeros(LANES, np.float64)
+    hbuf = np.zeros((CHECKPOINT + 1, N, LANES), dtype)  # S_{t0-1} .. S_{t0+K-1} of one block
+    v = np.zeros((_ROWS, LANES), dtype)
+    for n in range(N):
+        for j in range(w):
+            st[n, _LAM, j] = gh[b, d0 + j, n]
+    for j in range(w):
+        dv[j] = Dv[d0 + j]
+    for c in range(ckpt.shape[1] - 1, -1, -1):
+        t0 = c * CHECKPOINT
+        steps = min(CHECKPOINT, T - t0)
+        for n in range(N):
+            for j in range(w):
+                hbuf[0, n, j] = ckpt[b, c, n, d0 + j]
+        for s in range(steps):
+            _prefetch(gy, b, t0 + s, d0)
+            _prefetch(dx, b, t0 + s, d0)
+            _prefetch(deps, b, t0 + s, d0)
+            if t0 > 0:
+                _prefetch(x, b, t0 - CHECKPOINT + s, d0)
+                _prefetch(eps, b, t0 - CHECKPOINT + s, d0)
+            for j in range(w):
+                v[_X, j] = x[b, t0 + s, d0 + j]
+                v[_EP, j] = eps[b, t0 + s, d0 + j]
+            for j in range(LANES):
+                v[_U, j] = v[_EP, j] * v[_X, j]
+            for n in range(N):
+                kn = k[b, t0 + s, n]
+                kk = kn * kn
+                for j in range(LANES):
+                    hbuf[s + 1, n, j] = (one - v[_EP, j] * kk) * hbuf[s, n, j] + v[_U, j] * kn
+        for s in range(steps - 1, -1, -1):
+            t = t0 + s
+            for j in range(w):
+                v[_X, j] = x[b, t, d0 + j]
+                v[_EP, j] = eps[b, t, d0 + j]
+                v[_GY, j] = gy[b, t, d0 + j]
+            for j in range(LANES):
+                v[_U, j] = v[_EP, j] * v[_X, j]
+                v[_GU, j] = 0
+                v[_GE, j] = 0
+                v[_DD, j] += v[_GY, j] * v[_X, j]
+            for n in range(N):
+                kn = k[b, t, n]
+                qn = q[b, t, n]
+                kk = kn * kn
+                for j in range(LANES):
+                    # lam becomes ∂L/∂S_t: the carried part plus y_t's (y_t = Σ_n q_t S_t + D x_t).
+                    lam = st[n, _LAM, j] + v[_GY, j] * qn
+                    st[n, _PQ, j] = v[_GY, j] * hbuf[s + 1, n, j]
+                    # ∂L/∂a (a = 1 - ε k², the decay) = lam · S_{t-1}.
+                    da = lam * hbuf[s, n, j]
+                    # ∂L/∂k_n per lane: input path lam ε x, decay path -2 k_n ε ∂L/∂a.
+                    st[n, _PK, j] = lam * v[_U, j] - two * kn * (da * v[_EP, j])
+                    v[_GU, j] += lam * kn
+                    v[_GE, j] += da * kk
+                    st[n, _LAM, j] = (one - v[_EP, j] * kk) * lam
+                dq_part[b, blk, t, n] = _lane_sum(st[n, _PQ])
+                dk_part[b, blk, t, n] = _lane_sum(st[n, _PK])
+            for j in range(w):
+                # u = ε x: ∂L/∂x = ε Σ_n lam k_n + D ∂L/∂y, ∂L/∂ε = x Σ_n lam k_n - Σ_n ∂L/∂a k_n².
+                dx[b, t, d0 + j] = v[_GU, j] * v[_EP, j] + v[_GY, j] * dv[j]
+                deps[b, t, d0 + j] = v[_GU, j] * v[_X, j] - v[_GE, j]
+        # dD: summed over the block's steps in the compute dtype, over blocks in float64.
+        for j in range(LANES):
+            dD_acc[j] += v[_DD, j]
+            v[_DD, j] = 0
+    for n in range(N):
+        for j in range(w):
+            dh0[b, d0 + j, n] = st[n, _LAM, j]
+    for j in range(w):
+        dD_part[b, d0 + j] = dD_acc[j]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def longhorn_backward(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0):
+    """Gradients given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂S_T.
+
+    Writes dx, deps (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; per-task partial
+    sums for the rest, reduced by the caller: dk_part, dq_part (batch, n_blocks, T, d_state) and
+    dD_part (batch, d_inner) in float64.
+    """
+    n_batch, n_inner = x.shape[0], x.shape[2]
+    n_blocks = (n_inner + LANES - 1) // LANES
+    for task in prange(n_batch * n_blocks):
+        _backward_task(
+            x,
+            eps,
+            k,
+            q,
+            Dv,
+            ckpt,
+            gy,
+            gh,
+            dx,
+            deps,
+            dk_part,
+            dq_part,
+            dD_part,
+            dh0,
+            task // n_blocks,
+            task % n_blocks,
+        )
