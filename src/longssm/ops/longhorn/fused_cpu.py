@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops.longhorn.naive import check_longhorn_inputs, compute_dtype, longhorn_eps
-from longssm.ops.selective_scan.fused_cpu import numba_available
+from longssm.ops.selective_scan.fused_cpu import numba_available, numpy_view
 
 
 def _kernels():
@@ -27,11 +27,6 @@ def _kernels():
     from longssm.ops.longhorn import _fused_kernels
 
     return _fused_kernels
-
-
-def _numpy(t: torch.Tensor):
-    """A zero-copy numpy view of a contiguous CPU tensor."""
-    return t.detach().numpy()
 
 
 class _FusedLonghorn(torch.autograd.Function):
@@ -48,7 +43,7 @@ class _FusedLonghorn(torch.autograd.Function):
         y = torch.empty_like(x)  # (B, T, Di)
         hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
-        kern.longhorn_forward(*(_numpy(t) for t in (x, eps, k, q, D, h0, y, hT, ckpt)), save)
+        kern.longhorn_forward(*(numpy_view(t) for t in (x, eps, k, q, D, h0, y, hT, ckpt)), save)
         if save:
             ctx.save_for_backward(x, eps, k, q, D, ckpt)
         return y, hT
@@ -75,7 +70,7 @@ class _FusedLonghorn(torch.autograd.Function):
         dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         kern.longhorn_backward(
             *(
-                _numpy(t)
+                numpy_view(t)
                 for t in (x, eps, k, q, D, ckpt, gy, gh, dx, deps)
                 + (dk_part, dq_part, dD_part, dh0)
             )

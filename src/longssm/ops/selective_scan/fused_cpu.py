@@ -39,7 +39,7 @@ def _kernels():
     return _fused_kernels
 
 
-def _numpy(t: torch.Tensor):
+def numpy_view(t: torch.Tensor):
     """A zero-copy numpy view of a contiguous CPU tensor."""
     return t.detach().numpy()
 
@@ -58,7 +58,7 @@ class _FusedScan(torch.autograd.Function):
         y = torch.empty_like(x)  # (B, T, Di)
         hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
-        kern.scan_forward(*(_numpy(t) for t in (x, dt, AT, B, C, D, h0, y, hT, ckpt)), save)
+        kern.scan_forward(*(numpy_view(t) for t in (x, dt, AT, B, C, D, h0, y, hT, ckpt)), save)
         if save:
             ctx.save_for_backward(x, dt, AT, B, C, D, ckpt)
         return y, hT
@@ -86,7 +86,7 @@ class _FusedScan(torch.autograd.Function):
         dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         kern.scan_backward(
             *(
-                _numpy(t)
+                numpy_view(t)
                 for t in (x, dt, AT, B, C, D, ckpt, gy, gh, dx, ddt)
                 + (dB_part, dC_part, dA_part, dD_part, dh0)
             )
