@@ -1,6 +1,6 @@
 """CPU benchmarks of longssm's scans and models beside the peers a user would otherwise pick.
 
-    PYTHONPATH=src python benchmarks/run.py [--quick] [--cases 1,2,3,4,5] \\
+    PYTHONPATH=src python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6] \\
         --out benchmarks/results/latest.json
 
 Cases (every row of a case is measured in the same run; see benchmarks/README.md):
@@ -11,6 +11,7 @@ Cases (every row of a case is measured in the same run; see benchmarks/README.md
        transformers' MambaForCausalLM (torch path, and with use_mambapy) vs mambapy's LM
     4  evaluation of one sequence of 2^16 and 2^20 tokens (runs benchmarks/eval_memory.py)
     5  roofline floor of case 1 (bytes / measured bandwidth, FLOPs / measured matmul peak)
+    6  Longhorn scan forward + backward, float32: longhorn_fused vs longhorn_chunk (and naive)
 
 Every row runs in a fresh subprocess (``--child``): it builds its inputs, runs one untimed warm-up
 (numba compiles or loads its cache there), resets the kernel's peak-RSS counter (writing 5 to
@@ -191,6 +192,32 @@ def child_ssd(spec: dict) -> dict:
     return timed(step, spec["repeats"])
 
 
+def child_longhorn(spec: dict) -> dict:
+    import torch
+
+    from longssm.ops.longhorn import longhorn_chunk, longhorn_fused, longhorn_naive
+
+    batch, T, d_inner, d_state = spec["shape"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, T, d_inner, generator=g)  # (B, T, Di)
+    beta = torch.sigmoid(torch.randn(batch, T, d_inner, generator=g) - 3.0)  # (B, T, Di)
+    k = torch.randn(batch, T, d_state, generator=g) / d_state**0.5  # (B, T, N)
+    q = torch.randn(batch, T, d_state, generator=g)  # (B, T, N)
+    D = torch.ones(d_inner)  # (Di,)
+    inputs = [x, beta, k, q, D]
+    for t in inputs:
+        t.requires_grad_(True)
+    fn = {"longhorn_fused": longhorn_fused, "longhorn_chunk": longhorn_chunk,
+          "longhorn_naive": longhorn_naive}[spec["impl"]]  # fmt: skip
+
+    def step():
+        for t in inputs:
+            t.grad = None
+        fn(*inputs)[0].sum().backward()
+
+    return timed(step, spec["repeats"])
+
+
 def build_model(impl: str, cfg: dict):
     """A byte-level Mamba LM (d_model, n_layers, d_state, expand, d_conv) for one implementation."""
     if impl.startswith("ours"):
@@ -301,9 +328,10 @@ def child(spec: dict) -> dict:
         "ssd": child_ssd,
         "train": child_train,
         "roofline": child_roofline,
+        "longhorn": child_longhorn,
     }[kind](spec)
     result["torch_threads"] = torch.get_num_threads()
-    if spec.get("impl", "").startswith(("fused", "ours")):
+    if spec.get("impl", "").startswith(("fused", "ours", "longhorn_fused")):
         import numba
 
         result["numba_threads"] = numba.get_num_threads()
@@ -457,6 +485,29 @@ def case2(args) -> list[dict]:
     ]
     print_rows(
         "case 2: SSD fwd+bwd (B, T, H, P, N), float32",
+        rows,
+        [
+            ("implementation", "label", ""),
+            ("seconds", "seconds", ".3f"),
+            ("peak extra MiB", "peak_extra_mib", ".0f"),
+        ],
+    )
+    return rows
+
+
+def case6(args) -> list[dict]:
+    shapes = [(4, 2048, 512, 16), (8, 512, 256, 16)] if not args.quick else [(2, 256, 64, 16)]
+    rows = []
+    for shape in shapes:
+        impls = [("longhorn_fused", 3), ("longhorn_chunk", 3)]
+        if shape[1] <= 512:
+            impls.append(("longhorn_naive", 1))
+        for impl, rep in impls:
+            rows.append(run_child({"case": 6, "kind": "longhorn", "impl": impl, "shape": shape,
+                                   "repeats": rep, "threads": args.threads,
+                                   "label": f"{impl} {shape}"}))  # fmt: skip
+    print_rows(
+        "case 6: Longhorn scan fwd+bwd (B, T, Di, N), float32",
         rows,
         [
             ("implementation", "label", ""),
@@ -675,7 +726,7 @@ def ratios(rows: list[dict]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to iterate")
-    parser.add_argument("--cases", default="1,2,3,4,5")
+    parser.add_argument("--cases", default="1,2,3,4,5,6")
     # Measured on the 2-core shared machine: torch with 2 threads was 4-5x slower than with 1 on
     # the small models (OpenMP barriers when the other core is busy); numba keeps its default.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -704,6 +755,8 @@ def main(argv=None) -> int:
         rows += case4(args)
     if 5 in cases:
         rows += case5(args, case1_rows)
+    if 6 in cases:
+        rows += case6(args)
     summary = ratios(rows)
     print("\ntarget ratios (this run):")
     for key, value in summary.items():
