@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from helpers import assert_close
-from longssm.layers import mamba as mamba_module
 from longssm.layers.base import is_ssm_param
 from longssm.layers.mamba import Mamba, MambaState
 from longssm.models.config import ModelConfig
@@ -170,13 +169,15 @@ def test_bad_state_and_input_raise():
 
 
 def test_auto_scan_is_default_and_logs_its_path_once(monkeypatch, caplog):
-    monkeypatch.setattr(mamba_module, "_ANNOUNCED", set())
+    from longssm.layers import gated
+
+    monkeypatch.setattr(gated, "_ANNOUNCED", set())
     layer = Mamba.from_config(ModelConfig(d_model=8, d_state=2), 0)
     assert layer.scan == "auto"
     x = torch.randn(1, 3, 8)
     with caplog.at_level(logging.INFO, logger="longssm"):
         layer(x)
         layer(x)
-    lines = [r.getMessage() for r in caplog.records if "selective scan" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "Mamba scan" in r.getMessage()]
     expected = "fused" if scan_path(x) == "fused" else "chunk"
-    assert lines == [f"Mamba selective scan: {expected} path (scan='auto')"]
+    assert lines == [f"Mamba scan: {expected} path (scan='auto')"]

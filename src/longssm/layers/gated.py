@@ -7,19 +7,26 @@
     ... the mixer's scan, with a skip D ...
     out = out_proj(y * silu(z))
 
-``GatedBlock`` builds and validates these modules and gives the zero state; the subclasses add
-their scan parameters and their forward / step. Parameter names follow transformers' MambaMixer.
+``GatedBlock`` builds and validates these modules, gives the zero state and runs forward / step
+around the scan; the subclasses add their scan parameters and implement ``_scan`` (a sequence) and
+``_scan_step`` (one step). Parameter names follow transformers' MambaMixer.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import tag_no_weight_decay, tag_ssm_param
+from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.conv import causal_conv, causal_conv_step
+
+logger = logging.getLogger("longssm")
+_ANNOUNCED: set[tuple[str, str]] = set()  # (block name, scan path) pairs already logged
 
 
 class GatedState(NamedTuple):
@@ -99,3 +106,46 @@ class GatedBlock(nn.Module):
     def _split_x_proj(self, x: torch.Tensor):
         """x_proj(x) split into the low-rank step input (..., R) and two (..., N) vectors."""
         return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+
+    def announce(self, path: str) -> None:
+        """Log once per process which scan path this kind of block runs."""
+        if (self.NAME, path) not in _ANNOUNCED:
+            _ANNOUNCED.add((self.NAME, path))
+            logger.info("%s scan: %s path (scan=%r)", self.NAME, path, getattr(self, "scan", None))
+
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
+        """The scan over a sequence: xs (B, T, Di), h0 (B, Di, N) or None -> y (B, T, Di), h_T."""
+        raise NotImplementedError
+
+    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
+        """One step of the scan: xs (B, Di), h (B, Di, N) -> y (B, Di), h."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, state=None):
+        """Args: x (batch, time, d_model); state (``STATE``) or None for zeros.
+
+        Returns: y (batch, time, d_model) and the state after the last step.
+        """
+        check_input(x, self.d_model)
+        if state is not None:
+            check_state(state, self.initial_state(x.shape[0], x.device, x.dtype), self.NAME)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
+        xs, conv_state = causal_conv(self.conv1d, xs, None if state is None else state.conv)
+        y, h = self._scan(F.silu(xs), None if state is None else state.ssm)  # (B, T, Di)
+        return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)
+
+    def step(self, x_t: torch.Tensor, state):
+        """One decoding step. Args: x_t (batch, d_model); state (``STATE``) or None for zeros.
+
+        Returns: y_t (batch, d_model) and the state.
+        """
+        check_input(x_t, self.d_model, name="x_t", ndim=2)
+        batch = x_t.shape[0]
+        if state is None:
+            state = self.initial_state(batch, x_t.device, x_t.dtype)
+        else:
+            check_state(state, self.initial_state(batch, x_t.device, x_t.dtype), self.NAME)
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
+        xs, conv_state = causal_conv_step(self.conv1d, xs, state.conv)  # (B, Di), (B, Di, K-1)
+        y, h = self._scan_step(F.silu(xs), state.ssm)  # (B, Di), (B, Di, N)
+        return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)

@@ -30,16 +30,12 @@ for forward + backward on CPU, see ``ops/longhorn/README.md``), ``chunk_size`` (
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state
-from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
 from longssm.ops.longhorn import (
@@ -52,9 +48,7 @@ from longssm.ops.longhorn import (
 )
 
 SCANS = ("auto", "fused", "chunk", "naive")
-logger = logging.getLogger("longssm")
 # Paths already announced in the log (once per process and path).
-_ANNOUNCED: set[str] = set()
 OPTION_DEFAULTS = {
     "dt_rank": "auto",
     "beta_min": 1e-3,
@@ -158,64 +152,26 @@ class Longhorn(GatedBlock):
             f"d_conv={self.d_conv}, scan={self.scan}"
         )
 
-    def _check(self, state, batch: int, x: torch.Tensor) -> LonghornState:
-        if state is None:
-            return self.initial_state(batch, x.device, x.dtype)
-        check_state(state, self.initial_state(batch, x.device, x.dtype), "Longhorn")
-        return state
-
     def _ssm_inputs(self, x: torch.Tensor):
         """β (after the sigmoid), k and q from x (..., d_inner)."""
         dt_low, k, q = self._split_x_proj(x)  # (..., R), (..., N), (..., N)
         beta = torch.sigmoid(self.dt_proj(dt_low))  # (..., Di)
         return beta, k, q
 
-    def forward(
-        self, x: torch.Tensor, state: LonghornState | None = None
-    ) -> tuple[torch.Tensor, LonghornState]:
-        """Args: x (batch, time, d_model); state (LonghornState) or None for zeros.
-
-        Returns: y (batch, time, d_model) and the state after the last step.
-        """
-        check_input(x, self.d_model)
-        batch = x.shape[0]
-        state = self._check(state, batch, x)
-        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
-        xs, conv_state = causal_conv(self.conv1d, xs, state.conv)
-        xs = F.silu(xs)  # (B, T, Di)
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
+        """The Longhorn scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, S_T."""
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
-        path = longhorn_path(xs, state.ssm) if self.scan == "auto" else self.scan
-        if path not in _ANNOUNCED:
-            _ANNOUNCED.add(path)
-            logger.info("Longhorn scan: %s path (scan=%r)", path, self.scan)
+        path = longhorn_path(xs, h0) if self.scan == "auto" else self.scan
+        self.announce(path)
         if path == "fused":
-            y, s = longhorn_fused(xs, beta, k, q, self.D, state.ssm, output_final_state=True)
-        elif path == "chunk":
-            y, s = longhorn_chunk(
-                xs,
-                beta,
-                k,
-                q,
-                self.D,
-                state.ssm,
-                output_final_state=True,
-                chunk_size=self.chunk_size,
+            return longhorn_fused(xs, beta, k, q, self.D, h0, output_final_state=True)
+        if path == "chunk":
+            return longhorn_chunk(
+                xs, beta, k, q, self.D, h0, output_final_state=True, chunk_size=self.chunk_size
             )
-        else:
-            y, s = longhorn_naive(xs, beta, k, q, self.D, state.ssm, output_final_state=True)
-        y = y * F.silu(z)  # (B, T, Di)
-        return self.out_proj(y), LonghornState(ssm=s, conv=conv_state)
+        return longhorn_naive(xs, beta, k, q, self.D, h0, output_final_state=True)
 
-    def step(
-        self, x_t: torch.Tensor, state: LonghornState | None
-    ) -> tuple[torch.Tensor, LonghornState]:
-        """One decoding step. Args: x_t (batch, d_model); state. Returns y_t (batch, d_model), state."""
-        check_input(x_t, self.d_model, name="x_t", ndim=2)
-        state = self._check(state, x_t.shape[0], x_t)
-        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
-        xs, conv_state = causal_conv_step(self.conv1d, xs, state.conv)  # (B, Di), (B, Di, K-1)
-        xs = F.silu(xs)  # (B, Di)
+    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
+        """One Longhorn step: xs (B, Di), S (B, Di, N) -> y (B, Di), S."""
         beta, k, q = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
-        y, s = longhorn_step(xs, beta, k, q, self.D, state.ssm)  # (B, Di), (B, Di, N)
-        y = y * F.silu(z)  # (B, Di)
-        return self.out_proj(y), LonghornState(ssm=s, conv=conv_state)
+        return longhorn_step(xs, beta, k, q, self.D, h)

@@ -25,7 +25,6 @@ out = out_proj(y * silu(z)).
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import NamedTuple
 
@@ -33,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state, tag_ssm_param
-from longssm.layers.conv import causal_conv, causal_conv_step
+from longssm.layers.base import tag_ssm_param
 from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
 from longssm.ops.selective_scan import (
@@ -49,9 +47,6 @@ from longssm.ops.selective_scan import (
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
 SCANS = ("auto", "fused", "triton", "chunk", "naive")
-logger = logging.getLogger("longssm")
-# Scan paths already announced in the log: one line per path per process.
-_ANNOUNCED: set[str] = set()
 # Stored name of A's raw parameter per StableSSM map; "exp" keeps transformers' A_log.
 A_PARAM_NAMES = {"exp": "A_log", "direct": "A_direct", "softplus": "A_softplus", "best": "A_best"}
 OPTION_DEFAULTS = {
@@ -193,56 +188,23 @@ class Mamba(GatedBlock):
         dt = F.softplus(self.dt_proj(dt_low))  # (..., Di)
         return dt, B, C
 
-    def forward(
-        self, x: torch.Tensor, state: MambaState | None = None
-    ) -> tuple[torch.Tensor, MambaState]:
-        """Args: x (batch, time, d_model); state (MambaState) or None for zeros.
-
-        Returns: y (batch, time, d_model) and the state after the last step.
-        """
-        check_input(x, self.d_model)
-        batch, T, _ = x.shape
-        if state is not None:
-            check_state(state, self.initial_state(batch, x.device, x.dtype), "Mamba")
-        xz = self.in_proj(x)  # (B, T, 2*Di)
-        xs, z = xz.chunk(2, dim=-1)  # (B, T, Di) each
-
-        xs, conv_state = causal_conv(self.conv1d, xs, None if state is None else state.conv)
-        xs = F.silu(xs)  # (B, T, Di)
-
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
+        """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T."""
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
-        h0 = None if state is None else state.ssm
         path = scan_path(xs, h0) if self.scan == "auto" else self.scan
-        if path not in _ANNOUNCED:
-            _ANNOUNCED.add(path)
-            logger.info("Mamba selective scan: %s path (scan=%r)", path, self.scan)
+        self.announce(path)
         if path == "fused":
-            y, h = selective_scan_fused(xs, dt, A, B, C, self.D, h0, output_final_state=True)
-        elif path == "triton":
-            y, h = selective_scan_triton(xs, dt, A, B, C, self.D, h0, output_final_state=True)
-        elif path == "chunk":
-            y, h = selective_scan_chunk(
+            return selective_scan_fused(xs, dt, A, B, C, self.D, h0, output_final_state=True)
+        if path == "triton":
+            return selective_scan_triton(xs, dt, A, B, C, self.D, h0, output_final_state=True)
+        if path == "chunk":
+            return selective_scan_chunk(
                 xs, dt, A, B, C, self.D, h0, output_final_state=True, chunk_size=self.chunk_size
             )
-        else:
-            y, h = selective_scan_naive(xs, dt, A, B, C, self.D, h0, output_final_state=True)
-        y = y * F.silu(z)  # (B, T, Di)
-        return self.out_proj(y), MambaState(ssm=h, conv=conv_state)
+        return selective_scan_naive(xs, dt, A, B, C, self.D, h0, output_final_state=True)
 
-    def step(self, x_t: torch.Tensor, state: MambaState | None) -> tuple[torch.Tensor, MambaState]:
-        """One decoding step. Args: x_t (batch, d_model); state. Returns y_t (batch, d_model), state."""
-        check_input(x_t, self.d_model, name="x_t", ndim=2)
-        batch = x_t.shape[0]
-        if state is None:
-            state = self.initial_state(batch, x_t.device, x_t.dtype)
-        else:
-            check_state(state, self.initial_state(batch, x_t.device, x_t.dtype), "Mamba")
-        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
-        xs, conv_state = causal_conv_step(self.conv1d, xs, state.conv)  # (B, Di), (B, Di, K-1)
-        xs = F.silu(xs)  # (B, Di)
+    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
+        """One selective-scan step: xs (B, Di), h (B, Di, N) -> y (B, Di), h."""
         dt, B, C = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
-        A = self.eigenvalues()  # (Di, N)
-        y, h = selective_scan_step(xs, dt, A, B, C, self.D, state.ssm)  # (B, Di), (B, Di, N)
-        y = y * F.silu(z)  # (B, Di)
-        return self.out_proj(y), MambaState(ssm=h, conv=conv_state)
+        return selective_scan_step(xs, dt, self.eigenvalues(), B, C, self.D, h)
