@@ -26,3 +26,12 @@ def assert_close(actual, expected, atol=None, rtol=None, name="tensor"):
     max_rel = (err / e.abs().clamp_min(1e-30)).max().item() if err.numel() else 0.0
     ok = bool((err <= atol + rtol * e.abs()).all())
     assert ok, f"{name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol}, rtol {rtol})"
+
+
+def linear_loss_grads(y, h, leaves, seed=1):
+    """Gradients of a random linear loss on y and the final state h w.r.t. ``leaves``; the
+    weights are drawn in float64 on the CPU (the same for every implementation compared)."""
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
+    return torch.autograd.grad((y * wy).sum() + (h * wh).sum(), leaves)

@@ -169,9 +169,9 @@ def test_bad_state_and_input_raise():
 
 
 def test_auto_scan_is_default_and_logs_its_path_once(monkeypatch, caplog):
-    from longssm.layers import gated
+    from longssm.layers import base
 
-    monkeypatch.setattr(gated, "_ANNOUNCED", set())
+    monkeypatch.setattr(base, "_ANNOUNCED", set())
     layer = Mamba.from_config(ModelConfig(d_model=8, d_state=2), 0)
     assert layer.scan == "auto"
     x = torch.randn(1, 3, 8)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import assert_close, linear_loss_grads
 from longssm.ops.selective_scan import (
     scan_path,
     selective_scan,
@@ -46,13 +46,6 @@ def to_device(inp: dict, device, dtype=None) -> dict:
         w = v.detach().to(device=device, dtype=dtype or v.dtype)
         out[k] = w.requires_grad_(v.requires_grad)
     return out
-
-
-def linear_loss_grads(y, h, leaves, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
-    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
-    return torch.autograd.grad((y * wy).sum() + (h * wh).sum(), leaves)
 
 
 def assert_close_to_scale(actual, expected, rel, name):

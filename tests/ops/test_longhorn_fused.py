@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("numba")
 
-from helpers import assert_close  # noqa: E402
+from helpers import assert_close, linear_loss_grads  # noqa: E402
 from longssm.ops import longhorn as longhorn_module  # noqa: E402
 from longssm.ops.longhorn import (  # noqa: E402
     longhorn,
@@ -40,14 +40,6 @@ def run(fn, inp):
     return fn(
         inp["x"], inp["beta"], inp["k"], inp["q"], inp["D"], inp["h0"], output_final_state=True
     )
-
-
-def linear_loss_grads(y, h, leaves, seed=1):
-    """Gradients of a random linear loss on y and the final state; weights drawn in float64."""
-    g = torch.Generator().manual_seed(seed)
-    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.dtype)
-    return torch.autograd.grad((y * wy).sum() + (h * wh).sum(), leaves)
 
 
 def check_against_naive(inp, **tol):

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("numba")
 
-from helpers import assert_close  # noqa: E402
+from helpers import assert_close, linear_loss_grads  # noqa: E402
 from longssm.ops import selective_scan as scan_module  # noqa: E402
 from longssm.ops.selective_scan import (  # noqa: E402
     scan_path,
@@ -21,14 +21,6 @@ from tests.ops.test_selective_scan import NAMES, grads_of, make_inputs, run  # n
 # checkpoints (T=500: 15 full blocks and a partial one).
 SHAPES = [(2, 1, 3, 4), (2, 7, 16, 4), (1, 63, 37, 3), (2, 500, 5, 2)]
 SHAPE_IDS = [f"T{s[1]}-d{s[2]}" for s in SHAPES]
-
-
-def linear_loss_grads(y, h, leaves, seed=1):
-    """Gradients of a random linear loss on y and the final state; weights drawn in float64."""
-    g = torch.Generator().manual_seed(seed)
-    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.dtype)
-    return torch.autograd.grad((y * wy).sum() + (h * wh).sum(), leaves)
 
 
 def check_against_naive(inp, **tol):

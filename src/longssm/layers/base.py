@@ -9,6 +9,7 @@ A state is a small ``NamedTuple`` of tensors whose shapes the layer documents.
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
@@ -76,3 +77,14 @@ def check_state(state: NamedTuple, expected: NamedTuple, layer: str) -> None:
             raise TypeError(
                 f"{layer}: state.{field} must have a dtype like {want.dtype}, got {got.dtype}"
             )
+
+
+_logger = logging.getLogger("longssm")
+_ANNOUNCED: set[tuple[str, str]] = set()  # (layer kind, scan path) pairs already logged
+
+
+def announce_scan_path(kind: str, path: str, scan: str) -> None:
+    """Log once per process which scan path (``path``) a kind of layer runs for option ``scan``."""
+    if (kind, path) not in _ANNOUNCED:
+        _ANNOUNCED.add((kind, path))
+        _logger.info("%s scan: %s path (scan=%r)", kind, path, scan)

@@ -14,7 +14,6 @@ around the scan; the subclasses add their scan parameters and implement ``_scan`
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import NamedTuple
 
@@ -22,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.base import (
+    check_input,
+    check_state,
+    tag_no_weight_decay,
+    tag_ssm_param,
+)
 from longssm.layers.conv import causal_conv, causal_conv_step
-
-logger = logging.getLogger("longssm")
-_ANNOUNCED: set[tuple[str, str]] = set()  # (block name, scan path) pairs already logged
 
 
 class GatedState(NamedTuple):
@@ -106,12 +107,6 @@ class GatedBlock(nn.Module):
     def _split_x_proj(self, x: torch.Tensor):
         """x_proj(x) split into the low-rank step input (..., R) and two (..., N) vectors."""
         return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-
-    def announce(self, path: str) -> None:
-        """Log once per process which scan path this kind of block runs."""
-        if (self.NAME, path) not in _ANNOUNCED:
-            _ANNOUNCED.add((self.NAME, path))
-            logger.info("%s scan: %s path (scan=%r)", self.NAME, path, getattr(self, "scan", None))
 
     def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
         """The scan over a sequence: xs (B, T, Di), h0 (B, Di, N) or None -> y (B, T, Di), h_T."""

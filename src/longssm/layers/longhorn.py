@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from longssm.layers.base import announce_scan_path
 from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
 from longssm.ops.longhorn import (
@@ -162,7 +163,7 @@ class Longhorn(GatedBlock):
         """The Longhorn scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, S_T."""
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         path = longhorn_path(xs, h0) if self.scan == "auto" else self.scan
-        self.announce(path)
+        announce_scan_path(self.NAME, path, self.scan)
         if path == "fused":
             return longhorn_fused(xs, beta, k, q, self.D, h0, output_final_state=True)
         if path == "chunk":

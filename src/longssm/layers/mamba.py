@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import tag_ssm_param
+from longssm.layers.base import announce_scan_path, tag_ssm_param
 from longssm.layers.gated import GatedBlock
 from longssm.models.config import ModelConfig
 from longssm.ops.selective_scan import (
@@ -193,7 +193,7 @@ class Mamba(GatedBlock):
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
         path = scan_path(xs, h0) if self.scan == "auto" else self.scan
-        self.announce(path)
+        announce_scan_path(self.NAME, path, self.scan)
         if path == "fused":
             return selective_scan_fused(xs, dt, A, B, C, self.D, h0, output_final_state=True)
         if path == "triton":

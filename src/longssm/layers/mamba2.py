@@ -23,7 +23,6 @@ and xBC = [x (d_inner) | B (ngroups * d_state) | C (ngroups * d_state)].
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -31,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.base import (
+    announce_scan_path,
+    check_input,
+    check_state,
+    tag_no_weight_decay,
+    tag_ssm_param,
+)
 from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.ops.ssd import ssd_chunk, ssd_fla, ssd_naive, ssd_path, ssd_step
 
@@ -39,8 +44,6 @@ if TYPE_CHECKING:
     from longssm.models.config import ModelConfig
 
 SCANS = ("auto", "chunk", "fla", "naive")
-logger = logging.getLogger("longssm")
-_ANNOUNCED: set[str] = set()  # scan paths already logged once
 
 DEFAULT_OPTIONS = {
     "headdim": 64,
@@ -265,9 +268,7 @@ class Mamba2(nn.Module):
         )
         h0 = None if state is None else state.ssm
         path = ssd_path(xs, h0) if self.scan == "auto" else self.scan
-        if path not in _ANNOUNCED:
-            _ANNOUNCED.add(path)
-            logger.info("Mamba-2 SSD scan: %s path (scan=%r)", path, self.scan)
+        announce_scan_path("Mamba-2", path, self.scan)
         scan = {"chunk": ssd_chunk, "fla": ssd_fla, "naive": ssd_naive}[path]
         kwargs = {"chunk_size": self.chunk_size} if path == "chunk" else {}
         y, ssm_state = scan(

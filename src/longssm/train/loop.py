@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -273,8 +272,10 @@ def _silent(*args, **kwargs) -> None:
 
 def set_cpu_threads(n: int) -> None:
     """Use ``n`` CPU threads in torch and, when it is installed, numba's parallel kernels."""
+    from longssm.ops.selective_scan.fused_cpu import numba_available
+
     torch.set_num_threads(n)
-    if importlib.util.find_spec("numba") is not None:
+    if numba_available():
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

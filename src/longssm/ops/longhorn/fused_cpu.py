@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops.longhorn.naive import check_longhorn_inputs, compute_dtype, longhorn_eps
-from longssm.ops.selective_scan.fused_cpu import numba_available, numpy_view
+from longssm.ops.selective_scan.fused_cpu import numba_available, numpy_view, output_grads
 
 
 def _kernels():
@@ -55,13 +55,7 @@ class _FusedLonghorn(torch.autograd.Function):
         batch, T, d_inner = x.shape
         d_state = k.shape[2]
         n_blocks = -(-d_inner // kern.LANES)
-        # An output that does not reach the loss has no gradient: it contributes zeros.
-        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
-        gh = (
-            torch.zeros(batch, d_inner, d_state, dtype=x.dtype)
-            if gh is None
-            else gh.to(x.dtype).contiguous()
-        )
+        gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
         dx = torch.empty_like(x)  # (B, T, Di)
         deps = torch.empty_like(x)  # (B, T, Di)
         dk_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)

@@ -20,14 +20,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """The dtype the recurrence runs in: the inputs' common dtype, at least float32."""
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+from longssm.ops.selective_scan.naive import compute_dtype
 
 
 def check_longhorn_inputs(

@@ -39,6 +39,15 @@ def _kernels():
     return _fused_kernels
 
 
+def output_grads(gy, gh, x: torch.Tensor, state_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂y and ∂L/∂h_T as contiguous tensors in x's dtype and device, for a hand-written
+    backward; an output that does not reach the loss has no gradient (None) and gets zeros."""
+    gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
+    if gh is None:
+        gh = torch.zeros(state_shape, dtype=x.dtype, device=x.device)
+    return gy, gh.to(x.dtype).contiguous()
+
+
 def numpy_view(t: torch.Tensor):
     """A zero-copy numpy view of a contiguous CPU tensor."""
     return t.detach().numpy()
@@ -70,13 +79,7 @@ class _FusedScan(torch.autograd.Function):
         batch, T, d_inner = x.shape
         d_state = AT.shape[0]
         n_blocks = -(-d_inner // kern.LANES)
-        # An output that does not reach the loss has no gradient: it contributes zeros.
-        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
-        gh = (
-            torch.zeros(batch, d_inner, d_state, dtype=x.dtype)
-            if gh is None
-            else gh.to(x.dtype).contiguous()
-        )
+        gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
         dx = torch.empty_like(x)  # (B, T, Di)
         ddt = torch.empty_like(x)  # (B, T, Di)
         dB_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)

@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import torch
 
+from longssm.ops.selective_scan.fused_cpu import output_grads
 from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
 
 CHUNK = 32
@@ -117,9 +118,7 @@ class _TritonScan(torch.autograd.Function):
         n_blocks = -(-d_inner // block_d)
         block_n = _block_n(d_state)
         kw = {"dtype": x.dtype, "device": x.device}
-        # An output that does not reach the loss has no gradient: it contributes zeros.
-        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
-        gh = torch.zeros(batch, d_inner, d_state, **kw) if gh is None else gh.to(x.dtype).contiguous()
+        gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
         scratch = torch.empty(batch * n_blocks * CHUNK * block_d * block_n, **kw)
         dx = torch.empty_like(x)  # (B, T, Di)
         ddt = torch.empty_like(x)  # (B, T, Di)
