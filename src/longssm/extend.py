@@ -146,10 +146,11 @@ def build_config(args, policy: str, extra_overrides: list[str]) -> tuple[RunConf
 def run_extend(args: argparse.Namespace, extra_overrides: list[str] | None = None) -> int:
     """Train, evaluate, classify, plot and report. Returns the exit code."""
     from longssm.checkpoint import checkpoint_dirs, load_model, read_meta
+    from longssm.dist import resolve_device
     from longssm.eval import classify_extension, evaluate_lengths, make_results, save_results
     from longssm.eval.cli import format_table, load_split
     from longssm.eval.lengths import resolve_protocols
-    from longssm.train.loop import resolve_device, train
+    from longssm.train.loop import train
 
     overrides = list(extra_overrides or [])
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

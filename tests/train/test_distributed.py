@@ -29,9 +29,9 @@ from longssm import checkpoint as ckpt_io
 from longssm.cli import main
 from longssm.config import ConfigError, RunConfig
 from longssm.data import ContiguousStreams
+from longssm.dist import assign_plans, owned_streams
 from longssm.eval.lengths import evaluate_lengths
 from longssm.models import SSMLanguageModel
-from longssm.train.distributed import assign_plans, owned_streams
 from longssm.train.loop import train
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -59,7 +59,8 @@ import json, sys
 import torch
 from longssm.checkpoint import load_model
 from longssm.config import RunConfig
-from longssm.train.distributed import evaluate_lengths_sharded, init_distributed
+from longssm.dist import init_distributed
+from longssm.eval.lengths import evaluate_lengths_sharded
 from longssm.train.loop import train
 
 spec = json.loads(open(sys.argv[1]).read())

@@ -124,7 +124,8 @@ def run_dir_of(checkpoint: Path) -> Path:
 def run_eval(args: argparse.Namespace) -> int:
     """``longssm eval``: evaluate, print a table, write results. Returns the exit code (0)."""
     from longssm.checkpoint import load_model
-    from longssm.train.distributed import env_world, evaluate_lengths_sharded, init_distributed
+    from longssm.dist import env_world, init_distributed
+    from longssm.eval.lengths import evaluate_lengths_sharded
 
     lengths = parse_lengths(args.lengths)
     protocols = resolve_protocols(args.protocol)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from longssm.dist import DistContext, assign_plans
 from longssm.eval.errors import EvalError
 from longssm.eval.scoring import score_plan
 from longssm.eval.windows import PROTOCOLS, WindowPlan, check_protocol, plan_windows
@@ -106,7 +107,7 @@ def evaluate_lengths(
             scores the same text, and the warm-up of stream/shuffled has text to read).
         seed: seeds the shuffled permutation.
         plan_indices: score only these (protocol, L) pairs, as indices into the full
-            protocol-major order (a rank's share, see ``longssm.train.distributed``).
+            protocol-major order (a rank's share, see ``evaluate_lengths_sharded``).
 
     Returns:
         One dict per (protocol, L) scored, protocol-major, lengths ascending, with keys ``protocol``,
@@ -153,3 +154,44 @@ def _record(plan: WindowPlan, loss: float, bytes_per_token: float) -> dict:
         "windows_per_row": plan.windows_per_row,
         "start": plan.start,
     }
+
+
+def evaluate_lengths_sharded(
+    model,
+    tokens,
+    lengths: Sequence[int],
+    ctx: DistContext,
+    protocol: str | Sequence[str] = "reset",
+    n_tokens: int = 1 << 16,
+    batch_size: int = 8,
+    start: int | None = None,
+    seed: int = 0,
+    **kwargs,
+) -> list[dict]:
+    """``longssm.eval.evaluate_lengths`` with its (protocol, L) pairs spread over the ranks.
+
+    Every rank scores its share of the pairs (balanced by tokens processed) on its own copy of
+    the model; the records are gathered and returned, in ``evaluate_lengths`` order, on every
+    rank. Each pair is scored whole by one rank, so the records equal the single-process ones.
+
+    Args:
+        model: the (unwrapped) model, identical on every rank.
+        tokens: the (N,) token stream.
+        lengths, protocol, n_tokens, batch_size, start, seed: as for ``evaluate_lengths``.
+        ctx: this rank's ``DistContext``.
+        **kwargs: ``chunk_size``, ``bytes_per_token``, ``progress`` of ``evaluate_lengths``.
+
+    Returns:
+        One dict per (protocol, L), as ``evaluate_lengths`` returns them.
+    """
+    protocols = resolve_protocols(protocol)
+    plans = make_plans(tokens, lengths, protocols, n_tokens, batch_size, start, seed)
+    mine = assign_plans([p.tokens_processed for p in plans], ctx.world_size)[ctx.rank]
+    records = []
+    if mine:
+        records = evaluate_lengths(
+            model, tokens, lengths, protocols, n_tokens, batch_size, start=start, seed=seed,
+            plan_indices=mine, **kwargs,
+        )
+    pairs = [pair for share in ctx.all_gather_object(list(zip(mine, records))) for pair in share]
+    return [record for _, record in sorted(pairs, key=lambda pair: pair[0])]

@@ -11,7 +11,7 @@ A run directory holds ``config.json`` (the resolved config), ``metrics.csv``, ``
 ``tokenizer.json`` and ``checkpoints/ckpt-*``.
 
 Under ``torchrun`` the same loop runs on every rank with its own streams of the global batch
-(``longssm.train.distributed``); rank 0 alone logs, validates and writes files.
+(``longssm.dist``, ``longssm.train.distributed``); rank 0 alone logs, validates and writes files.
 """
 
 from __future__ import annotations
@@ -35,16 +35,10 @@ from longssm import checkpoint as ckpt_io
 from longssm.config import ConfigError, RunConfig
 from longssm.data import ContiguousStreams, load_corpus, tokenizer_from_dict
 from longssm.data.tokenizers import ByteTokenizer
+from longssm.dist import env_world, init_distributed, owned_streams, wrap_model
 from longssm.models import SSMLanguageModel
 from longssm.models.state import detach_state, flatten_state, state_norms, unflatten_state
-from longssm.train.distributed import (
-    ShardedPolicy,
-    env_world,
-    init_distributed,
-    maybe_crash_for_test,
-    owned_streams,
-    wrap_model,
-)
+from longssm.train.distributed import ShardedPolicy, maybe_crash_for_test
 from longssm.train.optim import lr_at, param_groups, set_lr
 from longssm.train.policies import make_policy
 
@@ -92,14 +86,6 @@ class TrainResult:
     seconds: float
     tokens: int
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def build_tokenizer(spec: str, corpus: str, cache_dir: str | None):
