@@ -48,7 +48,7 @@ def test_train_generate_and_resume(cache, capsys):
         (["train", "--data.seq_len=0"], "data.seq_len must be > 0"),
         (["train", "--data.corpus=/nonexistent/path/x.txt"], "nonexistent"),
         (["generate", "/nonexistent/run"], "no such run or checkpoint"),
-        (["generate", "/nonexistent/run", "--device", "tpu"], "--device must be cpu, cuda or auto"),
+        (["generate", "/nonexistent/run", "--device", "tpu"], "--device must be cpu, cuda, cuda:N or auto"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(cache, capsys, args, message):

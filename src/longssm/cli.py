@@ -12,6 +12,7 @@ import sys
 
 from longssm.eval.cli import add_eval_arguments, add_plot_arguments
 from longssm.extend import add_extend_arguments
+from longssm.train.loop import NonFiniteError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -69,7 +70,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
 
 def _run_generate(args, overrides: list[str]) -> int:
@@ -77,17 +78,11 @@ def _run_generate(args, overrides: list[str]) -> int:
 
     from longssm.checkpoint import load_model
     from longssm.data import tokenizer_from_dict
+    from longssm.dist import resolve_device
 
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
-    if args.device not in ("cpu", "cuda", "auto") and not args.device.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu, cuda or auto, got {args.device!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device is cuda but no CUDA device is available")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _, meta = load_model(args.checkpoint, device=device)
+    model, _, meta = load_model(args.checkpoint, device=resolve_device(args.device, "--device"))
     tokenizer = tokenizer_from_dict(meta["tokenizer"])
     symbols = model.cfg.vocab_size != tokenizer.vocab_size
     if symbols:
@@ -100,7 +95,7 @@ def _run_generate(args, overrides: list[str]) -> int:
             ) from exc
     else:
         ids = [tokenizer.sep_id] + list(tokenizer.encode(args.prompt))
-    prompt = torch.tensor([ids], dtype=torch.long, device=device)
+    prompt = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
     gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same samples on any device
     tokens, _ = model.generate(
         prompt, args.num_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen
@@ -183,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("longssm: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
-        if type(exc).__name__ != "NonFiniteError":
-            raise
+    except NonFiniteError as exc:
         print(f"longssm: training diverged: {exc}", file=sys.stderr)
         return 1
     except USER_ERRORS as exc:

@@ -12,10 +12,7 @@ import torch
 from longssm.data import (
     ContiguousStreams,
     DataError,
-    batch_size_for,
     load_corpus,
-    num_sequences,
-    sequences,
 )
 
 N = 1003
@@ -120,16 +117,6 @@ def test_accepts_token_corpus_and_tensor(tmp_path, tokens):
     assert torch.equal(from_tensor.inputs, next(ContiguousStreams(tokens, 2, 8)).inputs)
 
 
-def test_batch_size_for():
-    assert batch_size_for(4096, 64) == 64
-    assert batch_size_for(4096, 100) == 40
-    assert batch_size_for(64, 64) == 1
-    with pytest.raises(DataError, match="not one row fits"):
-        batch_size_for(63, 64)
-    with pytest.raises(DataError):
-        batch_size_for(64, 0)
-
-
 @pytest.mark.parametrize("b, t", [(0, 4), (2, 0), (-1, 4), (2, -3)])
 def test_bad_sizes(tokens, b, t):
     with pytest.raises(DataError, match="positive"):
@@ -141,24 +128,3 @@ def test_corpus_too_short(tokens):
         ContiguousStreams(tokens, batch_size=100, seq_len=10)
     # Exactly enough: one step.
     assert ContiguousStreams(tokens[:22], batch_size=2, seq_len=10).num_steps_per_epoch == 1
-
-
-def test_sequences(tokens):
-    windows = list(sequences(tokens, 100))
-    assert len(windows) == num_sequences(N, 100) == 10
-    for i, w in enumerate(windows):
-        assert w.shape == (101,) and w.dtype == torch.long
-        assert w.tolist() == tokens[i * 100 : i * 100 + 101].astype(np.int64).tolist()
-    assert all(windows[i][-1] == windows[i + 1][0] for i in range(9))
-    assert len(list(sequences(tokens, 100, n=3))) == 3
-    stacked = list(sequences(tokens, 100, batch_size=4))
-    assert [s.shape for s in stacked] == [(4, 101), (4, 101), (2, 101)]
-    assert torch.equal(torch.cat(stacked), torch.stack(windows))
-    assert len(list(sequences(tokens, N - 1))) == 1
-
-
-def test_sequences_errors(tokens):
-    with pytest.raises(DataError, match="no window"):
-        sequences(tokens, N)
-    with pytest.raises(DataError, match="positive"):
-        sequences(tokens, 0)

@@ -1,7 +1,5 @@
 """Fixtures of the evaluation tests: a tiny Mamba language model in float64 on one thread."""
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -10,18 +8,10 @@ from longssm.models import ModelConfig, SSMLanguageModel
 VOCAB = 11
 
 
-def tiny_mixer() -> tuple[str, dict]:
-    """The mamba mixer (Mamba-2 until ``longssm.layers.mamba`` exists; same state protocol)."""
-    if importlib.util.find_spec("longssm.layers.mamba") is not None:
-        return "mamba", {}
-    return "mamba2", {"headdim": 8}
-
-
 def make_model(d_conv: int = 4, seed: int = 0, vocab: int = VOCAB) -> SSMLanguageModel:
-    mixer, options = tiny_mixer()
     torch.manual_seed(seed)
-    cfg = ModelConfig(mixer=mixer, d_model=16, n_layers=2, d_state=4, d_conv=d_conv,
-                      vocab_size=vocab, mixer_options=options)
+    cfg = ModelConfig(mixer="mamba", d_model=16, n_layers=2, d_state=4, d_conv=d_conv,
+                      vocab_size=vocab)
     model = SSMLanguageModel(cfg).double()
     # larger dynamics than the init so that the carried state visibly changes the losses
     with torch.no_grad():

@@ -26,7 +26,8 @@ def parse(adder, argv):
 
 def test_parse_lengths():
     assert parse_lengths("16:128") == [16, 32, 64, 128]
-    assert parse_lengths("16:100") == [16, 32, 64]
+    # a range doubles from its low end and always includes its high end
+    assert parse_lengths("16:100") == [16, 32, 64, 100]
     assert parse_lengths("100, 10,16:32,10") == [10, 16, 32, 100]
     for bad in ("", "16,,32", "a:b", "0", "64:16", "16:32:2", "-4"):
         with pytest.raises(EvalError):
@@ -58,6 +59,7 @@ def test_eval_end_to_end_then_plot(checkpoint, tmp_path, capsys):
     assert run_eval(parse(add_eval_arguments, argv)) == 0
     out = capsys.readouterr().out
     assert "shuffled" in out and "length extension" in out and "EffRem_T=16" in out
+    assert "±" in out
     path = tmp_path / "run" / "eval" / "results-ckpt-00000010.json"
     results = load_results(path)
     assert results["run"] == "run" and results["train_length"] == 16
@@ -65,6 +67,10 @@ def test_eval_end_to_end_then_plot(checkpoint, tmp_path, capsys):
     assert len(results["records"]) == 9 and len(results["positions"]) == 3
     assert set(results["classification"]) == {"reset", "stream", "shuffled"}
     assert results["settings"]["dtype"] == "float64" and results["effrem"]["length"] == 16
+    for r in results["records"]:
+        assert r["loss_low"] <= r["loss"] <= r["loss_high"]
+    # verdicts use only lengths >= the training length (16)
+    assert {v["l0"] for v in results["classification"].values()} == {16}
     # a second run does not replace the first
     assert run_eval(parse(add_eval_arguments, argv[:5] + ["--no-progress", "--lengths", "8"])) == 0
     assert (path.parent / "results-ckpt-00000010-2.json").is_file()
@@ -82,6 +88,8 @@ def test_eval_end_to_end_then_plot(checkpoint, tmp_path, capsys):
         (["{run}", "--protocol", "carry"], "unknown protocol"),
         (["{tmp}/nowhere"], "no such run"),
         (["{run}", "--chunk-size", "0"], "chunk-size"),
+        (["{run}", "--confidence", "1.5"], "confidence"),
+        (["{run}", "--device", "tpu"], "--device must be cpu, cuda, cuda:N or auto"),
     ],
 )
 def test_eval_bad_input(checkpoint, tmp_path, argv, message):

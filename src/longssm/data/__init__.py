@@ -6,7 +6,7 @@ document -> ``ContiguousStreams`` of B rows x T tokens whose rows continue from 
 
 Example:
     corpus = load_corpus("python-stdlib", ByteTokenizer(), split="train")
-    loader = ContiguousStreams(corpus, batch_size=batch_size_for(16384, 256), seq_len=256)
+    loader = ContiguousStreams(corpus, batch_size=64, seq_len=256)
     inputs, targets, resets, doc_mask, epoch, step = next(loader)
 """
 
@@ -32,9 +32,6 @@ from longssm.data.sources import (
 from longssm.data.streams import (
     Batch,
     ContiguousStreams,
-    batch_size_for,
-    num_sequences,
-    sequences,
 )
 from longssm.data.synthetic import MarkovChain
 from longssm.data.tokenizers import (
@@ -59,17 +56,14 @@ __all__ = [
     "Source",
     "TokenCorpus",
     "Tokenizer",
-    "batch_size_for",
     "cache_entry",
     "default_cache_dir",
     "get_tokenizer",
     "is_text_file",
     "iter_documents",
     "load_corpus",
-    "num_sequences",
     "resolve_source",
     "resolve_sources",
-    "sequences",
     "split_ranges",
     "tokenizer_from_dict",
 ]

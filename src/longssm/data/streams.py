@@ -53,29 +53,6 @@ class Batch(NamedTuple):
     step: int
 
 
-def batch_size_for(tokens_per_step: int, seq_len: int) -> int:
-    """Rows per step that keep the tokens per step constant across T: B = C // T.
-
-    Args:
-        tokens_per_step: C, the token budget of one step.
-        seq_len: T.
-
-    Returns:
-        B >= 1.
-    """
-    if seq_len <= 0 or tokens_per_step <= 0:
-        raise DataError(
-            f"tokens_per_step and seq_len must be positive, got {tokens_per_step} and {seq_len}"
-        )
-    b = tokens_per_step // seq_len
-    if b < 1:
-        raise DataError(
-            f"tokens_per_step {tokens_per_step} < seq_len {seq_len}: not one row fits; "
-            f"raise tokens_per_step to at least {seq_len}"
-        )
-    return b
-
-
 def _as_array(tokens) -> tuple[np.ndarray, np.ndarray | None]:
     """Accept a TokenCorpus, a numpy array or a 1-D tensor; returns (tokens, doc_starts or None)."""
     if hasattr(tokens, "tokens") and hasattr(tokens, "doc_starts"):
@@ -224,49 +201,3 @@ class ContiguousStreams:
             f"steps/epoch={self.num_steps_per_epoch}, epoch={self.epoch}, "
             f"step={self.step_in_epoch})"
         )
-
-
-def num_sequences(num_tokens: int, length: int) -> int:
-    """How many windows ``sequences`` yields from ``num_tokens`` tokens: (N - 1) // L."""
-    if length <= 0:
-        raise DataError(f"sequence length must be positive, got {length}")
-    return max(0, (num_tokens - 1) // length)
-
-
-def sequences(
-    tokens, length: int, n: int | None = None, batch_size: int | None = None
-) -> Iterator[torch.Tensor]:
-    """Consecutive, non-overlapping evaluation windows, in order.
-
-    Window i is ``tokens[i*L : i*L + L + 1]``: inputs ``w[:-1]`` and targets ``w[1:]``; window i+1's
-    first input is window i's last target, so every token is predicted once.
-
-    Args:
-        tokens: (N,) token array, tensor or ``TokenCorpus``.
-        length: L > 0.
-        n: at most this many windows (all if None).
-        batch_size: if given, yield (b, L+1) stacks of up to ``batch_size`` consecutive windows.
-
-    Returns:
-        An iterator of (L+1,) long tensors, or (b, L+1) with ``batch_size``.
-    """
-    arr, _ = _as_array(tokens)
-    total = num_sequences(len(arr), length)
-    if total == 0:
-        raise DataError(
-            f"{len(arr)} tokens hold no window of length {length}+1; use a shorter length"
-        )
-    if batch_size is not None and batch_size <= 0:
-        raise DataError(f"batch_size must be positive, got {batch_size}")
-    count = total if n is None else min(n, total)
-    return _windows(arr, length, count, batch_size)
-
-
-def _windows(arr: np.ndarray, length: int, count: int, batch_size: int | None):
-    """The generator behind ``sequences`` (separate so bad arguments raise at the call)."""
-    step = batch_size or 1
-    for first in range(0, count, step):
-        k = min(step, count - first)
-        idx = (first + np.arange(k))[:, None] * length + np.arange(length + 1)[None, :]
-        window = torch.from_numpy(np.asarray(arr[idx], dtype=np.int64))  # (k, L+1)
-        yield window if batch_size else window[0]

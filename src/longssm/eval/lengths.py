@@ -17,6 +17,7 @@ Glossary:
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +27,14 @@ from tqdm.auto import tqdm
 
 from longssm.dist import DistContext, assign_plans
 from longssm.eval.errors import EvalError
-from longssm.eval.scoring import score_plan
+from longssm.eval.intervals import (
+    DEFAULT_BLOCKS,
+    DEFAULT_CONFIDENCE,
+    add_intervals,
+    block_grid,
+    block_of,
+)
+from longssm.eval.scoring import ChunkScore, score_plan
 from longssm.eval.windows import PROTOCOLS, WindowPlan, check_protocol, plan_windows
 
 
@@ -51,6 +59,37 @@ def check_lengths(lengths: Sequence[int]) -> list[int]:
     if not out:
         raise EvalError("no evaluation lengths given")
     return sorted(set(out))
+
+
+def power_lengths(low: int, high: int) -> list[int]:
+    """``low, 2 low, 4 low, ...`` up to ``high``, and ``high`` itself when the doubling misses it."""
+    if low < 1 or high < low:
+        raise EvalError(f"bad length range {low}:{high}: need 1 <= LOW <= HIGH")
+    out, L = [], low
+    while L <= high:
+        out.append(L)
+        L *= 2
+    if out[-1] != high:
+        out.append(high)
+    return out
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"16,32,100"`` -> those; ``"16:8192"`` -> ``power_lengths(16, 8192)``; items may be mixed.
+
+    Returns the sorted distinct lengths; raises ``EvalError`` (one line) on anything else.
+    """
+    lengths: list[int] = []
+    for item in str(text).replace(" ", "").split(","):
+        if re.fullmatch(r"[0-9]+", item):
+            lengths.append(int(item))
+        elif m := re.fullmatch(r"([0-9]+):([0-9]+)", item):
+            lengths.extend(power_lengths(int(m[1]), int(m[2])))
+        else:
+            raise EvalError(
+                f"bad lengths {text!r}: expected a comma list like 16,32,64 or a range like 16:32768"
+            )
+    return check_lengths(lengths)
 
 
 def token_count(tokens) -> int:
@@ -90,8 +129,10 @@ def evaluate_lengths(
     start: int | None = None,
     seed: int = 0,
     plan_indices: Sequence[int] | None = None,
+    n_blocks: int = DEFAULT_BLOCKS,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> list[dict]:
-    """Loss, perplexity and bits per byte at each length L under one or more protocols.
+    """Loss with its 95% interval, perplexity and bits per byte at each length L and protocol.
 
     Args:
         model: ``SSMLanguageModel``; put in eval mode for the call, then restored.
@@ -107,12 +148,18 @@ def evaluate_lengths(
             scores the same text, and the warm-up of stream/shuffled has text to read).
         seed: seeds the shuffled permutation.
         plan_indices: score only these (protocol, L) pairs, as indices into the full
-            protocol-major order (a rank's share, see ``evaluate_lengths_sharded``).
+            protocol-major order (a rank's share, see ``evaluate_lengths_sharded``); the paired
+            interval fields are then left to the caller (``add_intervals`` on all records).
+        n_blocks: text blocks of the scored span for the block bootstrap
+            (``longssm.eval.intervals``).
+        confidence: level of the intervals.
 
     Returns:
         One dict per (protocol, L) scored, protocol-major, lengths ascending, with keys ``protocol``,
-        ``length``, ``loss``, ``perplexity``, ``bits_per_byte``, ``n_tokens`` (targets scored),
-        ``n_windows``, ``rows``, ``windows_per_row``, ``start``.
+        ``length``, ``loss``, ``loss_low``, ``loss_high`` (95% interval), ``delta_prev``,
+        ``delta_prev_low``, ``delta_prev_high`` (paired change from the previous length),
+        ``perplexity``, ``bits_per_byte``, ``n_tokens`` (targets scored), ``n_windows``, ``rows``,
+        ``windows_per_row``, ``start``, ``block_nll``, ``block_tokens`` (per text block).
     """
     if not bytes_per_token > 0:
         raise EvalError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
@@ -122,6 +169,7 @@ def evaluate_lengths(
     if plan_indices is not None:
         plans = [plans[i] for i in sorted(set(plan_indices))]
     total = sum(p.tokens_processed for p in plans)
+    grid = block_grid(plans[0].start, n_tokens, n_blocks) if plans else None
     was_training = model.training
     model.eval()
     records = []
@@ -132,13 +180,28 @@ def evaluate_lengths(
         ) as bar:
             for plan in plans:
                 bar.set_postfix_str(f"{plan.protocol} L={plan.length}")
+                block_nll = np.zeros(grid[2])
+                block_tokens = np.zeros(grid[2], dtype=np.int64)
                 loss_sum = 0.0
                 for chunk in score_plan(model, tokens, plan, chunk_size, on_tokens=bar.update):
                     loss_sum += chunk.nll.sum().item()
-                records.append(_record(plan, loss_sum / plan.n_scored, bytes_per_token))
+                    _add_to_blocks(plan, chunk, grid, block_nll, block_tokens)
+                record = _record(plan, loss_sum / plan.n_scored, bytes_per_token)
+                records.append({**record, "block_nll": block_nll.tolist(),
+                                "block_tokens": block_tokens.tolist()})
     finally:
         model.train(was_training)
-    return records
+    return records if plan_indices is not None else add_intervals(records, confidence, seed=seed)
+
+
+def _add_to_blocks(plan: WindowPlan, chunk: ChunkScore, grid, block_nll, block_tokens) -> None:
+    """Add a chunk's per-target losses to the text blocks their positions fall in."""
+    nll = chunk.nll.cpu().numpy()  # (rows, c)
+    first_target = plan.row_starts(chunk.round)[: plan.rows] + 1 + chunk.offset  # (rows,)
+    positions = first_target[:, None] + np.arange(nll.shape[1])  # (rows, c)
+    blocks = block_of(positions.ravel(), grid)
+    block_nll += np.bincount(blocks, weights=nll.ravel(), minlength=grid[2])
+    block_tokens += np.bincount(blocks, minlength=grid[2])
 
 
 def _record(plan: WindowPlan, loss: float, bytes_per_token: float) -> dict:
@@ -166,6 +229,7 @@ def evaluate_lengths_sharded(
     batch_size: int = 8,
     start: int | None = None,
     seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
     **kwargs,
 ) -> list[dict]:
     """``longssm.eval.evaluate_lengths`` with its (protocol, L) pairs spread over the ranks.
@@ -177,7 +241,8 @@ def evaluate_lengths_sharded(
     Args:
         model: the (unwrapped) model, identical on every rank.
         tokens: the (N,) token stream.
-        lengths, protocol, n_tokens, batch_size, start, seed: as for ``evaluate_lengths``.
+        lengths, protocol, n_tokens, batch_size, start, seed, confidence: as for
+            ``evaluate_lengths``.
         ctx: this rank's ``DistContext``.
         **kwargs: ``chunk_size``, ``bytes_per_token``, ``progress`` of ``evaluate_lengths``.
 
@@ -194,4 +259,5 @@ def evaluate_lengths_sharded(
             plan_indices=mine, **kwargs,
         )
     pairs = [pair for share in ctx.all_gather_object(list(zip(mine, records))) for pair in share]
-    return [record for _, record in sorted(pairs, key=lambda pair: pair[0])]
+    records = [record for _, record in sorted(pairs, key=lambda pair: pair[0])]
+    return add_intervals(records, confidence, seed=seed)

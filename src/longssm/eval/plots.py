@@ -1,10 +1,12 @@
 """Figures drawn only from saved results documents (``longssm.eval.results``), never from a model.
 
     plot_lengths    loss vs evaluation length L on a log-2 axis, several runs (LongSSM Figure 4):
-                    runs are colours, protocols line styles
+                    runs are colours, protocols line styles, shaded 95% intervals
     plot_sweep      a training-length sweep (Figure 5): one curve per run, coloured by its training
                     length T, with T marked on its curve
-    plot_heatmap    train T (rows) x eval L (columns) of one metric (Figure 9)
+    plot_heatmap    train T (rows) x eval L (columns) of one metric
+    plot_size_heatmap  model size (rows) x train T (columns) of one run-set's loss at two lengths,
+                    side by side (LongSSM Figure 9: zero-init loss at L = T_min and at L_max)
     plot_positions  per-position loss (and per-layer state norm) along length-L windows
 
 Each function takes a list of results dicts and an output path and returns the files written:
@@ -70,8 +72,29 @@ def _log2_axis(ax) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _in_metric(loss: float, record: dict, metric: str) -> float:
+    """A loss value in ``metric`` units, with the record's own conversion (bits per byte is linear)."""
+    if metric == "loss":
+        return loss
+    if metric == "perplexity":
+        return math.exp(min(loss, 700.0))
+    return loss * record["bits_per_byte"] / record["loss"] if record["loss"] else 0.0
+
+
+def _band(ax, rows: list[dict], metric: str, colour) -> None:
+    """Shade the 95% interval of every point (nothing for records without one)."""
+    if any(r.get("loss_low") is None for r in rows):
+        return
+    ax.fill_between(
+        [r["length"] for r in rows],
+        [_in_metric(r["loss_low"], r, metric) for r in rows],
+        [_in_metric(r["loss_high"], r, metric) for r in rows],
+        color=colour, alpha=0.18, linewidth=0,
+    )
+
+
 def plot_lengths(results: list[dict], out, metric: str = "loss", protocols=None) -> list[Path]:
-    """Metric vs evaluation length for every run and protocol."""
+    """Metric vs evaluation length for every run and protocol, with shaded 95% intervals."""
     _check_metric(metric)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colours = plt.cm.tab10(np.arange(len(results)) % 10)
@@ -86,6 +109,7 @@ def plot_lengths(results: list[dict], out, metric: str = "loss", protocols=None)
                 linestyle=LINESTYLES.get(protocol, "-."), marker="o", markersize=3, color=colour,
                 label=f"{run_label(res)} {protocol}",
             )
+            _band(ax, rows, metric, colour)
             drawn += 1
     if not drawn:
         raise EvalError("no records to plot")
@@ -119,6 +143,7 @@ def plot_sweep(results: list[dict], out, protocol: str = "reset", metric: str = 
         colour = cmap(0.0 if hi == lo else (math.log2(T) - lo) / (hi - lo) * 0.9)
         Ls, ys = [r["length"] for r in rows], [r[metric] for r in rows]
         ax.plot(Ls, ys, marker="o", markersize=3, color=colour, label=run_label(res))
+        _band(ax, rows, metric, colour)
         if T in Ls:
             ax.plot([T], [ys[Ls.index(T)]], marker="*", markersize=11, color=colour)
     _log2_axis(ax)
@@ -185,9 +210,50 @@ def plot_positions(results: list[dict], out) -> list[Path]:
     return save_figure(fig, out)
 
 
+def plot_size_heatmap(
+    results: list[dict], out, protocol: str = "reset", metric: str = "loss"
+) -> list[Path]:
+    """Two panels, loss at the shortest and at the longest length: rows d_model, columns T.
+
+    Each cell is one run (results of one policy); the annotation is ``value ± half-width``.
+    """
+    _check_metric(metric)
+    runs = _by_train_length(results)
+    sizes = sorted({r.get("model_config", {}).get("d_model", 0) for r in runs})
+    Ts = sorted({r["train_length"] for r in runs})
+    lengths = sorted({rec["length"] for res in runs for rec in records_of(res, protocol)})
+    if not lengths:
+        raise EvalError(f"no {protocol} records to plot")
+    fig, axes = plt.subplots(1, 2, figsize=(2.0 + 1.6 * len(Ts), 1.4 + 0.5 * len(sizes)),
+                             squeeze=False)
+    for ax, L in zip(axes[0], (lengths[0], lengths[-1])):
+        grid = np.full((len(sizes), len(Ts)), np.nan)
+        notes = {}
+        for res in runs:
+            rec = next((r for r in records_of(res, protocol) if r["length"] == L), None)
+            if rec is None:
+                continue
+            i, j = sizes.index(res.get("model_config", {}).get("d_model", 0)), Ts.index(res["train_length"])
+            grid[i, j] = rec[metric]
+            hw = None if rec.get("loss_low") is None else (rec["loss_high"] - rec["loss_low"]) / 2
+            notes[i, j] = f"{rec[metric]:.3f}" + (f"\n±{hw:.3f}" if hw is not None and metric == "loss" else "")
+        image = ax.imshow(grid, cmap="magma_r", aspect="auto")
+        for (i, j), text in notes.items():
+            ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                    color="white" if grid[i, j] > np.nanmedian(grid) else "black")
+        ax.set_xticks(range(len(Ts)), [str(T) for T in Ts], fontsize=7)
+        ax.set_yticks(range(len(sizes)), [str(d) for d in sizes], fontsize=7)
+        ax.set_xlabel("training length T")
+        ax.set_ylabel("d_model")
+        ax.set_title(f"{protocol} {metric} at L={L}", fontsize=8)
+        fig.colorbar(image, ax=ax)
+    return save_figure(fig, out)
+
+
 PLOTS = {
     "lengths": plot_lengths,
     "sweep": plot_sweep,
     "heatmap": plot_heatmap,
+    "size-heatmap": plot_size_heatmap,
     "positions": plot_positions,
 }

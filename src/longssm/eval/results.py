@@ -4,8 +4,12 @@ Plots and tables are drawn from these files only, so every figure can be regener
 holds the run and checkpoint names, the model config, the run's training length and policy, the
 settings (split, protocols, lengths, budget, chunk size), the machine, and
 
-    records         one dict per (protocol, L): loss, perplexity, bits_per_byte, n_tokens, ...
-    classification  per protocol, the Definition 2.1 verdict (``longssm.eval.classify``)
+    records         one dict per (protocol, L): loss with its 95% interval (loss_low, loss_high),
+                    the paired change from the previous L (delta_prev, _low, _high),
+                    perplexity, bits_per_byte, n_tokens, ..., and the per-text-block sums
+                    (block_nll, block_tokens) the intervals are computed from
+    classification  per protocol, the Definition 2.1 verdict and its evidence
+                    (``longssm.eval.classify``)
     positions       optional per-position curves (``longssm.eval.positions``)
     effrem          optional Effective Remembrance curve (``longssm.eval.effrem``)
 
@@ -28,8 +32,9 @@ from longssm.eval.errors import EvalError
 
 FORMAT = "longssm-eval/1"
 CSV_COLUMNS = (
-    "run", "protocol", "length", "loss", "perplexity", "bits_per_byte", "n_tokens", "n_windows",
-    "rows", "windows_per_row", "start",
+    "run", "protocol", "length", "loss", "loss_low", "loss_high", "delta_prev", "delta_prev_low",
+    "delta_prev_high", "perplexity", "bits_per_byte", "n_tokens", "n_windows", "rows",
+    "windows_per_row", "start",
 )
 
 
@@ -125,14 +130,16 @@ def write_csv(records: list[dict], path, run: str = "") -> None:
 def read_csv(path) -> list[dict]:
     """Records back from a CSV (numbers parsed)."""
     ints = {"length", "n_tokens", "n_windows", "rows", "windows_per_row", "start"}
-    floats = {"loss", "perplexity", "bits_per_byte"}
+    floats = {"loss", "loss_low", "loss_high", "delta_prev", "delta_prev_low", "delta_prev_high",
+              "perplexity", "bits_per_byte"}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         for k in ints & row.keys():
             row[k] = int(row[k])
         for k in floats & row.keys():
-            row[k] = float(row[k])
+            # an empty cell: no interval (older results) or no previous length
+            row[k] = float(row[k]) if row[k] != "" else None
     return rows
 
 

@@ -99,10 +99,6 @@ class WindowPlan:
         return np.array([self.window_start(r, round_) for r in range(self.total_rows)], np.int64)
 
     @property
-    def first_token(self) -> int:
-        return self.window_start(0, -1 if self.warmup else 0)
-
-    @property
     def end_token(self) -> int:
         """One past the last token read (the last window's last target)."""
         return self.window_start(self.total_rows - 1, self.windows_per_row - 1) + self.length + 1
