@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from longssm.ops.longhorn.naive import check_longhorn_inputs, compute_dtype, longhorn_eps
+from longssm.ops._common import compute_dtype
+from longssm.ops.longhorn.naive import check_longhorn_inputs, longhorn_eps
 
 DEFAULT_CHUNK_SIZE = 32
 

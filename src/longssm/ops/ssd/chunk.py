@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .naive import check_ssd_inputs, compute_dtype
+from longssm.ops._common import compute_dtype
+
+from .naive import check_ssd_inputs
 
 
 def segment_decay(acum: torch.Tensor) -> torch.Tensor:
