@@ -1,7 +1,7 @@
 """Every mixer family at ~1M parameters: validation loss after a short budget, zero vs previous.
 
-For each family (byte-level, vocabulary 257; sizes in ``FAMILIES``, chosen to land near 1M
-parameters) and each state-initialisation policy (``zero``: every segment starts from zeros;
+For each registered mixer family (byte-level, vocabulary 257; sizes in ``SIZES``, chosen to land
+near 1M parameters) and each state-initialisation policy (``zero``: every segment starts from zeros;
 ``previous``: the LongSSM carry, each segment starts from the previous segment's detached final
 state), train ``--steps`` steps of B x T = 16 x 32 byte tokens on ``python-stdlib`` and report the
 validation loss at T = 32 under both evaluation protocols (``reset``: zero state per segment,
@@ -28,26 +28,23 @@ import torch
 
 from longssm.config import RunConfig
 from longssm.models import ModelConfig, SSMLanguageModel
+from longssm.models.mixers import MIXER_NAMES
 from longssm.train.loop import train
 
-# family -> ModelConfig fields (vocab_size 257 added); d_model 128 where it lands near 1M.
-FAMILIES = {
-    "s4d": dict(mixer="s4d", d_model=128, n_layers=6, d_state=64, mlp_ratio=2),
-    "s5": dict(mixer="s5", d_model=128, n_layers=8, d_state=64, mlp_ratio=2),
-    "mamba": dict(mixer="mamba", d_model=128, n_layers=8, d_state=16, d_conv=4),
-    "mamba2": dict(
-        mixer="mamba2",
-        d_model=160,
-        n_layers=6,
-        d_state=16,
-        d_conv=4,
-        mixer_options={"headdim": 32},
-    ),
-    "longhorn": dict(mixer="longhorn", d_model=128, n_layers=8, d_state=16, d_conv=4),
-    "lru": dict(mixer="lru", d_model=128, n_layers=6, d_state=64, mlp_ratio=2),
-    "gru": dict(mixer="gru", d_model=256, n_layers=2),
-    "lstm": dict(mixer="lstm", d_model=160, n_layers=4),
+# Per registered family: ModelConfig fields (vocab_size 257 added) chosen to land near 1M
+# parameters; a registered family without an entry runs at SIZE_DEFAULT (check its count).
+SIZES = {
+    "s4d": dict(d_model=128, n_layers=6, d_state=64, mlp_ratio=2),
+    "s5": dict(d_model=128, n_layers=8, d_state=64, mlp_ratio=2),
+    "mamba": dict(d_model=128, n_layers=8, d_state=16, d_conv=4),
+    "mamba2": dict(d_model=160, n_layers=6, d_state=16, d_conv=4, mixer_options={"headdim": 32}),
+    "longhorn": dict(d_model=128, n_layers=8, d_state=16, d_conv=4),
+    "lru": dict(d_model=128, n_layers=6, d_state=64, mlp_ratio=2),
+    "gru": dict(d_model=256, n_layers=2),
+    "lstm": dict(d_model=160, n_layers=4),
 }
+SIZE_DEFAULT = dict(d_model=128, n_layers=6)
+FAMILIES = {name: dict(mixer=name, **SIZES.get(name, SIZE_DEFAULT)) for name in MIXER_NAMES}
 POLICIES = ("zero", "previous")
 
 

@@ -35,3 +35,27 @@ def linear_loss_grads(y, h, leaves, seed=1):
     wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
     wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
     return torch.autograd.grad((y * wy).sum() + (h * wh).sum(), leaves)
+
+
+# Per-mixer ModelConfig fields for a small test model (d_model 16); a registered mixer without an
+# entry is tested with {"mixer": name, "d_state": 8}.
+SMALL_MIXER_FIELDS = {
+    "mamba": dict(d_state=4, d_conv=4),
+    "mamba2": dict(d_state=8, d_conv=4, mixer_options={"headdim": 8, "chunk_size": 8}),
+    "longhorn": dict(d_state=4, d_conv=4, mixer_options={"chunk_size": 8}),
+    "lru": dict(d_state=8, mixer_options={"chunk_size": 8}),
+    "gru": dict(),
+    "lstm": dict(mixer_options={"hidden": 12}),
+}
+
+
+def small_mixer_fields(name: str) -> dict:
+    """ModelConfig fields of a small model whose blocks are the registered mixer ``name``."""
+    return {"mixer": name, **SMALL_MIXER_FIELDS.get(name, dict(d_state=8))}
+
+
+def assert_states_close(a, b):
+    """Every tensor of two model states (tuples of layer states) is close."""
+    for la, lb in zip(a, b):
+        for ta, tb in zip(la, lb):
+            assert_close(ta, tb, name="state")

@@ -12,6 +12,7 @@ from longssm.layers.mamba import Mamba
 from longssm.layers.s4d import S4D
 from longssm.layers.s5 import S5
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 from longssm.reparam import EIGEN_PARAMS, eigen_real, eigen_real_inverse
 
 B_TEST = 0.2
@@ -108,10 +109,10 @@ def test_layer_with_each_map_starts_at_the_direct_eigenvalues_and_steps(family, 
 
 def test_model_config_selects_and_validates_the_map():
     cfg = ModelConfig(mixer="s4d", d_model=4, d_state=4, eigen_param="softplus")
-    layer = S4D.from_config(cfg, 0)
+    layer = build_mixer(cfg, 0)
     assert layer.eigen_param == "softplus" and hasattr(layer, "A_re_softplus")
     assert not hasattr(layer, "A_log_re")
-    mamba = Mamba.from_config(
+    mamba = build_mixer(
         ModelConfig(d_model=4, d_state=2, eigen_param="best", eigen_param_b=0.4), 0
     )
     assert mamba.eigen_param_b == 0.4 and "A_best" in dict(mamba.named_parameters())
@@ -120,7 +121,7 @@ def test_model_config_selects_and_validates_the_map():
     with pytest.raises(ValueError, match="eigen_param_b"):
         ModelConfig(eigen_param_b=0.0)
     with pytest.raises(ValueError, match="eigen_param_b <="):
-        Mamba.from_config(ModelConfig(d_model=4, d_state=16, eigen_param="best"), 0)
+        build_mixer(ModelConfig(d_model=4, d_state=16, eigen_param="best"), 0)
 
 
 def test_hf_interop_refuses_maps_other_than_exp():

@@ -9,6 +9,7 @@ from helpers import assert_close
 from longssm.layers.base import is_ssm_param
 from longssm.layers.longhorn import Longhorn, LonghornState
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 
 D_MODEL = 8
 
@@ -75,7 +76,7 @@ def test_beta_is_initialised_in_range_and_tags():
     assert tagged == {"dt_proj.bias", "D"}
 
 
-def test_from_config_and_validation():
+def test_build_from_config_and_validation():
     cfg = ModelConfig(
         mixer="longhorn",
         d_model=8,
@@ -84,7 +85,7 @@ def test_from_config_and_validation():
         d_conv=0,
         mixer_options={"scan": "naive", "dt_rank": 2},
     )
-    layer = Longhorn.from_config(cfg, 0)
+    layer = build_mixer(cfg, 0)
     assert (layer.d_inner, layer.d_state, layer.dt_rank, layer.scan, layer.conv1d) == (
         24,
         4,
@@ -94,7 +95,7 @@ def test_from_config_and_validation():
     )
     assert layer.initial_state(5).conv.shape == (5, 24, 0)
     with pytest.raises(ValueError, match="valid options"):
-        Longhorn.from_config(ModelConfig(mixer="longhorn", mixer_options={"dt_min": 0.1}), 0)
+        build_mixer(ModelConfig(mixer="longhorn", mixer_options={"dt_min": 0.1}), 0)
     with pytest.raises(ValueError, match="scan"):
         Longhorn(8, scan="triton")
     with pytest.raises(ValueError, match="beta_min"):

@@ -11,6 +11,7 @@ from helpers import assert_close
 from longssm.layers.base import is_ssm_param
 from longssm.layers.lru import LRU, LRUState
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 
 H, N = 3, 6
 
@@ -83,14 +84,14 @@ def test_ring_init_and_normalisation():
     )
 
 
-def test_from_config_tags_and_validation():
+def test_build_from_config_tags_and_validation():
     cfg = ModelConfig(mixer="lru", d_model=8, d_state=5, mixer_options={"r_min": 0.5})
-    layer = LRU.from_config(cfg, 0)
+    layer = build_mixer(cfg, 0)
     assert (layer.d_model, layer.d_state) == (8, 5)
     assert layer.initial_state(3).ssm.shape == (3, 5) and layer.initial_state(3).ssm.is_complex()
     tagged = {n for n, p in layer.named_parameters() if is_ssm_param(p)}
     assert tagged == {"nu_log", "theta_log", "gamma_log", "D"}
     with pytest.raises(ValueError, match="valid options"):
-        LRU.from_config(ModelConfig(mixer="lru", mixer_options={"init": "legs"}), 0)
+        build_mixer(ModelConfig(mixer="lru", mixer_options={"init": "legs"}), 0)
     with pytest.raises(ValueError, match="r_min"):
         LRU(4, 4, r_min=0.9, r_max=0.5)

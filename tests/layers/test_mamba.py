@@ -13,6 +13,7 @@ from helpers import assert_close
 from longssm.layers.base import is_ssm_param
 from longssm.layers.mamba import Mamba, MambaState
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 from longssm.ops.selective_scan import scan_path
 
 D_MODEL = 16
@@ -23,7 +24,7 @@ def make_layer(d_conv=4, scan="chunk", **options):
         d_model=D_MODEL, d_state=4, expand=2, d_conv=d_conv,
         mixer_options={"scan": scan, "chunk_size": 8, **options},
     )
-    layer = Mamba.from_config(cfg, 0).double()
+    layer = build_mixer(cfg, 0).double()
     # Larger Δ than the init's so the state carries real signal across the split points.
     with torch.no_grad():
         layer.dt_proj.bias.add_(2.0)
@@ -110,7 +111,7 @@ def test_prefill_then_step_equals_forward(d_conv):
 
 def test_gradcheck_tiny_layer():
     cfg = ModelConfig(d_model=4, d_state=2, expand=1, d_conv=3, mixer_options={"chunk_size": 2})
-    layer = Mamba.from_config(cfg, 0).double()
+    layer = build_mixer(cfg, 0).double()
     x = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
     ssm = torch.randn(1, 4, 2, dtype=torch.float64, requires_grad=True)
     conv = torch.randn(1, 4, 2, dtype=torch.float64, requires_grad=True)
@@ -143,9 +144,9 @@ def test_init_shapes_and_tags():
 def test_unknown_option_names_valid_ones():
     cfg = ModelConfig(d_model=8, mixer_options={"dt_rnak": 2})
     with pytest.raises(ValueError, match="dt_rnak.*valid options.*dt_rank"):
-        Mamba.from_config(cfg, 0)
+        build_mixer(cfg, 0)
     with pytest.raises(ValueError, match="scan must be one of"):
-        Mamba.from_config(ModelConfig(d_model=8, mixer_options={"scan": "fast"}), 0)
+        build_mixer(ModelConfig(d_model=8, mixer_options={"scan": "fast"}), 0)
 
 
 def test_bad_state_and_input_raise():
@@ -172,7 +173,7 @@ def test_auto_scan_is_default_and_logs_its_path_once(monkeypatch, caplog):
     from longssm.layers import base
 
     monkeypatch.setattr(base, "_ANNOUNCED", set())
-    layer = Mamba.from_config(ModelConfig(d_model=8, d_state=2), 0)
+    layer = build_mixer(ModelConfig(d_model=8, d_state=2), 0)
     assert layer.scan == "auto"
     x = torch.randn(1, 3, 8)
     with caplog.at_level(logging.INFO, logger="longssm"):

@@ -9,8 +9,9 @@ import torch
 
 from helpers import assert_close
 from longssm.layers.base import is_ssm_param
-from longssm.layers.mamba2 import DEFAULT_OPTIONS, Mamba2, Mamba2State
+from longssm.layers.mamba2 import Mamba2, Mamba2State
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import MIXERS, build_mixer
 
 F64 = torch.float64
 
@@ -156,18 +157,18 @@ def test_dt_limit_clamps():
     assert dt.min() >= 0.01 and dt.max() <= 0.02
 
 
-def test_from_config_and_options():
+def test_build_from_config_and_options():
     cfg = ModelConfig(mixer="mamba2", d_model=32, d_state=8, expand=2, d_conv=0,
                       mixer_options={"headdim": 16, "ngroups": 2, "chunk_size": 16})
-    layer = Mamba2.from_config(cfg, 1)
+    layer = build_mixer(cfg, 1)
     assert (layer.nheads, layer.headdim, layer.ngroups, layer.conv1d) == (4, 16, 2, None)
     assert layer.layer_idx == 1 and layer.chunk_size == 16
-    assert set(DEFAULT_OPTIONS) >= {"headdim", "ngroups", "dt_limit", "scan"}
+    assert set(MIXERS["mamba2"].defaults) >= {"headdim", "ngroups", "dt_limit", "scan"}
     bad = ModelConfig(mixer="mamba2", d_model=32, mixer_options={"head_dim": 16})
     with pytest.raises(ValueError, match="valid options"):
-        Mamba2.from_config(bad, 0)
+        build_mixer(bad, 0)
     with pytest.raises(ValueError, match="headdim"):
-        Mamba2.from_config(ModelConfig(mixer="mamba2", d_model=24), 0)
+        build_mixer(ModelConfig(mixer="mamba2", d_model=24), 0)
     with pytest.raises(ValueError, match="ngroups"):
         Mamba2(d_model=32, headdim=16, ngroups=3)
     with pytest.raises(ValueError, match="scan"):

@@ -8,6 +8,7 @@ import torch
 from helpers import assert_close
 from longssm.layers.rnn import GRU, LSTM, GRUState, LSTMState
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 
 D_MODEL = 6
 CLASSES = {"gru": GRU, "lstm": LSTM}
@@ -62,13 +63,13 @@ def test_gru_is_the_gru_recurrence():
 
 
 def test_state_shapes_options_and_errors():
-    gru = GRU.from_config(ModelConfig(mixer="gru", d_model=8), 0)
+    gru = build_mixer(ModelConfig(mixer="gru", d_model=8), 0)
     assert gru.initial_state(2).h.shape == (2, 8)
-    lstm = LSTM.from_config(ModelConfig(mixer="lstm", d_model=8, mixer_options={"hidden": 12}), 0)
+    lstm = build_mixer(ModelConfig(mixer="lstm", d_model=8, mixer_options={"hidden": 12}), 0)
     state = lstm.initial_state(2)
     assert isinstance(state, LSTMState) and state.h.shape == state.c.shape == (2, 12)
     with pytest.raises(ValueError, match="valid options"):
-        GRU.from_config(ModelConfig(mixer="gru", mixer_options={"layers": 2}), 0)
+        build_mixer(ModelConfig(mixer="gru", mixer_options={"layers": 2}), 0)
     with pytest.raises(ValueError, match="hidden"):
         LSTM(8, hidden=-1)
     with pytest.raises(TypeError, match="LSTMState"):

@@ -9,6 +9,7 @@ from helpers import assert_close
 from longssm.layers.base import is_ssm_param
 from longssm.layers.s4d import S4D, S4DState
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 
 H, N = 4, 6
 
@@ -152,15 +153,15 @@ def test_bad_inputs_raise_clearly():
         S4D(H, N, mode="fft")
 
 
-def test_from_config_and_options():
+def test_build_from_config_and_options():
     cfg = ModelConfig(mixer="s4d", d_model=8, d_state=4,
                       mixer_options={"init": "lin", "mode": "recurrent", "chunk_size": 8})
-    layer = S4D.from_config(cfg, layer_idx=0)
+    layer = build_mixer(cfg, layer_idx=0)
     assert (layer.d_model, layer.n_modes, layer.init, layer.mode) == (8, 2, "lin", "recurrent")
     lam = layer.eigenvalues()
     assert_close(lam.real, torch.full_like(lam.real, -0.5), name="S4D-Lin real part")
     with pytest.raises(ValueError, match="valid options"):
-        S4D.from_config(ModelConfig(mixer="s4d", mixer_options={"bogus": 1}), 0)
+        build_mixer(ModelConfig(mixer="s4d", mixer_options={"bogus": 1}), 0)
 
 
 def test_parameter_tags_and_dt_range():

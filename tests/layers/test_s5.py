@@ -11,6 +11,7 @@ from longssm import hippo
 from longssm.layers.base import is_ssm_param
 from longssm.layers.s5 import S5, S5State
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 
 H, P = 3, 8
 
@@ -190,14 +191,14 @@ def test_bad_inputs_raise_clearly():
         S5(H, 7)
 
 
-def test_from_config_and_tags():
+def test_build_from_config_and_tags():
     cfg = ModelConfig(mixer="s5", d_model=8, d_state=8, eigen_param="direct",
                       mixer_options={"discretization": "bilinear", "clip_eigs": False})
-    layer = S5.from_config(cfg, layer_idx=1)
+    layer = build_mixer(cfg, layer_idx=1)
     assert (layer.d_model, layer.n_modes, layer.discretization, layer.clip_eigs) == (
         8, 4, "bilinear", False)
     with pytest.raises(ValueError, match="valid options"):
-        S5.from_config(ModelConfig(mixer="s5", mixer_options={"mode": "conv"}), 0)
+        build_mixer(ModelConfig(mixer="s5", mixer_options={"mode": "conv"}), 0)
     tagged = {n for n, p in layer.named_parameters() if is_ssm_param(p)}
     assert tagged == {"Lambda_re", "Lambda_im", "log_dt", "B", "D"}
 

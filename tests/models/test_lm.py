@@ -3,23 +3,17 @@
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import assert_close, assert_states_close, small_mixer_fields
 from longssm.layers.base import is_ssm_param, wants_weight_decay
 from longssm.models import ModelConfig, SSMLanguageModel
+from longssm.models.mixers import MIXER_NAMES
 from longssm.models.state import flatten_state, unflatten_state
 
-MIXERS = {
-    "mamba": dict(mixer="mamba", d_state=4, d_conv=4),
+# One case per registered mixer, then variants (no convolution, MLP + LayerNorm, eigenvalue maps).
+MIXERS = {name: small_mixer_fields(name) for name in MIXER_NAMES} | {
     "mamba-noconv": dict(mixer="mamba", d_state=4, d_conv=0),
-    "mamba2": dict(mixer="mamba2", d_state=8, d_conv=4, mixer_options={"headdim": 8, "chunk_size": 8}),
-    "s4d": dict(mixer="s4d", d_state=8),
-    "s5": dict(mixer="s5", d_state=8),
     "mamba-mlp-layernorm": dict(mixer="mamba", d_state=4, mlp_ratio=2, norm="layernorm"),
-    "longhorn": dict(mixer="longhorn", d_state=4, d_conv=4, mixer_options={"chunk_size": 8}),
     "longhorn-noconv": dict(mixer="longhorn", d_state=4, d_conv=0),
-    "lru": dict(mixer="lru", d_state=8, mixer_options={"chunk_size": 8}),
-    "gru": dict(mixer="gru"),
-    "lstm": dict(mixer="lstm", mixer_options={"hidden": 12}),
     "mamba-best": dict(mixer="mamba", d_state=4, eigen_param="best", eigen_param_b=0.25),
     "s4d-softplus": dict(mixer="s4d", d_state=8, eigen_param="softplus"),
     "s5-direct": dict(mixer="s5", d_state=8, eigen_param="direct"),
@@ -30,12 +24,6 @@ def make_model(name, **kw):
     cfg = ModelConfig(d_model=16, n_layers=2, vocab_size=40, **MIXERS[name], **kw)
     torch.manual_seed(0)
     return SSMLanguageModel(cfg).double()
-
-
-def assert_states_close(a, b):
-    for la, lb in zip(a, b):
-        for ta, tb in zip(la, lb):
-            assert_close(ta, tb, name="state")
 
 
 @pytest.mark.parametrize("name", list(MIXERS))

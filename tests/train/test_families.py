@@ -7,20 +7,19 @@ import math
 import pytest
 
 from longssm.config import RunConfig
+from longssm.models.mixers import MIXER_NAMES
 from longssm.train.loop import train
 
-FAMILIES = {
-    "s4d": dict(mixer="s4d", d_state=8),
-    "s5": dict(mixer="s5", d_state=8),
-    "mamba": dict(mixer="mamba", d_state=4, d_conv=4),
-    "mamba2": dict(
-        mixer="mamba2", d_state=8, d_conv=4, mixer_options={"headdim": 8, "chunk_size": 8}
-    ),
-    "longhorn": dict(mixer="longhorn", d_state=4, d_conv=4),
-    "lru": dict(mixer="lru", d_state=8),
-    "gru": dict(mixer="gru"),
-    "lstm": dict(mixer="lstm"),
+# Fields beyond {"mixer": name} per registered family; a family without an entry uses defaults.
+FAMILY_FIELDS = {
+    "s4d": dict(d_state=8),
+    "s5": dict(d_state=8),
+    "mamba": dict(d_state=4, d_conv=4),
+    "mamba2": dict(d_state=8, d_conv=4, mixer_options={"headdim": 8, "chunk_size": 8}),
+    "longhorn": dict(d_state=4, d_conv=4),
+    "lru": dict(d_state=8),
 }
+FAMILIES = {name: dict(mixer=name, **FAMILY_FIELDS.get(name, {})) for name in MIXER_NAMES}
 STEPS = 25
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import MIXERS
 
 INSTALL_HINT = "transformers is needed for Hugging Face interop: pip install longssm[interop]"
 MIXER_PARAMS = (
@@ -121,14 +122,7 @@ def hf_config_from_model_config(cfg: ModelConfig):
         raise ValueError(f"transformers' Mamba uses RMSNorm: need norm='rmsnorm', got {cfg.norm!r}")
     if cfg.d_conv < 1:
         raise ValueError("transformers' Mamba always has a convolution: need d_conv >= 1, got 0")
-    from longssm.layers.mamba import OPTION_DEFAULTS
-
-    unknown = sorted(set(cfg.mixer_options) - set(OPTION_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"unknown mamba mixer option(s) {unknown}; valid options: {sorted(OPTION_DEFAULTS)}"
-        )
-    options = {**OPTION_DEFAULTS, **cfg.mixer_options}
+    options = MIXERS["mamba"].options(cfg.mixer_options)
     fields = {field: options[opt] for opt, field in OPTION_TO_HF.items()}
     return transformers.MambaConfig(
         vocab_size=cfg.vocab_size,

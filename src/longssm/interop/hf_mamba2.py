@@ -30,6 +30,7 @@ import torch
 
 from longssm.models.config import ModelConfig
 from longssm.models.lm import SSMLanguageModel
+from longssm.models.mixers import MIXERS
 
 _INSTALL_HINT = "transformers is needed for Mamba-2 interop: pip install longssm[interop]"
 
@@ -125,8 +126,6 @@ def hf_config_from_model_config(cfg: ModelConfig):
         ValueError: when ``cfg`` has no transformers equivalent (not mamba2, an MLP, LayerNorm,
             no convolution, or the naive scan).
     """
-    from longssm.layers.mamba2 import DEFAULT_OPTIONS
-
     if cfg.mixer != "mamba2":
         raise ValueError(f"cfg.mixer must be 'mamba2' for Mamba2 interop, got {cfg.mixer!r}")
     if cfg.mlp_ratio != 0:
@@ -135,10 +134,7 @@ def hf_config_from_model_config(cfg: ModelConfig):
         raise ValueError(f"transformers' Mamba2 uses RMSNorm: cfg.norm must be 'rmsnorm', got {cfg.norm!r}")
     if cfg.d_conv == 0:
         raise ValueError("transformers' Mamba2 always has a convolution: cfg.d_conv must be > 0")
-    unknown = sorted(set(cfg.mixer_options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown mamba2 mixer option(s) {unknown}; valid: {sorted(DEFAULT_OPTIONS)}")
-    opts = {**DEFAULT_OPTIONS, **cfg.mixer_options}
+    opts = MIXERS["mamba2"].options(cfg.mixer_options)
     if cfg.d_inner % opts["headdim"] != 0:
         raise ValueError(f"headdim ({opts['headdim']}) must divide d_inner ({cfg.d_inner})")
     transformers = _transformers()

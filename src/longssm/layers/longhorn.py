@@ -38,28 +38,8 @@ from torch import nn
 
 from longssm.layers.base import announce_scan_path
 from longssm.layers.gated import GatedBlock
-from longssm.models.config import ModelConfig
-from longssm.ops.longhorn import (
-    DEFAULT_CHUNK_SIZE,
-    longhorn_chunk,
-    longhorn_fused,
-    longhorn_naive,
-    longhorn_path,
-    longhorn_step,
-)
-
-SCANS = ("auto", "fused", "chunk", "naive")
-# Paths already announced in the log (once per process and path).
-OPTION_DEFAULTS = {
-    "dt_rank": "auto",
-    "beta_min": 1e-3,
-    "beta_max": 0.1,
-    "dt_scale": 1.0,
-    "bias": False,
-    "conv_bias": True,
-    "scan": "auto",
-    "chunk_size": DEFAULT_CHUNK_SIZE,
-}
+from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn, longhorn_step, resolve_path
+from longssm.ops.longhorn import PATHS as SCANS
 
 
 class LonghornState(NamedTuple):
@@ -135,18 +115,6 @@ class Longhorn(GatedBlock):
             # sigmoid⁻¹(β) = log β - log(1 - β)
             self.dt_proj.bias.copy_(log_beta - torch.log1p(-beta))
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> Longhorn:
-        """Build from ``cfg`` (d_model, d_state, expand, d_conv) and ``cfg.mixer_options``."""
-        unknown = sorted(set(cfg.mixer_options) - set(OPTION_DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"unknown longhorn mixer option(s) {unknown}; valid options: "
-                f"{sorted(OPTION_DEFAULTS)}"
-            )
-        options = {**OPTION_DEFAULTS, **cfg.mixer_options}
-        return cls(cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **options)
-
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
@@ -162,15 +130,9 @@ class Longhorn(GatedBlock):
     def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
         """The Longhorn scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, S_T."""
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
-        path = longhorn_path(xs, h0) if self.scan == "auto" else self.scan
+        path = resolve_path(self.scan, xs, h0)
         announce_scan_path(self.NAME, path, self.scan)
-        if path == "fused":
-            return longhorn_fused(xs, beta, k, q, self.D, h0, output_final_state=True)
-        if path == "chunk":
-            return longhorn_chunk(
-                xs, beta, k, q, self.D, h0, output_final_state=True, chunk_size=self.chunk_size
-            )
-        return longhorn_naive(xs, beta, k, q, self.D, h0, output_final_state=True)
+        return longhorn(xs, beta, k, q, self.D, h0, True, chunk_size=self.chunk_size, path=path)
 
     def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
         """One Longhorn step: xs (B, Di), S (B, Di, N) -> y (B, Di), S."""

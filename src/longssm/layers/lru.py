@@ -36,11 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm.layers.base import check_input, check_state, tag_ssm_param
-from longssm.layers.s4d import complex_dtype_for, validate_options
-from longssm.models.config import ModelConfig
-from longssm.ops.diag_scan import diag_scan_chunk, matmul_complex_real, matmul_re
-
-LRU_DEFAULTS = {"r_min": 0.0, "r_max": 0.99, "max_phase": 2 * math.pi, "chunk_size": 32}
+from longssm.layers.s4d import complex_dtype_for
+from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re
 
 
 class LRUState(NamedTuple):
@@ -103,11 +100,6 @@ class LRU(nn.Module):
         self.D = tag_ssm_param(nn.Parameter(torch.randn(H, dtype=dtype)))
         self.out_proj = nn.Linear(H, 2 * H)
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> LRU:
-        opts = validate_options(cfg.mixer_options, LRU_DEFAULTS, "LRU")
-        return cls(cfg.d_model, cfg.d_state, **opts)
-
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}"
 
@@ -148,7 +140,7 @@ class LRU(nn.Module):
         lam, B, C = self.transition(cdtype)
         real_dtype = torch.promote_types(x.dtype, torch.float32)
         v = matmul_complex_real(B, x.to(real_dtype).transpose(1, 2)).transpose(1, 2)  # (B, T, N)
-        h_all, h = diag_scan_chunk(v, lam, h0, True, chunk_size=self.chunk_size)  # (B, T, N)
+        h_all, h = diag_scan(v, lam, h0, True, chunk_size=self.chunk_size)  # (B, T, N)
         y = matmul_re(h_all, C.T)  # (B, T, H)
         y = y.to(x.dtype) + self.D.to(x.dtype) * x  # (B, T, H)
         return self._output(y), LRUState(h)

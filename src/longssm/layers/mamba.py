@@ -19,7 +19,7 @@ Glossary (paper symbol -> code name):
     last K-1 conv inputs            state.conv      (batch, d_inner, d_conv - 1)
 
 Block: x, z = in_proj(u); x = silu(conv1d(x)) (causal, depthwise; skipped when d_conv = 0);
-y = selective_scan(x, Δ, A, B, C, D) (fused numba kernel on CPU, chunked torch form elsewhere);
+y = selective_scan(x, Δ, A, B, C, D) (the op's dispatcher picks the form for option ``scan``);
 out = out_proj(y * silu(z)).
 """
 
@@ -34,33 +34,17 @@ from torch import nn
 
 from longssm.layers.base import announce_scan_path, tag_ssm_param
 from longssm.layers.gated import GatedBlock
-from longssm.models.config import ModelConfig
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
-    scan_path,
-    selective_scan_chunk,
-    selective_scan_fused,
-    selective_scan_naive,
+    resolve_path,
+    selective_scan,
     selective_scan_step,
-    selective_scan_triton,
 )
+from longssm.ops.selective_scan import PATHS as SCANS
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
-SCANS = ("auto", "fused", "triton", "chunk", "naive")
 # Stored name of A's raw parameter per StableSSM map; "exp" keeps transformers' A_log.
 A_PARAM_NAMES = {"exp": "A_log", "direct": "A_direct", "softplus": "A_softplus", "best": "A_best"}
-OPTION_DEFAULTS = {
-    "dt_rank": "auto",
-    "dt_min": 1e-3,
-    "dt_max": 0.1,
-    "dt_init_floor": 1e-4,
-    "dt_scale": 1.0,
-    "dt_init": "random",
-    "bias": False,
-    "conv_bias": True,
-    "scan": "auto",
-    "chunk_size": DEFAULT_CHUNK_SIZE,
-}
 
 
 class MambaState(NamedTuple):
@@ -151,25 +135,6 @@ class Mamba(GatedBlock):
             # softplus^-1(dt) = dt + log(1 - exp(-dt)), written with expm1 for small dt.
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> Mamba:
-        """Build from ``cfg`` (d_model, d_state, expand, d_conv) and ``cfg.mixer_options``."""
-        unknown = sorted(set(cfg.mixer_options) - set(OPTION_DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"unknown mamba mixer option(s) {unknown}; valid options: {sorted(OPTION_DEFAULTS)}"
-            )
-        options = {**OPTION_DEFAULTS, **cfg.mixer_options}
-        return cls(
-            cfg.d_model,
-            cfg.d_state,
-            cfg.expand,
-            cfg.d_conv,
-            **options,
-            eigen_param=cfg.eigen_param,
-            eigen_param_b=cfg.eigen_param_b,
-        )
-
     @property
     def A_raw(self) -> nn.Parameter:
         """The stored parameter w of A (A_log under "exp"), (d_inner, d_state)."""
@@ -192,17 +157,11 @@ class Mamba(GatedBlock):
         """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T."""
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
-        path = scan_path(xs, h0) if self.scan == "auto" else self.scan
+        path = resolve_path(self.scan, xs, h0)
         announce_scan_path(self.NAME, path, self.scan)
-        if path == "fused":
-            return selective_scan_fused(xs, dt, A, B, C, self.D, h0, output_final_state=True)
-        if path == "triton":
-            return selective_scan_triton(xs, dt, A, B, C, self.D, h0, output_final_state=True)
-        if path == "chunk":
-            return selective_scan_chunk(
-                xs, dt, A, B, C, self.D, h0, output_final_state=True, chunk_size=self.chunk_size
-            )
-        return selective_scan_naive(xs, dt, A, B, C, self.D, h0, output_final_state=True)
+        return selective_scan(
+            xs, dt, A, B, C, self.D, h0, True, chunk_size=self.chunk_size, path=path
+        )
 
     def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
         """One selective-scan step: xs (B, Di), h (B, Di, N) -> y (B, Di), h."""

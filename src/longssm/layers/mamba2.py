@@ -24,7 +24,7 @@ and xBC = [x (d_inner) | B (ngroups * d_state) | C (ngroups * d_state)].
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,26 +38,8 @@ from longssm.layers.base import (
     tag_ssm_param,
 )
 from longssm.layers.conv import causal_conv, causal_conv_step
-from longssm.ops.ssd import ssd_chunk, ssd_fla, ssd_naive, ssd_path, ssd_step
-
-if TYPE_CHECKING:
-    from longssm.models.config import ModelConfig
-
-SCANS = ("auto", "chunk", "fla", "naive")
-
-DEFAULT_OPTIONS = {
-    "headdim": 64,
-    "ngroups": 1,
-    "dt_min": 1e-3,
-    "dt_max": 0.1,
-    "dt_init_floor": 1e-4,
-    "dt_limit": (0.0, float("inf")),
-    "bias": False,
-    "conv_bias": True,
-    "chunk_size": 64,
-    "scan": "auto",
-}
-"""The ``ModelConfig.mixer_options`` a Mamba-2 layer understands, with their defaults."""
+from longssm.ops.ssd import PATHS as SCANS
+from longssm.ops.ssd import resolve_path, ssd, ssd_step
 
 
 class Mamba2State(NamedTuple):
@@ -196,21 +178,6 @@ class Mamba2(nn.Module):
             if module is not None and module.bias is not None:
                 tag_no_weight_decay(module.bias)
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> Mamba2:
-        """Build from ``ModelConfig``: d_model, d_state, expand, d_conv, norm_eps, mixer_options."""
-        unknown = sorted(set(cfg.mixer_options) - set(DEFAULT_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown mamba2 mixer option(s) {unknown}; "
-                f"valid options: {sorted(DEFAULT_OPTIONS)}"
-            )
-        options = {**DEFAULT_OPTIONS, **cfg.mixer_options}
-        return cls(
-            d_model=cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
-            norm_eps=cfg.norm_eps, layer_idx=layer_idx, **options,
-        )
-
     def initial_state(self, batch_size: int, device=None, dtype=None) -> Mamba2State:
         """Zeros. ``ssm`` is at least float32 (it accumulates); ``conv`` has ``dtype``.
 
@@ -267,11 +234,9 @@ class Mamba2(nn.Module):
             [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
         )
         h0 = None if state is None else state.ssm
-        path = ssd_path(xs, h0) if self.scan == "auto" else self.scan
+        path = resolve_path(self.scan, xs, h0)
         announce_scan_path("Mamba-2", path, self.scan)
-        scan = {"chunk": ssd_chunk, "fla": ssd_fla, "naive": ssd_naive}[path]
-        kwargs = {"chunk_size": self.chunk_size} if path == "chunk" else {}
-        y, ssm_state = scan(
+        y, ssm_state = ssd(
             xs.reshape(batch, T, self.nheads, self.headdim),  # (b, T, H, P)
             self._dt(dt_raw),  # (b, T, H)
             -torch.exp(self.A_log),  # (H,)
@@ -280,7 +245,8 @@ class Mamba2(nn.Module):
             self.D,
             initial_state=h0,
             output_final_state=True,
-            **kwargs,
+            chunk_size=self.chunk_size,
+            path=path,
         )
         y = self.norm(y.reshape(batch, T, self.d_inner), z)  # (b, T, d_inner)
         return self.out_proj(y), Mamba2State(ssm_state, conv_state)

@@ -28,10 +28,6 @@ import torch
 from torch import nn
 
 from longssm.layers.base import check_input, check_state, tag_no_weight_decay
-from longssm.layers.s4d import validate_options
-from longssm.models.config import ModelConfig
-
-RNN_DEFAULTS = {"hidden": 0}
 
 
 class GRUState(NamedTuple):
@@ -68,11 +64,6 @@ class _TorchRNN(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("bias") or ".bias_" in name:
                 tag_no_weight_decay(param)
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int):
-        opts = validate_options(cfg.mixer_options, RNN_DEFAULTS, cls.name)
-        return cls(cfg.d_model, **opts)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, hidden={self.hidden}"

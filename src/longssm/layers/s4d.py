@@ -36,8 +36,7 @@ from torch import nn
 
 from longssm import hippo
 from longssm.layers.base import check_input, check_state, tag_ssm_param
-from longssm.models.config import ModelConfig
-from longssm.ops.diag_scan import diag_scan_chunk, s4d_conv
+from longssm.ops.diag_scan import diag_scan, s4d_conv
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
 MODES = ("conv", "recurrent")
@@ -48,7 +47,6 @@ A_RE_PARAM_NAMES = {
     "softplus": "A_re_softplus",
     "best": "A_re_best",
 }
-S4D_DEFAULTS = {"init": "legs", "mode": "conv", "dt_min": 1e-3, "dt_max": 0.1, "chunk_size": 32}
 
 
 class S4DState(NamedTuple):
@@ -63,16 +61,6 @@ def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
     if dtype in (torch.float64, torch.complex128):
         return torch.complex128
     return torch.complex64
-
-
-def validate_options(options: dict, defaults: dict, layer: str) -> dict:
-    """Merge ``options`` over ``defaults``; an unknown key is a ValueError naming the valid ones."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{layer}: unknown mixer option(s) {unknown}; valid options: {sorted(defaults)}"
-        )
-    return {**defaults, **options}
 
 
 def log_uniform_dt(size: int, dt_min: float, dt_max: float) -> torch.Tensor:
@@ -128,17 +116,6 @@ class S4D(nn.Module):
         self.D = tag_ssm_param(nn.Parameter(torch.randn(H, dtype=dtype)))
         self.out_proj = nn.Linear(H, 2 * H)
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> S4D:
-        opts = validate_options(cfg.mixer_options, S4D_DEFAULTS, "S4D")
-        return cls(
-            cfg.d_model,
-            cfg.d_state,
-            **opts,
-            eigen_param=cfg.eigen_param,
-            eigen_param_b=cfg.eigen_param_b,
-        )
-
     @property
     def A_re_raw(self) -> nn.Parameter:
         """The stored parameter w of Re λ (A_log_re under "exp"), (H, N/2)."""
@@ -189,7 +166,7 @@ class S4D(nn.Module):
             y, h = s4d_conv(x, lam_bar, B_bar, C, D, h0, output_final_state=True)  # (B, T, H)
         else:
             v = B_bar * x.to(cdtype)[..., None]  # (B, T, H, n)
-            h_all, h = diag_scan_chunk(v, lam_bar, h0, True, chunk_size=self.chunk_size)
+            h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=self.chunk_size)
             y = 2 * (h_all * C).real.sum(-1) + D * x  # (B, T, H)
         return self._output(y.to(x.dtype)), S4DState(h)
 

@@ -44,9 +44,8 @@ from torch import nn
 
 from longssm import hippo
 from longssm.layers.base import check_input, check_state, tag_ssm_param
-from longssm.layers.s4d import complex_dtype_for, log_uniform_dt, validate_options
-from longssm.models.config import ModelConfig
-from longssm.ops.diag_scan import diag_scan_chunk, matmul_complex_real, matmul_re
+from longssm.layers.s4d import complex_dtype_for, log_uniform_dt
+from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
 INITS = ("hippo-n", "block")
@@ -59,17 +58,6 @@ LAMBDA_RE_PARAM_NAMES = {
     "softplus": "Lambda_re_softplus",
     "best": "Lambda_re_best",
 }
-S5_DEFAULTS = {
-    "init": "hippo-n",
-    "blocks": 4,
-    "discretization": "zoh",
-    "clip_eigs": True,
-    "dt_min": 1e-3,
-    "dt_max": 0.1,
-    "chunk_size": 32,
-}
-
-
 class S5State(NamedTuple):
     """S5 layer state."""
 
@@ -142,17 +130,6 @@ class S5(nn.Module):
         self.C = nn.Parameter(torch.view_as_real(C_t).to(dtype))
         self.D = tag_ssm_param(nn.Parameter(torch.randn(H, dtype=dtype)))
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int) -> S5:
-        opts = validate_options(cfg.mixer_options, S5_DEFAULTS, "S5")
-        return cls(
-            cfg.d_model,
-            cfg.d_state,
-            **opts,
-            eigen_param=cfg.eigen_param,
-            eigen_param_b=cfg.eigen_param_b,
-        )
-
     @property
     def Lambda_re_raw(self) -> nn.Parameter:
         """The stored parameter w of Re Λ (Lambda_re under "direct"), (P/2,)."""
@@ -209,7 +186,7 @@ class S5(nn.Module):
         lam_bar, B_bar, C_t = self.discretize(cdtype)
         real_dtype = torch.promote_types(x.dtype, torch.float32)
         v = matmul_complex_real(B_bar, x.to(real_dtype).transpose(1, 2)).transpose(1, 2)  # (B, T, n)
-        h_all, h = diag_scan_chunk(v, lam_bar, h0, True, chunk_size=self.chunk_size)
+        h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=self.chunk_size)
         y = 2 * matmul_re(h_all, C_t.T)  # (B, T, H)
         y = y.to(x.dtype) + self.D.to(x.dtype) * x  # (B, T, H)
         return F.gelu(y), S5State(h)

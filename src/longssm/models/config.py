@@ -6,6 +6,9 @@ Glossary (paper symbol -> field):
     E (expansion)            expand; d_inner = expand * d_model (Mamba, Mamba-2)
     conv kernel              d_conv (0 switches the short causal convolution off, as in LongSSM)
     λ = f(w) (StableSSM)     eigen_param (map from raw parameter to eigenvalue real part), eigen_param_b
+
+``mixer`` is validated against the registry (``longssm.models.mixers.MIXERS``), the one list of
+mixers; the registry does not import this module, so there is no import circle.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from longssm.models.mixers import MIXERS
 from longssm.reparam import EIGEN_PARAMS
 
-MIXERS = ("s4d", "s5", "mamba", "mamba2", "longhorn", "lru", "gru", "lstm")
 NORMS = ("rmsnorm", "layernorm")
 
 

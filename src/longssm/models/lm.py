@@ -8,33 +8,14 @@ Glossary:
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from longssm.models.config import ModelConfig
+from longssm.models.mixers import build_mixer
 from longssm.models.norms import make_norm
 from longssm.models.state import ModelState
-
-# mixer name -> "module:Class"; imported lazily so one family's import cost is paid only when used.
-MIXER_CLASSES = {
-    "s4d": "longssm.layers.s4d:S4D",
-    "s5": "longssm.layers.s5:S5",
-    "mamba": "longssm.layers.mamba:Mamba",
-    "mamba2": "longssm.layers.mamba2:Mamba2",
-    "longhorn": "longssm.layers.longhorn:Longhorn",
-    "lru": "longssm.layers.lru:LRU",
-    "gru": "longssm.layers.rnn:GRU",
-    "lstm": "longssm.layers.rnn:LSTM",
-}
-
-
-def mixer_class(name: str) -> type[nn.Module]:
-    """The layer class registered for ``ModelConfig.mixer`` = ``name``."""
-    module, cls = MIXER_CLASSES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 class GatedMLP(nn.Module):
@@ -52,12 +33,13 @@ class GatedMLP(nn.Module):
 
 
 class Block(nn.Module):
-    """``x + mixer(norm(x))`` then, if configured, ``x + mlp(mlp_norm(x))``."""
+    """``x + mixer(norm(x))`` then, if configured, ``x + mlp(mlp_norm(x))``; the mixer comes from
+    the registry (``longssm.models.mixers``)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mixer = mixer_class(cfg.mixer).from_config(cfg, layer_idx)
+        self.mixer = build_mixer(cfg, layer_idx)
         if cfg.mlp_ratio > 0:
             self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
             self.mlp = GatedMLP(cfg.d_model, cfg.mlp_ratio)

@@ -73,10 +73,6 @@ def state_norms(state: ModelState) -> list[float]:
     return norms
 
 
-def is_layer_state(obj) -> bool:
-    return isinstance(obj, tuple) and hasattr(obj, "_fields")
-
-
 __all__ = [
     "ModelState",
     "map_state",
@@ -85,5 +81,4 @@ __all__ = [
     "unflatten_state",
     "select_rows",
     "state_norms",
-    "is_layer_state",
 ]

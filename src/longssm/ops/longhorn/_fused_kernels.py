@@ -1,7 +1,7 @@
 """Numba kernels of the fused CPU Longhorn recurrence; imported lazily by ``fused_cpu.py``.
 
-The design is the fused Mamba-1 kernel's (``ops/selective_scan/_fused_kernels.py``, whose helpers
-``_lane_sum`` and ``_prefetch`` and constants this module reuses): one task per (batch row, block of
+The design is the fused Mamba-1 kernel's (``ops/selective_scan/_fused_kernels.py``; both take
+``lane_sum``, ``prefetch`` and the constants from ``ops/_numba.py``): one task per (batch row, block of
 ``LANES`` = 16 channels), the block's state held as a small (d_state, LANES) array, inner loops over
 the lanes, states checkpointed every ``CHECKPOINT`` = 32 steps for the backward, per-task partial
 sums of the parameters shared across channels reduced by the caller. The only differences: the
@@ -21,19 +21,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from longssm.ops.selective_scan._fused_kernels import (
-    _FASTMATH,
-    CHECKPOINT,
-    LANES,
-    PREFETCH,
-    _lane_sum,
-    _prefetch,
-)
+from longssm.ops._numba import CHECKPOINT, FASTMATH, LANES, PREFETCH, lane_sum, prefetch
 
 __all__ = ["CHECKPOINT", "LANES", "longhorn_backward", "longhorn_forward"]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, d0):
     """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps."""
     T, n_inner = x.shape[1], x.shape[2]
@@ -59,9 +52,9 @@ def _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, d0):
                 for j in range(w):
                     ckpt[b, c, n, d0 + j] = h[n, j]
         ahead = min(t + PREFETCH, T - 1)
-        _prefetch(x, b, ahead, d0)
-        _prefetch(eps, b, ahead, d0)
-        _prefetch(y, b, ahead, d0)
+        prefetch(x, b, ahead, d0)
+        prefetch(eps, b, ahead, d0)
+        prefetch(y, b, ahead, d0)
         for j in range(w):
             xs[j] = x[b, t, d0 + j]
             es[j] = eps[b, t, d0 + j]
@@ -83,7 +76,7 @@ def _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, d0):
             hT[b, d0 + j, n] = h[n, j]
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def longhorn_forward(x, eps, k, q, Dv, h0, y, hT, ckpt, save):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt."""
     n_batch, n_inner = x.shape[0], x.shape[2]
@@ -100,7 +93,7 @@ _X, _EP, _GY, _U, _GU, _GE, _DD, _ROWS = range(8)
 _LAM, _PK, _PQ, _ST_ROWS = range(4)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _backward_task(
     x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0, b, blk
 ):
@@ -129,12 +122,12 @@ def _backward_task(
             for j in range(w):
                 hbuf[0, n, j] = ckpt[b, c, n, d0 + j]
         for s in range(steps):
-            _prefetch(gy, b, t0 + s, d0)
-            _prefetch(dx, b, t0 + s, d0)
-            _prefetch(deps, b, t0 + s, d0)
+            prefetch(gy, b, t0 + s, d0)
+            prefetch(dx, b, t0 + s, d0)
+            prefetch(deps, b, t0 + s, d0)
             if t0 > 0:
-                _prefetch(x, b, t0 - CHECKPOINT + s, d0)
-                _prefetch(eps, b, t0 - CHECKPOINT + s, d0)
+                prefetch(x, b, t0 - CHECKPOINT + s, d0)
+                prefetch(eps, b, t0 - CHECKPOINT + s, d0)
             for j in range(w):
                 v[_X, j] = x[b, t0 + s, d0 + j]
                 v[_EP, j] = eps[b, t0 + s, d0 + j]
@@ -171,8 +164,8 @@ def _backward_task(
                     v[_GU, j] += lam * kn
                     v[_GE, j] += da * kk
                     st[n, _LAM, j] = (one - v[_EP, j] * kk) * lam
-                dq_part[b, blk, t, n] = _lane_sum(st[n, _PQ])
-                dk_part[b, blk, t, n] = _lane_sum(st[n, _PK])
+                dq_part[b, blk, t, n] = lane_sum(st[n, _PQ])
+                dk_part[b, blk, t, n] = lane_sum(st[n, _PK])
             for j in range(w):
                 # u = ε x: ∂L/∂x = ε Σ_n lam k_n + D ∂L/∂y, ∂L/∂ε = x Σ_n lam k_n - Σ_n ∂L/∂a k_n².
                 dx[b, t, d0 + j] = v[_GU, j] * v[_EP, j] + v[_GY, j] * dv[j]
@@ -188,7 +181,7 @@ def _backward_task(
         dD_part[b, d0 + j] = dD_acc[j]
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def longhorn_backward(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0):
     """Gradients given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂S_T.
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from longssm.ops.longhorn.naive import check_longhorn_inputs, compute_dtype, longhorn_eps
+from longssm.ops._common import compute_dtype
+from longssm.ops.longhorn.naive import check_longhorn_inputs, longhorn_eps
 
 DEFAULT_CHUNK_SIZE = 32
 
@@ -44,6 +45,22 @@ def longhorn_log_decay(beta: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     rest = (k_norm2 - k2).clamp(min=0)[..., None, :]  # (..., 1, N)
     log_decay = torch.log1p(b * rest) - torch.log1p(b * k_norm2[..., None, :])  # (..., D, N)
     return log_decay.clamp(max=0)
+
+
+def _combine_chunks(
+    s_local: torch.Tensor, log_decay: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every state and the final one, from the states each chunk reaches from zero (L, B, nc,
+    D, N), the per-step log-decays (same shape) and S_0 (B, D, N)."""
+    n_chunks = s_local.shape[2]
+    cum = torch.cumsum(log_decay, dim=0)  # (L, B, nc, D, N), <= 0
+    chunk_decay = torch.exp(cum[-1])  # (B, nc, D, N)
+    starts = []
+    for c in range(n_chunks):
+        starts.append(state)
+        state = chunk_decay[:, c] * state + s_local[-1, :, c]  # (B, D, N)
+    chunk_start = torch.stack(starts, dim=1)  # (B, nc, D, N)
+    return s_local + torch.exp(cum) * chunk_start, state  # (L, B, nc, D, N), (B, D, N)
 
 
 def longhorn_chunk(
@@ -114,14 +131,7 @@ def longhorn_chunk(
     s_local = torch.stack(s_list, dim=0)  # (L, B, nc, D, N)
 
     if n_chunks > 1:
-        cum = torch.cumsum(log_decay, dim=0)  # (L, B, nc, D, N), <= 0
-        chunk_decay = torch.exp(cum[-1])  # (B, nc, D, N)
-        starts = []
-        for c in range(n_chunks):
-            starts.append(state)
-            state = chunk_decay[:, c] * state + s_local[-1, :, c]  # (B, D, N)
-        chunk_start = torch.stack(starts, dim=1)  # (B, nc, D, N)
-        s_full = s_local + torch.exp(cum) * chunk_start  # (L, B, nc, D, N)
+        s_full, state = _combine_chunks(s_local, log_decay, state)  # (L, B, nc, D, N), (B, D, N)
     else:
         # padding steps (β = 0) leave the state unchanged, so the last row is S_T
         state = s_local[-1, :, 0]  # (B, D, N)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops.longhorn.naive import check_longhorn_inputs, compute_dtype, longhorn_eps
-from longssm.ops.selective_scan.fused_cpu import numba_available, numpy_view, output_grads
+from longssm.ops._common import compute_dtype, numba_available, numpy_view, output_grads
+from longssm.ops.longhorn.naive import check_longhorn_inputs, longhorn_eps
 
 
 def _kernels():

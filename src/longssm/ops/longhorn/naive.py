@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops.selective_scan.naive import compute_dtype
+from longssm.ops._common import check_shapes, compute_dtype
 
 
 def check_longhorn_inputs(
@@ -38,15 +38,14 @@ def check_longhorn_inputs(
     if k.dim() != 3 or k.shape[:2] != (batch, T):
         raise ValueError(f"k must have shape (batch={batch}, T={T}, d_state), got {tuple(k.shape)}")
     d_state = k.shape[2]
-    expected = {
-        "beta": (beta, (batch, T, d_inner)),
-        "q": (q, (batch, T, d_state)),
-        "D": (D, (d_inner,)),
-        "initial_state": (initial_state, (batch, d_inner, d_state)),
-    }
-    for name, (tensor, shape) in expected.items():
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    check_shapes(
+        {
+            "beta": (beta, (batch, T, d_inner)),
+            "q": (q, (batch, T, d_state)),
+            "D": (D, (d_inner,)),
+            "initial_state": (initial_state, (batch, d_inner, d_state)),
+        }
+    )
 
 
 def longhorn_eps(beta: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

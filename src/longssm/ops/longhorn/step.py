@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops.longhorn.naive import compute_dtype, longhorn_eps
+from longssm.ops._common import compute_dtype
+from longssm.ops.longhorn.naive import longhorn_eps
 
 
 def longhorn_step(

@@ -3,34 +3,71 @@
 Forms, one signature ``(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False)``:
 ``selective_scan_naive`` (the reference loop), ``selective_scan_chunk`` (pure torch, any device),
 ``selective_scan_fused`` (numba kernels, CPU only), ``selective_scan_triton`` (Triton kernels, CUDA
-only, optional) and ``selective_scan_step`` (one step). ``selective_scan`` dispatches: the fused form
-for CPU tensors when numba is importable, the Triton form for CUDA tensors when triton is
-importable, else the chunked form (``scan_path`` says which). Derivations and timings in README.md.
+only, optional) and ``selective_scan_step`` (one step). ``selective_scan(..., path=...)`` is the one
+place that picks a form: ``path="auto"`` takes the fused form for CPU tensors when numba is
+importable, the Triton form for CUDA tensors when triton is importable, else the chunked form
+(``scan_path``); ``resolve_path`` says which form a path runs. Derivations and timings in README.md.
 """
 
 from __future__ import annotations
 
 import torch
 
+from longssm.ops._common import (
+    check_path,
+    device_types,
+    numba_available,
+    path_unavailable,
+    triton_available,
+)
 from longssm.ops.selective_scan.chunk import DEFAULT_CHUNK_SIZE, selective_scan_chunk
-from longssm.ops.selective_scan.fused_cpu import numba_available, selective_scan_fused
+from longssm.ops.selective_scan.fused_cpu import selective_scan_fused
 from longssm.ops.selective_scan.naive import selective_scan_naive
 from longssm.ops.selective_scan.step import selective_scan_step
-from longssm.ops.selective_scan.triton_gpu import selective_scan_triton, triton_available
+from longssm.ops.selective_scan.triton_gpu import interpreting, selective_scan_triton
+
+PATHS = ("auto", "fused", "triton", "chunk", "naive")
+"""The values of ``selective_scan(path=...)`` (and of the Mamba layer's ``scan`` option)."""
 
 
 def scan_path(*tensors: torch.Tensor | None) -> str:
-    """The form ``selective_scan`` runs for these tensors.
+    """The form ``path="auto"`` runs for these tensors.
 
     "fused" when every given tensor is on the CPU and numba is importable, "triton" when every one
     is on a CUDA device and triton is importable, else "chunk".
     """
-    devices = {t.device.type for t in tensors if t is not None}
+    devices = device_types(*tensors)
     if devices == {"cpu"} and numba_available():
         return "fused"
     if devices == {"cuda"} and triton_available():
         return "triton"
     return "chunk"
+
+
+def resolve_path(path: str, *tensors: torch.Tensor | None) -> str:
+    """The form ``selective_scan(..., path=path)`` runs for these tensors: ``scan_path`` for
+    "auto", else ``path`` itself once it is known to run here.
+
+    Raises:
+        ValueError: ``path`` is not one of ``PATHS``, or cannot run here ("fused" without numba
+            or on non-CPU tensors, "triton" without triton or on non-CUDA tensors outside
+            Triton's interpreter).
+    """
+    check_path("selective_scan", path, PATHS)
+    devices = device_types(*tensors)
+    if path == "auto":
+        return scan_path(*tensors)
+    if path == "fused":
+        if not numba_available():
+            raise path_unavailable("selective_scan", path, "numba is not installed")
+        if devices - {"cpu"}:
+            raise path_unavailable("selective_scan", path, "it runs on CPU tensors only")
+    if path == "triton":
+        if not triton_available():
+            raise path_unavailable("selective_scan", path, "triton is not installed")
+        if devices - {"cuda"} and not (devices == {"cpu"} and interpreting()):
+            raise path_unavailable("selective_scan", path, "it runs on CUDA tensors only")
+    return path
 
 
 def selective_scan(
@@ -43,25 +80,33 @@ def selective_scan(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fastest available form: fused on CPU with numba, Triton on CUDA, else chunked.
+    """The selective scan by the form ``path`` names (see ``resolve_path``).
 
     Args and returns as ``selective_scan_naive``: x, dt (batch, T, d_inner); A (d_inner, d_state);
     B, C (batch, T, d_state); D (d_inner,) or None; initial_state (batch, d_inner, d_state) or None;
     returns y (batch, T, d_inner) and final_state (batch, d_inner, d_state) or None.
+    ``chunk_size`` is used by the chunked form only. ``path``: "auto" (fused on CPU with numba,
+    Triton on CUDA with triton, else chunk), "fused", "triton", "chunk" or "naive".
     """
-    path = scan_path(x, dt, A, B, C, D, initial_state)
+    path = resolve_path(path, x, dt, A, B, C, D, initial_state)
     if path == "fused":
         return selective_scan_fused(x, dt, A, B, C, D, initial_state, output_final_state)
     if path == "triton":
         return selective_scan_triton(x, dt, A, B, C, D, initial_state, output_final_state)
-    return selective_scan_chunk(
-        x, dt, A, B, C, D, initial_state, output_final_state, chunk_size=chunk_size
-    )
+    if path == "chunk":
+        return selective_scan_chunk(
+            x, dt, A, B, C, D, initial_state, output_final_state, chunk_size=chunk_size
+        )
+    return selective_scan_naive(x, dt, A, B, C, D, initial_state, output_final_state)
 
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "PATHS",
+    "numba_available",
+    "resolve_path",
     "scan_path",
     "selective_scan",
     "selective_scan_chunk",
@@ -69,4 +114,5 @@ __all__ = [
     "selective_scan_naive",
     "selective_scan_step",
     "selective_scan_triton",
+    "triton_available",
 ]

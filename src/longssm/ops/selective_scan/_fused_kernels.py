@@ -19,154 +19,20 @@ vectorises it without reassociating any sum (the only fast-math flag is ``contra
 Channels past d_inner in the last block are zero lanes (Δ = 0, x = 0: they stay zero).
 The backward keeps its per-(n, lane) values in one array ``st`` (d_state, _ST_ROWS, LANES) so that
 its reverse step vectorises behind few runtime alias checks. Input rows are prefetched ahead of use
-(``_prefetch``): one task's rows are d_inner floats apart, a stride the hardware does not follow.
-See README.md ("Fused CPU kernel") for the backward derivation.
+(``prefetch``): one task's rows are d_inner floats apart, a stride the hardware does not follow.
+See README.md ("Fused CPU kernel") for the backward derivation. ``fast_exp``, ``lane_sum``,
+``prefetch`` and the constants are shared with the Longhorn kernels (``ops/_numba.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba import njit, prange
 
-LANES = 16  # _lane_sum is written out for 16 lanes
-CHECKPOINT = 32
-PREFETCH = 4  # the forward asks for the input rows this many steps ahead
-# The one fast-math flag: a * b + c may become one fused multiply-add (one rounding instead of
-# two). No reassociation, no assumptions about NaN or inf: every sum keeps its order.
-_FASTMATH = {"contract"}
-
-# exp(x) = 2^k · exp(r) with k = round(x / ln 2), r = x − k ln 2 (ln 2 split in a high part exact
-# in few bits and a low correction), |r| <= ln(2) / 2; exp(r) by its Taylor series, long enough
-# that the truncation is below one ulp (degree 7 for float32, 13 for float64); 2^k is built from
-# its exponent bits. Unlike math.exp (a scalar libm call), this vectorises.
-_LOG2E = 1.4426950408889634
-_LN2_HI_32, _LN2_LO_32 = 0.693359375, -2.12194440e-4
-_LN2_HI_64, _LN2_LO_64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
-# Adding then subtracting 1.5 · 2^(mantissa bits) rounds to the nearest integer.
-_ROUND_32, _ROUND_64 = 12582912.0, 6755399441055744.0
+from longssm.ops._numba import CHECKPOINT, FASTMATH, LANES, PREFETCH, fast_exp, lane_sum, prefetch
 
 
-@intrinsic
-def _bits_to_float(typingctx, bits):
-    """Reinterpret an int32 (int64) as a float32 (float64): the exponent-bits trick for 2^k."""
-    if bits == types.int32:
-        sig, llty = types.float32(types.int32), ir.FloatType()
-    elif bits == types.int64:
-        sig, llty = types.float64(types.int64), ir.DoubleType()
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llty)
-
-    return sig, codegen
-
-
-@intrinsic
-def _prefetch(typingctx, ary, i, j, k):
-    """Ask the CPU to load the cache line of ary[i, j, k] (3-d array) ahead of use; no result.
-
-    A task reads one 16-float row per time step, d_inner floats apart: the hardware prefetcher
-    does not follow that stride, so each row would be a cache miss waited for in the time loop.
-    """
-    if not (isinstance(ary, types.Array) and ary.ndim == 3):
-        return None
-    sig = types.void(ary, i, j, k)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        arr = context.make_array(aryty)(context, builder, args[0])
-        inds = [
-            context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])
-        ]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, arr, inds, wraparound=False)
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # read, high temporal locality, data cache
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-def _exp32(x):
-    # x is first clamped to [lo, hi] = [-88, 89], where k = -127 at lo gives exponent bits 0
-    # (the result is +0: also below about -87.7, past the smallest normal) and k = 128 at hi gives
-    # the bits of +inf (the result is inf from about 88.4 on). Both selects let a NaN through
-    # (as max/min with the NaN-propagating operand order): it propagates through r and p.
-    lo, hi = np.float32(-88.0), np.float32(89.0)
-    xc = lo if x < lo else x
-    xc = hi if xc > hi else xc
-    k = (xc * np.float32(_LOG2E) + np.float32(_ROUND_32)) - np.float32(_ROUND_32)
-    r = (xc - k * np.float32(_LN2_HI_32)) - k * np.float32(_LN2_LO_32)
-    p = np.float32(1.0 / 5040.0)
-    p = p * r + np.float32(1.0 / 720.0)
-    p = p * r + np.float32(1.0 / 120.0)
-    p = p * r + np.float32(1.0 / 24.0)
-    p = p * r + np.float32(1.0 / 6.0)
-    p = p * r + np.float32(0.5)
-    p = p * r + np.float32(1.0)
-    p = p * r + np.float32(1.0)
-    # numba widens int32 arithmetic to int64: narrow the exponent bits back before the cast.
-    return p * _bits_to_float(np.int32((np.int32(k) + 127) << 23))
-
-
-def _exp64(x):
-    # As _exp32: k = -1023 at lo gives +0, k = 1024 at hi gives +inf.
-    lo, hi = -709.0, 710.0
-    xc = lo if x < lo else x
-    xc = hi if xc > hi else xc
-    k = (xc * _LOG2E + _ROUND_64) - _ROUND_64
-    r = (xc - k * _LN2_HI_64) - k * _LN2_LO_64
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p * _bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
-
-
-def fast_exp(x):
-    """exp(x) for float32 or float64 scalars inside the kernels (see the comment above _exp32)."""
-    raise NotImplementedError("fast_exp runs inside numba kernels only")
-
-
-@overload(fast_exp, jit_options={"fastmath": _FASTMATH})
-def _fast_exp_overload(x):
-    if x == types.float32:
-        return _exp32
-    if x == types.float64:
-        return _exp64
-    return None
-
-
-@njit(cache=True, fastmath=_FASTMATH)
-def _lane_sum(p):
-    """Σ_j p[j] over the 16 lanes as a fixed pairwise tree (deterministic); p is only read.
-
-    Written out for LANES = 16: the sums stay in registers (a loop over halving widths stored
-    every level back into p and reloaded it).
-    """
-    q0, q1, q2, q3 = p[0] + p[8], p[1] + p[9], p[2] + p[10], p[3] + p[11]
-    q4, q5, q6, q7 = p[4] + p[12], p[5] + p[13], p[6] + p[14], p[7] + p[15]
-    r0, r1, r2, r3 = q0 + q4, q1 + q5, q2 + q6, q3 + q7
-    return (r0 + r2) + (r1 + r3)
-
-
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
     """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring)."""
     T, n_inner = x.shape[1], x.shape[2]
@@ -193,9 +59,9 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
                 for j in range(w):
                     ckpt[b, k, n, d0 + j] = h[n, j]
         ahead = min(t + PREFETCH, T - 1)
-        _prefetch(x, b, ahead, d0)
-        _prefetch(dt, b, ahead, d0)
-        _prefetch(y, b, ahead, d0)
+        prefetch(x, b, ahead, d0)
+        prefetch(dt, b, ahead, d0)
+        prefetch(y, b, ahead, d0)
         for j in range(w):
             xs[j] = x[b, t, d0 + j]
             ds[j] = dt[b, t, d0 + j]
@@ -216,7 +82,7 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
             hT[b, d0 + j, n] = h[n, j]
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
 
@@ -238,7 +104,7 @@ _X, _DT, _GY, _U, _GU, _GDA, _DD, _ROWS = range(8)
 _LAM, _A, _DA, _PB, _PC, _ST_ROWS = range(6)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _backward_task(
     x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0, b, blk
 ):
@@ -269,12 +135,12 @@ def _backward_task(
                 hbuf[0, n, j] = ckpt[b, k, n, d0 + j]
         for s in range(steps):
             # Ahead of use: this block's rows of the reverse pass, the previous block's of x, Δ.
-            _prefetch(gy, b, t0 + s, d0)
-            _prefetch(dx, b, t0 + s, d0)
-            _prefetch(ddt, b, t0 + s, d0)
+            prefetch(gy, b, t0 + s, d0)
+            prefetch(dx, b, t0 + s, d0)
+            prefetch(ddt, b, t0 + s, d0)
             if t0 > 0:
-                _prefetch(x, b, t0 - CHECKPOINT + s, d0)
-                _prefetch(dt, b, t0 - CHECKPOINT + s, d0)
+                prefetch(x, b, t0 - CHECKPOINT + s, d0)
+                prefetch(dt, b, t0 - CHECKPOINT + s, d0)
             for j in range(w):
                 v[_X, j] = x[b, t0 + s, d0 + j]
                 v[_DT, j] = dt[b, t0 + s, d0 + j]
@@ -312,8 +178,8 @@ def _backward_task(
                     v[_GDA, j] += da * st[n, _A, j]
                     st[n, _DA, j] += da * v[_DT, j]
                     st[n, _LAM, j] = e * lam
-                dC_part[b, blk, t, n] = _lane_sum(st[n, _PC])
-                dB_part[b, blk, t, n] = _lane_sum(st[n, _PB])
+                dC_part[b, blk, t, n] = lane_sum(st[n, _PC])
+                dB_part[b, blk, t, n] = lane_sum(st[n, _PB])
             for j in range(w):
                 # u = Δ x: ∂L/∂x = Δ Σ_n lam B_n + D ∂L/∂y, ∂L/∂Δ = x Σ_n lam B_n + Σ_n ∂L/∂(ΔA) A.
                 dx[b, t, d0 + j] = v[_GU, j] * v[_DT, j] + v[_GY, j] * dv[j]
@@ -334,7 +200,7 @@ def _backward_task(
         dD_part[b, d0 + j] = dD_acc[j]
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def scan_backward(
     x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0
 ):

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
+from longssm.ops._common import compute_dtype
+from longssm.ops.selective_scan.naive import check_scan_inputs
 
 DEFAULT_CHUNK_SIZE = 32
 

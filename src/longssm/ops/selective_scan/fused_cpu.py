@@ -18,18 +18,13 @@ falls back to the chunked form on other devices or without numba.
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
-
 import torch
 
-from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
+from longssm.ops._common import compute_dtype, numba_available, numpy_view, output_grads
+from longssm.ops.selective_scan.naive import check_scan_inputs
 
-
-@lru_cache(maxsize=1)
-def numba_available() -> bool:
-    """Whether numba can be imported (checked once, without importing it)."""
-    return importlib.util.find_spec("numba") is not None
+# ``numba_available`` lives in ``longssm.ops._common``; re-exported here for train/loop.py.
+__all__ = ["numba_available", "selective_scan_fused"]
 
 
 def _kernels():
@@ -37,20 +32,6 @@ def _kernels():
     from longssm.ops.selective_scan import _fused_kernels
 
     return _fused_kernels
-
-
-def output_grads(gy, gh, x: torch.Tensor, state_shape) -> tuple[torch.Tensor, torch.Tensor]:
-    """∂L/∂y and ∂L/∂h_T as contiguous tensors in x's dtype and device, for a hand-written
-    backward; an output that does not reach the loss has no gradient (None) and gets zeros."""
-    gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
-    if gh is None:
-        gh = torch.zeros(state_shape, dtype=x.dtype, device=x.device)
-    return gy, gh.to(x.dtype).contiguous()
-
-
-def numpy_view(t: torch.Tensor):
-    """A zero-copy numpy view of a contiguous CPU tensor."""
-    return t.detach().numpy()
 
 
 class _FusedScan(torch.autograd.Function):

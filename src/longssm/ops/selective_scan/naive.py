@@ -15,14 +15,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype the scan runs in: the inputs' common dtype, at least float32."""
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+from longssm.ops._common import check_shapes, compute_dtype
 
 
 def check_scan_inputs(
@@ -41,16 +34,15 @@ def check_scan_inputs(
     if A.dim() != 2 or A.shape[0] != d_inner:
         raise ValueError(f"A must have shape (d_inner={d_inner}, d_state), got {tuple(A.shape)}")
     d_state = A.shape[1]
-    expected = {
-        "dt": (dt, (batch, T, d_inner)),
-        "B": (B, (batch, T, d_state)),
-        "C": (C, (batch, T, d_state)),
-        "D": (D, (d_inner,)),
-        "initial_state": (initial_state, (batch, d_inner, d_state)),
-    }
-    for name, (tensor, shape) in expected.items():
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    check_shapes(
+        {
+            "dt": (dt, (batch, T, d_inner)),
+            "B": (B, (batch, T, d_state)),
+            "C": (C, (batch, T, d_state)),
+            "D": (D, (d_inner,)),
+            "initial_state": (initial_state, (batch, d_inner, d_state)),
+        }
+    )
 
 
 def selective_scan_naive(

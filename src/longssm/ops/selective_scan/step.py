@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops.selective_scan.naive import compute_dtype
+from longssm.ops._common import compute_dtype
 
 
 def selective_scan_step(

@@ -15,25 +15,17 @@ Optional: needs CUDA tensors and an importable ``triton``; ``selective_scan`` (t
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from functools import lru_cache
 
 import torch
 
-from longssm.ops.selective_scan.fused_cpu import output_grads
-from longssm.ops.selective_scan.naive import check_scan_inputs, compute_dtype
+from longssm.ops._common import compute_dtype, output_grads, triton_available
+from longssm.ops.selective_scan.naive import check_scan_inputs
 
 CHUNK = 32
 BLOCK_D = 8  # channels per program (fastest of 4, 8, 16, 32 on an H100; see README.md)
 INT32_LIMIT = 2**31  # offsets inside one batch row must stay below this
 MAX_BACKWARD_BLOCKS = 64  # channel blocks per batch row in the backward (memory of dB, dC partials)
-
-
-@lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """Whether triton can be imported (checked once, without importing it)."""
-    return importlib.util.find_spec("triton") is not None
 
 
 def interpreting() -> bool:

@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .naive import check_ssd_inputs, compute_dtype
+from longssm.ops._common import compute_dtype
+
+from .naive import check_ssd_inputs
 
 
 def segment_decay(acum: torch.Tensor) -> torch.Tensor:
@@ -43,6 +45,19 @@ def segment_decay(acum: torch.Tensor) -> torch.Tensor:
     diff = acum[..., :, None] - acum[..., None, :]  # (..., L, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=acum.device).tril()
     return torch.exp(diff.masked_fill(~causal, float("-inf")))  # (..., L, L)
+
+
+def _carry_across_chunks(
+    chunk_decay: torch.Tensor, chunk_states: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state entering every chunk and the final state, from h_0 (b, G, R, P, N), each
+    chunk's decay over its length (b, c, G, R) and own end state (b, c, G, R, P, N)."""
+    starts = []
+    # unbind rather than indexing: its backward writes one stacked gradient, not one per chunk.
+    for decay_c, state_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):
+        starts.append(h)
+        h = decay_c[..., None, None] * h + state_c  # (b, G, R, P, N)
+    return torch.stack(starts, dim=1), h  # (b, c, G, R, P, N), (b, G, R, P, N)
 
 
 def ssd_chunk(
@@ -110,17 +125,11 @@ def ssd_chunk(
     chunk_states = (xbar * to_end[..., None]).transpose(-1, -2) @ Bc  # (b, c, G, R, P, N)
 
     # Term 3, carry the state across chunks, seeded with h_0: a short scan over nchunks.
-    chunk_decay = torch.exp(acum[..., -1])  # (b, c, G, R)
     if initial_state is None:
         h = xc.new_zeros(batch, G, R, P, N)  # (b, G, R, P, N)
     else:
         h = initial_state.to(dtype).reshape(batch, G, R, P, N)  # (b, G, R, P, N)
-    starts = []
-    # unbind rather than indexing: its backward writes one stacked gradient, not one per chunk.
-    for decay_c, state_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):
-        starts.append(h)
-        h = decay_c[..., None, None] * h + state_c  # (b, G, R, P, N)
-    start_states = torch.stack(starts, dim=1)  # (b, c, G, R, P, N)
+    start_states, h = _carry_across_chunks(torch.exp(acum[..., -1]), chunk_states, h)
 
     # Term 4, the state entering each chunk read out at every position: exp(Λ_i) C_i h_start.
     y = y + torch.exp(acum)[..., None] * (Cc @ start_states.transpose(-1, -2))  # (b,c,G,R,L,P)

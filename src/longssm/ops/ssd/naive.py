@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """Dtype the scan runs in: float64 stays float64, anything narrower runs in float32."""
-    return torch.promote_types(x.dtype, torch.float32)
+from longssm.ops._common import compute_dtype
 
 
 def check_ssd_inputs(

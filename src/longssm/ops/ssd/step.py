@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .naive import check_ssd_inputs, compute_dtype
+from longssm.ops._common import compute_dtype
+
+from .naive import check_ssd_inputs
 
 
 def ssd_step(

@@ -1,0 +1,239 @@
+"""The mixer registry: every sequence mixer a ``ModelConfig`` can name, registered in one place.
+
+An entry (``MixerSpec``) gives the mixer's name (``ModelConfig.mixer``), its layer class and state
+tuple, the ``ModelConfig.mixer_options`` it understands with their defaults, and how to build the
+layer of block ``layer_idx`` from a ``ModelConfig`` and those options. ``SSMLanguageModel`` builds
+its blocks with ``build_mixer``; ``ModelConfig`` validates ``mixer`` against ``MIXER_NAMES``;
+interop, tests and benchmarks read the entries.
+
+This module imports the layers and never ``longssm.models.config`` (which imports it for the
+names), so there is no import circle; a ``cfg`` here is any ``ModelConfig``.
+
+Adding a mixer: one layer module in ``longssm.layers`` (plain keyword arguments, the state
+protocol of ``longssm.layers.base``), one ``register(MixerSpec(...))`` below, one row in
+``docs/models.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from longssm.layers.longhorn import Longhorn, LonghornState
+from longssm.layers.lru import LRU, LRUState
+from longssm.layers.mamba import Mamba, MambaState
+from longssm.layers.mamba2 import Mamba2, Mamba2State
+from longssm.layers.rnn import GRU, LSTM, GRUState, LSTMState
+from longssm.layers.s4d import S4D, S4DState
+from longssm.layers.s5 import S5, S5State
+from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE as LONGHORN_CHUNK_SIZE
+from longssm.ops.selective_scan import DEFAULT_CHUNK_SIZE as SCAN_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """One registered mixer.
+
+    Attributes:
+        name: the value of ``ModelConfig.mixer``.
+        layer: the layer class (``forward`` / ``step`` / ``initial_state``).
+        state: the layer's state ``NamedTuple``.
+        defaults: every option the mixer understands in ``ModelConfig.mixer_options``, with its
+            default.
+        construct: ``(cfg, options, layer_idx) -> layer``, options = defaults merged with
+            ``cfg.mixer_options``.
+        unknown_option: start of the error message for an unknown option (the unknown names and
+            the valid ones follow).
+    """
+
+    name: str
+    layer: type[nn.Module]
+    state: type
+    defaults: Mapping[str, Any]
+    construct: Callable[[Any, dict[str, Any], int], nn.Module]
+    unknown_option: str
+
+    def options(self, mixer_options: Mapping[str, Any]) -> dict[str, Any]:
+        """``defaults`` updated by ``mixer_options``; an unknown key is a ValueError naming the
+        valid ones."""
+        unknown = sorted(set(mixer_options) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"{self.unknown_option} {unknown}; valid options: {sorted(self.defaults)}"
+            )
+        return {**self.defaults, **mixer_options}
+
+    def build(self, cfg, layer_idx: int) -> nn.Module:
+        """The layer of block ``layer_idx`` for the ``ModelConfig`` ``cfg``."""
+        return self.construct(cfg, self.options(cfg.mixer_options), layer_idx)
+
+
+MIXERS: dict[str, MixerSpec] = {}
+"""name -> ``MixerSpec``, in registration order (the order of docs/models.md)."""
+
+
+def register(spec: MixerSpec) -> MixerSpec:
+    """Add ``spec`` to ``MIXERS``; a name registered twice is an error."""
+    if spec.name in MIXERS:
+        raise ValueError(f"mixer {spec.name!r} is already registered")
+    MIXERS[spec.name] = spec
+    return spec
+
+
+def get_mixer(name: str) -> MixerSpec:
+    """The entry registered as ``name``; ValueError naming the registered mixers otherwise."""
+    if name not in MIXERS:
+        raise ValueError(f"mixer must be one of {', '.join(MIXERS)}, got {name!r}")
+    return MIXERS[name]
+
+
+def build_mixer(cfg, layer_idx: int) -> nn.Module:
+    """The mixer layer ``cfg.mixer`` of block ``layer_idx``, built from the ``ModelConfig`` ``cfg``."""
+    return get_mixer(cfg.mixer).build(cfg, layer_idx)
+
+
+def _eigen(cfg) -> dict[str, Any]:
+    """The StableSSM eigenvalue map of ``cfg`` as layer keyword arguments."""
+    return {"eigen_param": cfg.eigen_param, "eigen_param_b": cfg.eigen_param_b}
+
+
+register(
+    MixerSpec(
+        name="s4d",
+        layer=S4D,
+        state=S4DState,
+        defaults={"init": "legs", "mode": "conv", "dt_min": 1e-3, "dt_max": 0.1, "chunk_size": 32},
+        construct=lambda cfg, opts, i: S4D(cfg.d_model, cfg.d_state, **opts, **_eigen(cfg)),
+        unknown_option="S4D: unknown mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="s5",
+        layer=S5,
+        state=S5State,
+        defaults={
+            "init": "hippo-n",
+            "blocks": 4,
+            "discretization": "zoh",
+            "clip_eigs": True,
+            "dt_min": 1e-3,
+            "dt_max": 0.1,
+            "chunk_size": 32,
+        },
+        construct=lambda cfg, opts, i: S5(cfg.d_model, cfg.d_state, **opts, **_eigen(cfg)),
+        unknown_option="S5: unknown mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="mamba",
+        layer=Mamba,
+        state=MambaState,
+        defaults={
+            "dt_rank": "auto",
+            "dt_min": 1e-3,
+            "dt_max": 0.1,
+            "dt_init_floor": 1e-4,
+            "dt_scale": 1.0,
+            "dt_init": "random",
+            "bias": False,
+            "conv_bias": True,
+            "scan": "auto",
+            "chunk_size": SCAN_CHUNK_SIZE,
+        },
+        construct=lambda cfg, opts, i: Mamba(
+            cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **opts, **_eigen(cfg)
+        ),
+        unknown_option="unknown mamba mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="mamba2",
+        layer=Mamba2,
+        state=Mamba2State,
+        defaults={
+            "headdim": 64,
+            "ngroups": 1,
+            "dt_min": 1e-3,
+            "dt_max": 0.1,
+            "dt_init_floor": 1e-4,
+            "dt_limit": (0.0, float("inf")),
+            "bias": False,
+            "conv_bias": True,
+            "chunk_size": 64,
+            "scan": "auto",
+        },
+        construct=lambda cfg, opts, i: Mamba2(
+            d_model=cfg.d_model,
+            d_state=cfg.d_state,
+            d_conv=cfg.d_conv,
+            expand=cfg.expand,
+            norm_eps=cfg.norm_eps,
+            layer_idx=i,
+            **opts,
+        ),
+        unknown_option="unknown mamba2 mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="longhorn",
+        layer=Longhorn,
+        state=LonghornState,
+        defaults={
+            "dt_rank": "auto",
+            "beta_min": 1e-3,
+            "beta_max": 0.1,
+            "dt_scale": 1.0,
+            "bias": False,
+            "conv_bias": True,
+            "scan": "auto",
+            "chunk_size": LONGHORN_CHUNK_SIZE,
+        },
+        construct=lambda cfg, opts, i: Longhorn(
+            cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **opts
+        ),
+        unknown_option="unknown longhorn mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="lru",
+        layer=LRU,
+        state=LRUState,
+        defaults={"r_min": 0.0, "r_max": 0.99, "max_phase": 2 * math.pi, "chunk_size": 32},
+        construct=lambda cfg, opts, i: LRU(cfg.d_model, cfg.d_state, **opts),
+        unknown_option="LRU: unknown mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="gru",
+        layer=GRU,
+        state=GRUState,
+        defaults={"hidden": 0},
+        construct=lambda cfg, opts, i: GRU(cfg.d_model, **opts),
+        unknown_option="GRU: unknown mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="lstm",
+        layer=LSTM,
+        state=LSTMState,
+        defaults={"hidden": 0},
+        construct=lambda cfg, opts, i: LSTM(cfg.d_model, **opts),
+        unknown_option="LSTM: unknown mixer option(s)",
+    )
+)
+
+MIXER_NAMES: tuple[str, ...] = tuple(MIXERS)
+"""The registered names, in registration order."""
+
+__all__ = ["MIXERS", "MIXER_NAMES", "MixerSpec", "build_mixer", "get_mixer", "register"]
