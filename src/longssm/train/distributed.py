@@ -8,18 +8,11 @@ their flags say they need, so every policy matches the single-process run. Proce
 
 from __future__ import annotations
 
-import os
-import signal
-
 import torch
 
 from longssm.dist import DistContext
 from longssm.models.state import ModelState, detach_state, select_rows
 from longssm.train.policies import StatePolicy
-
-# Environment variable of the failure test: after this optimiser step the crash rank kills itself.
-CRASH_STEP_ENV = "LONGSSM_TEST_CRASH_AT_STEP"
-CRASH_RANK_ENV = "LONGSSM_TEST_CRASH_RANK"
 
 
 class ShardedPolicy:
@@ -71,15 +64,3 @@ class ShardedPolicy:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_tensors(tensors)
-
-
-def maybe_crash_for_test(step: int, rank: int) -> None:
-    """Test hook: SIGKILL this process after ``step`` if the crash environment variables say so.
-
-    Used only by tests/train/test_distributed.py to check the failure behaviour of a job.
-    """
-    at = os.environ.get(CRASH_STEP_ENV)
-    if at is None or int(at) != step:
-        return
-    if int(os.environ.get(CRASH_RANK_ENV, "1")) == rank:
-        os.kill(os.getpid(), signal.SIGKILL)
