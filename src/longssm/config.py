@@ -57,7 +57,9 @@ POLICY_GRAMMAR: dict[str, PolicyArgument | None] = {
 
 def policy_choices() -> str:
     """The grammar in one line: ``zero, previous, bptt:K, ..., p-reset:P (K >= 1, 0 <= P <= 1)``."""
-    names = [name if arg is None else f"{name}:{arg.letter}" for name, arg in POLICY_GRAMMAR.items()]
+    names = [
+        name if arg is None else f"{name}:{arg.letter}" for name, arg in POLICY_GRAMMAR.items()
+    ]
     ranges = [arg.meaning for arg in POLICY_GRAMMAR.values() if arg is not None]
     return ", ".join(names) + (f" ({', '.join(ranges)})" if ranges else "")
 

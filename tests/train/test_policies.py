@@ -96,7 +96,9 @@ def test_noise_policy_distribution():
 def test_fitted_noise_matches_observed_statistics():
     model = tiny_model()
     policy = make_policy("fitted-noise", model)
-    assert all(torch.equal(t, torch.zeros_like(t)) for t in policy.initial_state(None, no_resets(), 4)[0])
+    assert all(
+        torch.equal(t, torch.zeros_like(t)) for t in policy.initial_state(None, no_resets(), 4)[0]
+    )
     template = model.initial_state(2048)
     g = torch.Generator().manual_seed(1)
     mean = torch.randn(template[0].ssm.shape[1:], generator=g, dtype=torch.float64)
@@ -176,7 +178,9 @@ def test_flags_tell_the_truth(spec):
             part.initial_state(select_rows(final, rows), resets[rows], 2),
         )
     if not whole.reads_carry:
-        assert same_state(whole.initial_state(final, resets, 4), part.initial_state(None, resets, 4))
+        assert same_state(
+            whole.initial_state(final, resets, 4), part.initial_state(None, resets, 4)
+        )
     assert whole.observes == (type(whole).observe is not StatePolicy.observe)
 
 

@@ -134,7 +134,14 @@ def train(
             progress.close()
     ctx.close()
     return TrainResult(
-        run.run_dir, step, loss, *val, metrics.elapsed(), step * run.tokens_per_step, metrics.history
+        run_dir=run.run_dir,
+        step=step,
+        train_loss=loss,
+        val_loss_reset=val[0],
+        val_loss_stream=val[1],
+        seconds=metrics.elapsed(),
+        tokens=step * run.tokens_per_step,
+        history=metrics.history,
     )
 
 

@@ -219,7 +219,9 @@ def _share_tokenizer(ctx: DistContext, dc: DataConfig, meta: dict | None):
     """The checkpoint's tokenizer on resume; else rank 0 builds it and the other ranks receive it."""
     if meta is not None:
         return tokenizer_from_dict(meta["tokenizer"])
-    tokenizer = build_tokenizer(dc.tokenizer, dc.corpus, dc.cache_dir or None) if ctx.is_main else None
+    tokenizer = (
+        build_tokenizer(dc.tokenizer, dc.corpus, dc.cache_dir or None) if ctx.is_main else None
+    )
     if ctx.enabled:
         # rank 0 built (for BPE: trained) the tokenizer; the other ranks receive it
         spec = ctx.broadcast_object(tokenizer.to_dict() if ctx.is_main else None)
