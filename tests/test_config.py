@@ -70,7 +70,9 @@ def test_shipped_configs_load():
     import os
 
     root = os.path.join(os.path.dirname(__file__), "..", "configs")
-    files = sorted(glob.glob(os.path.join(root, "*.toml")) + glob.glob(os.path.join(root, "*.yaml")))
+    files = sorted(
+        glob.glob(os.path.join(root, "*.toml")) + glob.glob(os.path.join(root, "*.yaml"))
+    )
     assert files, "configs/ ships example configs"
     for path in files:
         load_run_config(path)
@@ -81,8 +83,42 @@ def test_configuration_doc_is_current():
     import os
 
     docs = os.path.join(os.path.dirname(__file__), "..", "docs")
-    spec = importlib.util.spec_from_file_location("gen_config_doc", os.path.join(docs, "gen_config_doc.py"))
+    spec = importlib.util.spec_from_file_location(
+        "gen_config_doc", os.path.join(docs, "gen_config_doc.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     with open(os.path.join(docs, "configuration.md")) as f:
         assert f.read() == module.render(), "run: python docs/gen_config_doc.py"
+
+
+def test_policy_grammar_is_the_one_list_the_docs_follow():
+    """``POLICY_GRAMMAR`` is the source; the field docstring and the README table must name each."""
+    import inspect
+    import os
+
+    from longssm.config import POLICY_GRAMMAR, TrainConfig, policy_choices
+
+    spelled = [n if a is None else f"{n}:{a.letter}" for n, a in POLICY_GRAMMAR.items()]
+    assert policy_choices().startswith(", ".join(spelled))
+    field_doc = inspect.getsource(TrainConfig).split('policy: str = "previous"')[1].split('"""')[1]
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    for name in spelled:
+        assert name in field_doc, name
+        assert f"| `{name}` |" in readme, name
+
+
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("zero", ("zero", None)),
+        ("bptt:12", ("bptt", 12)),
+        ("p-reset:0.25", ("p-reset", 0.25)),
+        ("p-reset:1", ("p-reset", 1.0)),
+    ],
+)
+def test_parse_policy(spec, parsed):
+    from longssm.config import parse_policy
+
+    assert parse_policy(spec) == parsed
+    assert load_run_config(None, [f"--train.policy={spec}"]).train.policy == spec

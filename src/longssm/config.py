@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -22,9 +23,60 @@ class ConfigError(ValueError):
     """An invalid configuration file, key or value."""
 
 
-POLICY_PATTERN = re.compile(
-    r"^(zero|previous|passing|noise|fitted-noise|learned|bptt:[1-9][0-9]*|p-reset:(0(\.[0-9]+)?|1(\.0+)?))$"
-)
+@dataclass(frozen=True)
+class PolicyArgument:
+    """The argument of a parameterised policy name such as ``bptt:K``."""
+
+    letter: str
+    """How the grammar writes it: K in ``bptt:K``."""
+    pattern: str
+    """Regular expression the argument text must match in full."""
+    meaning: str
+    """Its range, for error messages: ``K >= 1``."""
+    parse: Callable[[str], Any]
+    """Text -> value (int, float)."""
+
+
+# The state-initialisation policies ``train.policy`` accepts: name -> its argument (None: none).
+# This table is the one list of policy names. It lives here, not in ``longssm.train.policies``,
+# because config validates ``train.policy`` on construction and sits below train/, which it must
+# not import. ``longssm.train.policies`` maps each name to the class implementing it, each class
+# declares the name and argument letter it implements, and that module refuses to import when the
+# classes and this table disagree; so a name is valid here exactly when a class builds it there.
+POLICY_GRAMMAR: dict[str, PolicyArgument | None] = {
+    "zero": None,
+    "previous": None,
+    "bptt": PolicyArgument("K", r"[1-9][0-9]*", "K >= 1", int),
+    "passing": None,
+    "noise": None,
+    "fitted-noise": None,
+    "learned": None,
+    "p-reset": PolicyArgument("P", r"0(\.[0-9]+)?|1(\.0+)?", "0 <= P <= 1", float),
+}
+
+
+def policy_choices() -> str:
+    """The grammar in one line: ``zero, previous, bptt:K, ..., p-reset:P (K >= 1, 0 <= P <= 1)``."""
+    names = [
+        name if arg is None else f"{name}:{arg.letter}" for name, arg in POLICY_GRAMMAR.items()
+    ]
+    ranges = [arg.meaning for arg in POLICY_GRAMMAR.values() if arg is not None]
+    return ", ".join(names) + (f" ({', '.join(ranges)})" if ranges else "")
+
+
+def parse_policy(spec: str) -> tuple[str, Any]:
+    """Split a policy spec into (name, argument value or None): ``"bptt:4"`` -> ``("bptt", 4)``.
+
+    Raises ConfigError (one line listing every valid policy) for anything else.
+    """
+    name, _, text = str(spec).partition(":")
+    if name in POLICY_GRAMMAR:
+        arg = POLICY_GRAMMAR[name]
+        if arg is None and text == "" and ":" not in str(spec):
+            return name, None
+        if arg is not None and re.fullmatch(arg.pattern, text):
+            return name, arg.parse(text)
+    raise ConfigError(f"train.policy must be one of {policy_choices()}, got {spec!r}")
 
 
 @dataclass
@@ -119,11 +171,7 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if not POLICY_PATTERN.match(str(self.policy)):
-            raise ConfigError(
-                "train.policy must be one of zero, previous, bptt:K, passing, noise, fitted-noise, "
-                f"learned, p-reset:P (0<=P<=1), got {self.policy!r}"
-            )
+        parse_policy(self.policy)
         _positive(self, "steps", "lr", "grad_accum", "log_every", "eval_batches")
         _non_negative(
             self,

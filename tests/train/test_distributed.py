@@ -3,8 +3,9 @@
 Real jobs: ``python -m torch.distributed.run --nproc_per_node=2`` with gloo on CPU over the
 loopback interface. Two launches are shared by the tests (module fixtures), because each costs
 seconds of interpreter, torch and numba start-up (the reference ``single`` runs in-process):
-    crashed   ``longssm train`` on 2 ranks, the reference config in float64; rank 1 SIGKILLs
-              itself after step 4 (the last checkpoint is step 3's)
+    crashed   ``longssm train`` on 2 ranks, the reference config in float64, through a launcher
+              (``CRASH_LAUNCHER``) that makes rank 1 SIGKILL itself after step 4, as it starts
+              step 5 (the last checkpoint is step 3's); the library has no test hook
     worker    ``train`` in a script on 2 ranks: the reference config (``ddp``); resumed from a
               copy of ``crashed``; every other policy for 3 steps; sharded evaluation
 """
@@ -54,6 +55,27 @@ POLICY_RUNS = {
 }
 EVAL_LENGTHS = [8, 16, 24]
 EVAL_ARGS = dict(protocol="all", n_tokens=64, batch_size=2, chunk_size=8, progress=False)
+# Runs the normal CLI entry point; on rank CRASH_RANK it first wraps the loop's
+# ``accumulate_gradients`` so that the process SIGKILLs itself when asked for step index CRASH_AT,
+# i.e. after step CRASH_AT is complete (its checkpoint, if any, written) and before the next.
+CRASH_LAUNCHER = """
+import inspect, os, signal, sys
+import longssm.train.loop as loop
+from longssm.cli import main
+
+CRASH_RANK, CRASH_AT = 1, 4
+if int(os.environ["RANK"]) == CRASH_RANK:
+    accumulate = loop.accumulate_gradients
+    signature = inspect.signature(accumulate)
+
+    def accumulate_or_die(*args, **kwargs):
+        if signature.bind(*args, **kwargs).arguments["step"] == CRASH_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return accumulate(*args, **kwargs)
+
+    loop.accumulate_gradients = accumulate_or_die
+sys.exit(main(sys.argv[1:]))
+"""
 WORKER = """
 import json, sys
 import torch
@@ -95,18 +117,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], env_extra: dict | None = None, nproc: int = 2):
+def torchrun(args: list[str], nproc: int = 2):
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=f"{SRC}{os.pathsep}"
-               + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
+               + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
            f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
            *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def train_cli(out: Path, cfg: dict, *extra: str, env_extra=None):
-    return torchrun(["-m", "longssm.cli", "train", "--quiet", "--out", str(out), *extra,
-                     *overrides(cfg)], env_extra)
+def train_cli(out: Path, cfg: dict, *extra: str, launcher: list[str] = ("-m", "longssm.cli")):
+    return torchrun([*launcher, "train", "--quiet", "--out", str(out), *extra, *overrides(cfg)])
 
 
 def quiet(*args):
@@ -159,8 +180,9 @@ def single(root):
 
 @pytest.fixture(scope="module")
 def crashed(root, single):
-    env = {"LONGSSM_TEST_CRASH_AT_STEP": "4", "LONGSSM_TEST_CRASH_RANK": "1"}
-    proc = train_cli(root / "crashed", config(root / "cache"), env_extra=env)
+    (root / "crash_launcher.py").write_text(CRASH_LAUNCHER)
+    launcher = [str(root / "crash_launcher.py")]
+    proc = train_cli(root / "crashed", config(root / "cache"), launcher=launcher)
     return root / "crashed", proc
 
 

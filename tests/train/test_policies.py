@@ -3,8 +3,11 @@
 import pytest
 import torch
 
+from longssm.config import POLICY_GRAMMAR, parse_policy
 from longssm.models import ModelConfig, SSMLanguageModel
-from longssm.train.policies import make_policy
+from longssm.models.state import select_rows
+from longssm.train.distributed import ShardedPolicy
+from longssm.train.policies import POLICY_CLASSES, StatePolicy, make_policy
 
 
 def tiny_model(**kw):
@@ -93,7 +96,9 @@ def test_noise_policy_distribution():
 def test_fitted_noise_matches_observed_statistics():
     model = tiny_model()
     policy = make_policy("fitted-noise", model)
-    assert all(torch.equal(t, torch.zeros_like(t)) for t in policy.initial_state(None, no_resets(), 4)[0])
+    assert all(
+        torch.equal(t, torch.zeros_like(t)) for t in policy.initial_state(None, no_resets(), 4)[0]
+    )
     template = model.initial_state(2048)
     g = torch.Generator().manual_seed(1)
     mean = torch.randn(template[0].ssm.shape[1:], generator=g, dtype=torch.float64)
@@ -131,6 +136,82 @@ def test_policy_state_round_trip():
     assert torch.equal(a[0].ssm, b[0].ssm)
 
 
-def test_unknown_policy_is_rejected():
-    with pytest.raises(ValueError, match="policy must be one of"):
-        make_policy("sometimes", tiny_model())
+@pytest.mark.parametrize("spec", ["sometimes", "bptt", "bptt:0", "zero:1", "p-reset:1.5", ""])
+def test_unknown_policy_is_rejected_with_one_line_listing_the_valid_ones(spec):
+    with pytest.raises(ValueError, match="policy must be one of") as info:
+        make_policy(spec, tiny_model())
+    message = str(info.value)
+    assert "\n" not in message
+    assert all(name in message for name in POLICY_GRAMMAR)
+
+
+SPECS = ["zero", "previous", "bptt:2", "passing", "noise", "fitted-noise", "learned", "p-reset:0.5"]
+
+
+def test_every_grammar_name_has_a_class_declaring_it():
+    assert sorted(POLICY_CLASSES) == sorted(POLICY_GRAMMAR)
+    assert sorted(parse_policy(s)[0] for s in SPECS) == sorted(POLICY_GRAMMAR)
+    for spec in SPECS:
+        policy = make_policy(spec, tiny_model())
+        assert isinstance(policy, POLICY_CLASSES[parse_policy(spec)[0]])
+        assert policy.spec == spec
+
+
+def same_state(a, b):
+    return all(torch.equal(x, y) for la, lb in zip(a, b) for x, y in zip(la, lb))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_flags_tell_the_truth(spec):
+    """row_local: any subset of rows gets those rows of the whole batch's states; reads_carry=False:
+    the carried state does not matter; observes: the class has its own ``observe``."""
+    model = tiny_model()
+    final = run_segment(model, None)
+    resets = torch.tensor([True, False, False, True])
+    rows = torch.tensor([1, 3])
+    whole, part = make_policy(spec, model, seed=5), make_policy(spec, model, seed=5)
+    for p in (whole, part):
+        p.observe(final)
+    if whole.row_local:
+        assert same_state(
+            select_rows(whole.initial_state(final, resets, 4), rows),
+            part.initial_state(select_rows(final, rows), resets[rows], 2),
+        )
+    if not whole.reads_carry:
+        assert same_state(
+            whole.initial_state(final, resets, 4), part.initial_state(None, resets, 4)
+        )
+    assert whole.observes == (type(whole).observe is not StatePolicy.observe)
+
+
+class TwoRankView:
+    """The ``DistContext`` of rank 1 of 2 whose gathers return the given whole-batch tensors."""
+
+    rank, world_size = 1, 2
+
+    def __init__(self, full_state, full_resets):
+        self.full_state, self.full_resets = full_state, full_resets
+
+    def owned_streams(self, batch_size):
+        return list(range(self.rank, batch_size, self.world_size))
+
+    def gather_rows(self, t):
+        return self.full_resets
+
+    def gather_state(self, state):
+        return self.full_state
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_sharded_policy_gives_the_ranks_rows_of_the_single_process_policy(spec):
+    model = tiny_model()
+    final = run_segment(model, None)
+    resets = torch.tensor([False, True, False, False])
+    rows = torch.tensor([1, 3])
+    single = make_policy(spec, model, seed=2)
+    sharded = ShardedPolicy(make_policy(spec, model, seed=2), TwoRankView(final, resets), 4)
+    for _ in range(3):
+        single.observe(final)
+        sharded.observe(select_rows(final, rows))
+        want = select_rows(single.initial_state(final, resets, 4), rows)
+        assert same_state(sharded.initial_state(select_rows(final, rows), resets[rows], 2), want)

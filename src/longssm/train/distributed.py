@@ -1,47 +1,30 @@
 """Policies under torchrun: one rank's view of a state-initialisation policy.
 
-Policies that read other rows (``passing``, ``p-reset``) or fit statistics (``fitted-noise``) see
-the global batch through ``ShardedPolicy``, which gathers what they need, so every policy matches
-the single-process run. Process groups, stream ownership and devices are ``longssm.dist``.
+Policies whose rows depend on the whole batch (``passing``, ``p-reset``, the noises) or that fit
+statistics (``fitted-noise``) see the global batch through ``ShardedPolicy``, which gathers what
+their flags say they need, so every policy matches the single-process run. Process groups, stream ownership and devices are
+``longssm.dist``.
 """
 
 from __future__ import annotations
-
-import os
-import signal
 
 import torch
 
 from longssm.dist import DistContext
 from longssm.models.state import ModelState, detach_state, select_rows
-from longssm.train.policies import (
-    BPTTPolicy,
-    FittedNoisePolicy,
-    LearnedPolicy,
-    NoisePolicy,
-    PreviousPolicy,
-    StatePolicy,
-)
-
-# Environment variable of the failure test: after this optimiser step the crash rank kills itself.
-CRASH_STEP_ENV = "LONGSSM_TEST_CRASH_AT_STEP"
-CRASH_RANK_ENV = "LONGSSM_TEST_CRASH_RANK"
-
-# Policies whose initial state for a row depends only on that row's carried state and reset.
-ROW_LOCAL_POLICIES = (StatePolicy, PreviousPolicy, BPTTPolicy)
-# Policies that ignore the carried state (they sample or learn it): no gather needed.
-CARRY_FREE_POLICIES = (NoisePolicy, FittedNoisePolicy, LearnedPolicy)
+from longssm.train.policies import StatePolicy
 
 
 class ShardedPolicy:
     """One rank's view of a state policy: the initial states of its own rows of the global batch.
 
-    Row-local policies (zero, previous, bptt:K) run on the rank's rows directly. Policies that
-    ignore the carried state (noise, fitted-noise, learned) build the global batch's states from
-    their generator, identical on every rank, and keep the rank's rows. Any other policy
-    (passing, p-reset, and unknown ones) gets the carried states and resets of all ranks,
-    gathered every segment. ``fitted-noise`` observes the gathered final states, so its statistics
-    are those of the global batch. The result equals the single-process policy row for row.
+    It reads only the policy's flags (``longssm.train.policies.StatePolicy``): a ``row_local``
+    policy (zero, previous, bptt:K) runs on the rank's rows directly. Any other builds the global
+    batch's states, identical on every rank, from the resets of all ranks and, if it
+    ``reads_carry`` (passing, p-reset), their carried states, gathered every segment; the rank keeps
+    its rows. A policy that ``observes`` (fitted-noise) sees the gathered final states, so its
+    statistics are those of the global batch. The result equals the single-process policy row for
+    row.
 
     Args:
         policy: the single-process ``StatePolicy``.
@@ -53,23 +36,23 @@ class ShardedPolicy:
         self.policy = policy
         self.ctx = ctx
         self.batch_size = batch_size
-        self.name = policy.name
+        self.spec = policy.spec
         self.bptt_segments = policy.bptt_segments
         self.rows = torch.tensor(ctx.owned_streams(batch_size))  # (B/N,)
 
     def initial_state(self, carried, resets: torch.Tensor, batch_size: int) -> ModelState:
         """Args: this rank's carried state (B/N rows) or None, its resets (B/N,), B/N."""
-        if type(self.policy) in ROW_LOCAL_POLICIES:
+        if self.policy.row_local:
             return self.policy.initial_state(carried, resets, batch_size)
         full_resets = self.ctx.gather_rows(resets)  # (B,)
         full = None
-        if carried is not None and not isinstance(self.policy, CARRY_FREE_POLICIES):
+        if carried is not None and self.policy.reads_carry:
             full = self.ctx.gather_state(carried)
         state = self.policy.initial_state(full, full_resets, self.batch_size)
         return select_rows(state, self.rows)
 
     def observe(self, final_state: ModelState) -> None:
-        if type(self.policy).observe is StatePolicy.observe:
+        if not self.policy.observes:
             return
         self.policy.observe(self.ctx.gather_state(detach_state(final_state)))
 
@@ -81,15 +64,3 @@ class ShardedPolicy:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_tensors(tensors)
-
-
-def maybe_crash_for_test(step: int, rank: int) -> None:
-    """Test hook: SIGKILL this process after ``step`` if the crash environment variables say so.
-
-    Used only by tests/train/test_distributed.py to check the failure behaviour of a job.
-    """
-    at = os.environ.get(CRASH_STEP_ENV)
-    if at is None or int(at) != step:
-        return
-    if int(os.environ.get(CRASH_RANK_ENV, "1")) == rank:
-        os.kill(os.getpid(), signal.SIGKILL)

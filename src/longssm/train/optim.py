@@ -18,8 +18,10 @@ def param_groups(
 ) -> list[dict]:
     """Three AdamW groups: decayed weights, undecayed weights, SSM dynamics (own lr, no decay).
 
-    Tags come from ``longssm.layers.base`` (``tag_ssm_param``, ``tag_no_weight_decay``); tied
-    weights appear once. ``extra`` (e.g. a learned initial state) joins the undecayed group.
+    Tags come from ``longssm.layers.base`` (``tag_ssm_param``, ``tag_no_weight_decay``); untagged
+    tensors of fewer than 2 dimensions are not decayed either; tied weights appear once.
+    ``extra`` (e.g. a learned initial state) is grouped by the same rules, so an untagged learned
+    state of 2 or more dimensions is decayed.
     """
     decay, no_decay, ssm = [], [], []
     seen = set()

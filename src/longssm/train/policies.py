@@ -3,11 +3,12 @@
 The trainer keeps ``carried``, the final state of the previous segment of every stream (row), and
 asks the policy for the next segment's initial state:
 
-    init = policy.initial_state(carried, resets)     # resets: (B,) rows that must start afresh
+    init = policy.initial_state(carried, resets, B)  # resets: (B,) rows that must start afresh
     logits, final = model(inputs, init)
-    carried = final                                  # the loop detaches it (truncated BPTT)
+    policy.observe(final)                             # policies that fit statistics
+    carried = final                                   # the loop detaches it (truncated BPTT)
 
-Policies (``TrainConfig.policy``):
+Policies (``TrainConfig.policy``; the names and their arguments are ``longssm.config.POLICY_GRAMMAR``):
     zero          zeros for every segment (the baseline that fails to extend)
     previous      the previous segment's final state of the same row (LongSSM)
     bptt:K        like previous, but the gradient flows through K consecutive segments
@@ -18,6 +19,10 @@ Policies (``TrainConfig.policy``):
     p-reset:P     previous, but each row is reset to zeros with probability P at every segment
 Short-convolution buffers (state fields named ``conv``) hold raw past inputs, not SSM state: the
 noise and learned policies leave them at zero.
+
+Each class declares the name it implements and three flags (``row_local``, ``reads_carry``,
+``observes``) that tell ``longssm.train.distributed.ShardedPolicy`` what a rank must gather; a new
+policy is one class here, one line in ``POLICY_CLASSES`` and one entry in ``POLICY_GRAMMAR``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from longssm.config import POLICY_GRAMMAR, parse_policy
 from longssm.models.state import ModelState, map_state
 
 # Fields that hold raw input history rather than an SSM hidden state.
@@ -44,9 +50,26 @@ def _zero_rows(state: ModelState, resets: torch.Tensor | None) -> ModelState:
 
 
 class StatePolicy:
-    """Base policy: zeros. Subclasses override ``initial_state`` and may keep statistics."""
+    """Base of the policies: the flags, zeros, checkpointed generator state. Not a policy itself.
 
-    name = "zero"
+    A subclass sets ``name`` (and ``argument`` if its name takes one), its three flags and
+    ``initial_state``; it may override ``observe`` (then ``observes = True``), ``parameters`` and
+    the ``state_tensors`` pair. The base's flags are the cautious ones: the rank gathers every
+    row's carried state and reset and keeps its own rows of the global result.
+    """
+
+    name: str | None = None
+    """The policy's name in ``longssm.config.POLICY_GRAMMAR``."""
+    argument: str | None = None
+    """The letter of its argument (K in ``bptt:K``), None if the name takes none."""
+    row_local = False
+    """A row's initial state depends only on that row's carried state and reset (and on nothing
+    drawn for other rows): called on any subset of rows, the policy returns those rows of the
+    whole batch's states, so a rank may call it on its own rows alone."""
+    reads_carry = True
+    """``initial_state`` reads the carried state at all (False: it may be passed None)."""
+    observes = False
+    """``observe`` fits statistics from final states (False: it does nothing)."""
     bptt_segments = 1
     """Consecutive segments the gradient flows through (the loop detaches between groups)."""
 
@@ -54,12 +77,22 @@ class StatePolicy:
         self.model = model
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
+    @classmethod
+    def from_spec(cls, model, value, noise_std: float, generator: torch.Generator) -> StatePolicy:
+        """Build from the parsed argument ``value`` of the spec (None when the name takes none)."""
+        return cls(model, generator=generator)
+
+    @property
+    def spec(self) -> str:
+        """The ``TrainConfig.policy`` string of this policy."""
+        return self.name
+
     def zeros(self, batch_size: int) -> ModelState:
         return self.model.initial_state(batch_size)
 
     def initial_state(self, carried: ModelState | None, resets: torch.Tensor, batch_size: int):
         """The initial state of the next segment. Args: carried state or None; resets (B,) bool."""
-        return self.zeros(batch_size)
+        raise NotImplementedError
 
     def observe(self, final_state: ModelState) -> None:
         """See the final state of a segment (for policies that fit statistics)."""
@@ -77,10 +110,23 @@ class StatePolicy:
             self.generator.set_state(tensors["policy.generator"])
 
 
+class ZeroPolicy(StatePolicy):
+    """Zeros for every segment."""
+
+    name = "zero"
+    row_local = True
+    reads_carry = False
+
+    def initial_state(self, carried, resets, batch_size):
+        return self.zeros(batch_size)
+
+
 class PreviousPolicy(StatePolicy):
     """Carry the previous segment's final state of the same row (zeros at resets)."""
 
     name = "previous"
+    row_local = True
+    reads_carry = True
 
     def initial_state(self, carried, resets, batch_size):
         if carried is None:
@@ -91,19 +137,42 @@ class PreviousPolicy(StatePolicy):
 class BPTTPolicy(PreviousPolicy):
     """``previous`` with the graph kept through ``k`` consecutive segments."""
 
+    name = "bptt"
+    argument = "K"
+
     def __init__(self, model, k: int, generator=None):
         super().__init__(model, generator)
-        self.name = f"bptt:{k}"
         self.bptt_segments = k
+
+    @classmethod
+    def from_spec(cls, model, value, noise_std, generator):
+        return cls(model, value, generator=generator)
+
+    @property
+    def spec(self):
+        return f"bptt:{self.bptt_segments}"
 
 
 class PResetPolicy(PreviousPolicy):
     """``previous`` with each row reset to zeros with probability ``p`` at every segment."""
 
+    name = "p-reset"
+    argument = "P"
+    # one generator draws the coins of all rows: row i gets the i-th draw of the whole batch
+    row_local = False
+    reads_carry = True
+
     def __init__(self, model, p: float, generator=None):
         super().__init__(model, generator)
-        self.name = f"p-reset:{p}"
         self.p = p
+
+    @classmethod
+    def from_spec(cls, model, value, noise_std, generator):
+        return cls(model, value, generator=generator)
+
+    @property
+    def spec(self):
+        return f"p-reset:{self.p}"
 
     def initial_state(self, carried, resets, batch_size):
         coin = torch.rand(batch_size, generator=self.generator) < self.p  # (B,)
@@ -114,6 +183,8 @@ class PassingPolicy(StatePolicy):
     """The final state of another row: rows rolled by a random shift in [1, B-1]."""
 
     name = "passing"
+    row_local = False
+    reads_carry = True
 
     def initial_state(self, carried, resets, batch_size):
         if carried is None:
@@ -139,10 +210,16 @@ class NoisePolicy(StatePolicy):
     """i.i.d. Gaussian initial states with standard deviation ``std``."""
 
     name = "noise"
+    row_local = False
+    reads_carry = False
 
     def __init__(self, model, std: float, generator=None):
         super().__init__(model, generator)
         self.std = std
+
+    @classmethod
+    def from_spec(cls, model, value, noise_std, generator):
+        return cls(model, noise_std, generator=generator)
 
     def initial_state(self, carried, resets, batch_size):
         zeros = self.zeros(batch_size)
@@ -167,6 +244,9 @@ class FittedNoisePolicy(StatePolicy):
     """
 
     name = "fitted-noise"
+    row_local = False
+    reads_carry = False
+    observes = True
 
     def __init__(self, model, momentum: float = 0.05, generator=None):
         super().__init__(model, generator)
@@ -236,6 +316,10 @@ class LearnedPolicy(StatePolicy):
     """A trainable initial state per layer (shared across rows), zeros at initialisation."""
 
     name = "learned"
+    # row_local would hold too (every row gets the same tensor); False keeps the distributed
+    # gradient on the path it always took (the rank's rows cut from the whole batch's state)
+    row_local = False
+    reads_carry = False
 
     def __init__(self, model, generator=None):
         super().__init__(model, generator)
@@ -279,26 +363,40 @@ class LearnedPolicy(StatePolicy):
                     p.copy_(saved)
 
 
-def make_policy(spec: str, model, noise_std: float = 1.0, seed: int = 0) -> StatePolicy:
-    """Build the policy named by ``TrainConfig.policy``."""
-    generator = torch.Generator().manual_seed(seed + 1_000_003)
-    if spec == "zero":
-        return StatePolicy(model, generator)
-    if spec == "previous":
-        return PreviousPolicy(model, generator)
-    if spec == "passing":
-        return PassingPolicy(model, generator)
-    if spec == "noise":
-        return NoisePolicy(model, noise_std, generator)
-    if spec == "fitted-noise":
-        return FittedNoisePolicy(model, generator=generator)
-    if spec == "learned":
-        return LearnedPolicy(model, generator)
-    if spec.startswith("bptt:"):
-        return BPTTPolicy(model, int(spec.split(":", 1)[1]), generator)
-    if spec.startswith("p-reset:"):
-        return PResetPolicy(model, float(spec.split(":", 1)[1]), generator)
-    raise ValueError(
-        "policy must be one of zero, previous, bptt:K, passing, noise, fitted-noise, learned, "
-        f"p-reset:P, got {spec!r}"
+POLICY_CLASSES: dict[str, type[StatePolicy]] = {
+    cls.name: cls
+    for cls in (
+        ZeroPolicy,
+        PreviousPolicy,
+        BPTTPolicy,
+        PassingPolicy,
+        NoisePolicy,
+        FittedNoisePolicy,
+        LearnedPolicy,
+        PResetPolicy,
     )
+}
+"""The class of every name in ``longssm.config.POLICY_GRAMMAR``."""
+
+
+def _check_against_grammar() -> None:
+    """Refuse to import when the classes and ``POLICY_GRAMMAR`` name different policies."""
+    declared = {name: cls.argument for name, cls in POLICY_CLASSES.items()}
+    grammar = {name: arg and arg.letter for name, arg in POLICY_GRAMMAR.items()}
+    if declared != grammar:
+        raise ImportError(
+            f"policy classes {declared} disagree with longssm.config.POLICY_GRAMMAR {grammar}"
+        )
+
+
+_check_against_grammar()
+
+
+def make_policy(spec: str, model, noise_std: float = 1.0, seed: int = 0) -> StatePolicy:
+    """Build the policy named by ``TrainConfig.policy``.
+
+    Raises ConfigError (a ValueError; one line listing the valid policies) for an unknown spec.
+    """
+    name, value = parse_policy(spec)
+    generator = torch.Generator().manual_seed(seed + 1_000_003)
+    return POLICY_CLASSES[name].from_spec(model, value, noise_std, generator)
