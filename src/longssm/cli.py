@@ -12,7 +12,7 @@ import sys
 
 from longssm.eval.cli import add_eval_arguments, add_plot_arguments
 from longssm.extend import add_extend_arguments
-from longssm.train.loop import NonFiniteError
+from longssm.train import NonFiniteError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 

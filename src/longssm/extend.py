@@ -81,7 +81,7 @@ class Combination:
 
 
 def add_extend_arguments(parser: argparse.ArgumentParser) -> None:
-    from longssm.models.config import MIXERS as MIXER_NAMES
+    from longssm.models.mixers import MIXER_NAMES
 
     parser.description = (
         "Train zero- and previous-initialised models at training length T and compare their "

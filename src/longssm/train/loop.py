@@ -147,7 +147,7 @@ def train(
 
 def set_cpu_threads(n: int) -> None:
     """Use ``n`` CPU threads in torch and, when it is installed, numba's parallel kernels."""
-    from longssm.ops.selective_scan.fused_cpu import numba_available
+    from longssm.ops import numba_available
 
     torch.set_num_threads(n)
     if numba_available():

@@ -65,15 +65,10 @@ def selective_scan_chunk(
     d_state = A.shape[1]
     dtype = compute_dtype(x, dt, A, B, C, initial_state)
     xc, dtc, Ac, Bc, Cc = (t.to(dtype) for t in (x, dt, A, B, C))
-    if initial_state is not None:
-        initial_state = initial_state.to(dtype)
+    zeros = x.new_zeros(batch, d_inner, d_state, dtype=dtype)  # (B, D, N)
+    h0 = zeros if initial_state is None else initial_state.to(dtype)  # (B, D, N)
     if T == 0:
-        final = (
-            initial_state
-            if initial_state is not None
-            else x.new_zeros(batch, d_inner, d_state, dtype=dtype)
-        )
-        return x.new_zeros(batch, 0, d_inner), (final if output_final_state else None)
+        return x.new_zeros(batch, 0, d_inner), (h0 if output_final_state else None)
 
     L = min(chunk_size, T)
     # Padding steps have Δ = 0: decay 1 and no input, so the final state is h_T exactly.
@@ -97,10 +92,7 @@ def selective_scan_chunk(
 
     cum = torch.cumsum(log_decay, dim=0)  # (L, B, nc, D, N)
     chunk_decay = torch.exp(cum[-1])  # (B, nc, D, N)
-    if initial_state is None:
-        state = x.new_zeros(batch, d_inner, d_state, dtype=dtype)  # (B, D, N)
-    else:
-        state = initial_state  # (B, D, N)
+    state = h0  # (B, D, N)
     starts = []
     for c in range(n_chunks):
         starts.append(state)
