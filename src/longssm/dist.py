@@ -166,9 +166,17 @@ class DistContext:
                 dist.all_reduce(p.grad)
                 p.grad.div_(self.world_size)
 
-    def close(self) -> None:
-        """Leave the process group if this context created it."""
+    def close(self, sync: bool = True) -> None:
+        """Leave the process group if this context created it.
+
+        With ``sync`` (the normal end of a job) every rank first meets at a barrier, so no rank
+        tears gloo down while a peer's last collective is still in flight (a rank exiting early
+        can abort with "terminate called without an active exception"). After an error, pass
+        ``sync=False``: the other ranks may never arrive.
+        """
         if self.owns_group and dist.is_initialized():
+            if sync:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 

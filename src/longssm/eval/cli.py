@@ -98,9 +98,12 @@ def run_eval(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else run_dir_of(ckpt) / "eval"
         results, paths = evaluate_run(model, ckpt, meta, settings, out,
                                       args.name or f"results-{ckpt.name}", args.force, ctx)
-    finally:
+    except BaseException:
         if ctx is not None:
-            ctx.close()
+            ctx.close(sync=False)
+        raise
+    if ctx is not None:
+        ctx.close()
     if paths is None:
         return 0
     print(format_table(results["records"], results["settings"]["bytes_per_token"] is not None))
