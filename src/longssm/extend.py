@@ -229,6 +229,7 @@ def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, ar
     from longssm.dist import resolve_device
     from longssm.eval.evaluate import EvalSettings, evaluate_run, format_table
     from longssm.eval.results import load_results
+    from longssm.models import ModelConfig, SSMLanguageModel
     from longssm.train.loop import train
 
     cfg, run_dir = combo.config, out / "runs" / combo.name
@@ -255,7 +256,9 @@ def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, ar
         results, _ = evaluate_run(model, ckpt, meta, settings, out / "results", combo.name,
                                   force=True, run_name=combo.name)
         print(format_table(results["records"], results["settings"]["bytes_per_token"] is not None))
+    model_config = ModelConfig.from_dict(results["model_config"])
     return {"combo": combo, "run_dir": run_dir, "results": results,
+            "parameters": SSMLanguageModel(model_config).num_parameters(),
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
 
 
@@ -301,7 +304,8 @@ def make_summary(outcomes, lengths, protocols, seconds, figures) -> dict:
         }
         runs.append({
             "name": combo.name, "policy": combo.policy, "seq_len": combo.seq_len,
-            "d_model": combo.d_model, "mixer": combo.config.model.mixer, "run_dir": str(o["run_dir"]),
+            "d_model": combo.d_model, "mixer": combo.config.model.mixer,
+            "parameters": o["parameters"], "run_dir": str(o["run_dir"]),
             "train_seconds": round(o["train_seconds"], 1), "eval_seconds": round(o["eval_seconds"], 1),
             **per, "extension": o["results"]["classification"],
         })
