@@ -30,7 +30,7 @@ from longssm.config import ConfigError, RunConfig, apply_overrides
 
 # Presets. "quick": chosen by experiment to show the paper's contrast on a CPU (see README and
 # docs/results/extend-quick.md); "full": this tool's CPU-sized default (about an hour);
-# "paper": the paper's 30M-parameter class for a GPU (days on a CPU).
+# "paper": sized like the paper's models (23M parameters with its 16k BPE) for a GPU.
 PRESETS = {
     "quick": {
         "model": {"mixer": "s5", "d_model": 64, "n_layers": 2, "d_state": 16},
