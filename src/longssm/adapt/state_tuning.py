@@ -1,0 +1,213 @@
+"""State-based parameter-efficient fine-tuning of a trained SSM (Kang, Galim, Zeng et al. 2025).
+
+Each method wraps a trained mixer layer (``base``, frozen) in an adapter module that reuses the
+layer's submodules and its op dispatcher and adds one small trainable tensor, initialised to zero:
+
+    initial-state    h_0 per layer: a sequence started without a state (``state=None``) starts from
+                     h_0 instead of zeros; its effect C_t·Π_{k≤t} Ā_k·h_0 decays along t.
+    state-offset-h   h′ per layer, added to the state read out at every step:
+                     y_t = C_t·(h_t + h′) + D x_t = (scan output) + C_t·h′; the recurrence (and so
+                     the carried state h_t) is unchanged.
+    state-offset-y   y′ per layer: y_t = C_t·h_t + D x_t + y′.
+
+Mamba (S6), per layer (glossary of ``longssm.layers.mamba``):
+    h_0, h′   (d_inner, d_state)       y′   (d_inner,)
+    out = out_proj((y + offset) ⊙ silu(z)), the offset inside the gate as in the paper.
+S4D / S5 (time-invariant C, y_t = 2 Re(C h_t) + D u_t): h_0, h′ are complex (stored as real views
+with a trailing (re, im) axis) of the state's shape without the batch; the offset (h) is then
+2 Re(C h′), a constant: offset (h) ≡ offset (y) with y′ = 2 Re(C h′) (tested).
+
+A sequence given an explicit state (a carried one, or ``model.initial_state`` zeros) starts from
+it: only ``state=None`` means "the adapter's start".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longssm.adapt.errors import AdaptError
+from longssm.layers.base import check_input, check_state
+from longssm.layers.conv import causal_conv, causal_conv_step
+from longssm.layers.mamba import Mamba
+from longssm.layers.s4d import S4D, S4DState, complex_dtype_for
+from longssm.layers.s5 import S5, S5State
+from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re, s4d_conv
+from longssm.ops.selective_scan import resolve_path, selective_scan, selective_scan_step
+
+STATE_METHODS = ("initial-state", "state-offset-h", "state-offset-y")
+"""The state-tuning methods (``longssm adapt --method``)."""
+
+PARAM_OF = {"initial-state": "h0", "state-offset-h": "h_offset", "state-offset-y": "y_offset"}
+"""The name of each method's one trainable tensor inside an adapter."""
+
+
+class StateAdapter(nn.Module):
+    """A frozen trained layer plus one zero-initialised tensor of a state-tuning method.
+
+    Subclasses give the tensor shapes (``shapes``), the learned start state (``_learned``), the
+    output offset (``_offset``) and run forward / step around the layer's own submodules.
+    """
+
+    def __init__(self, base: nn.Module, method: str):
+        super().__init__()
+        if method not in STATE_METHODS:
+            raise AdaptError(f"unknown state-tuning method {method!r}; expected one of "
+                             f"{', '.join(STATE_METHODS)}")
+        self.base = base
+        self.method = method
+        for p in base.parameters():
+            p.requires_grad_(False)
+        ref = next(base.parameters())
+        shape = self.shapes()[PARAM_OF[method]]
+        self.register_parameter(
+            PARAM_OF[method], nn.Parameter(torch.zeros(shape, dtype=ref.dtype, device=ref.device))
+        )
+
+    @property
+    def tensor(self) -> nn.Parameter:
+        """The method's trainable tensor."""
+        return getattr(self, PARAM_OF[self.method])
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def initial_state(self, batch_size: int, device=None, dtype=None):
+        """Zeros, as the base layer (the state protocol); ``state=None`` means the learned start."""
+        return self.base.initial_state(batch_size, device=device, dtype=dtype)
+
+    def _start(self, state, batch: int, x: torch.Tensor):
+        """The state a call starts from: ``state`` if given (validated), else h_0 or zeros."""
+        zeros = self.base.initial_state(batch, x.device, x.dtype)
+        if state is not None:
+            check_state(state, zeros, type(self.base).__name__)
+            return state
+        if self.method != "initial-state":
+            return None
+        return self._learned(zeros)
+
+    def _learned(self, zeros):
+        """``zeros`` with its ``ssm`` field replaced by h_0 broadcast over the batch."""
+        h0 = self.h0
+        if zeros.ssm.is_complex():
+            h0 = torch.view_as_complex(h0.contiguous())
+        return zeros._replace(ssm=h0.to(zeros.ssm.dtype).expand_as(zeros.ssm))
+
+
+class MambaStateAdapter(StateAdapter):
+    """State tuning of a ``Mamba`` layer: y = selective_scan(...) + C_t·h′ (or + y′)."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        b = self.base
+        return {"h0": (b.d_inner, b.d_state), "h_offset": (b.d_inner, b.d_state),
+                "y_offset": (b.d_inner,)}
+
+    def _offset(self, C: torch.Tensor) -> torch.Tensor | float:
+        """C_t·h′ (..., d_inner) from C (..., N), or y′, or 0."""
+        if self.method == "state-offset-h":
+            return torch.matmul(C, self.h_offset.to(C.dtype).T)  # (..., Di)
+        if self.method == "state-offset-y":
+            return self.y_offset.to(C.dtype)
+        return 0.0
+
+    def forward(self, x: torch.Tensor, state=None):
+        """As ``Mamba.forward`` (x (batch, T, d_model)), with the method applied."""
+        b = self.base
+        check_input(x, b.d_model)
+        state = self._start(state, x.shape[0], x)
+        xs, z = b.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
+        xs, conv_state = causal_conv(b.conv1d, xs, None if state is None else state.conv)
+        xs = F.silu(xs)
+        h0 = None if state is None else state.ssm
+        dt, B, C = b._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
+        path = resolve_path(b.scan, xs, h0)
+        y, h = selective_scan(xs, dt, b.eigenvalues(), B, C, b.D, h0, True,
+                              chunk_size=b.chunk_size, path=path)  # (B, T, Di), (B, Di, N)
+        y = y + self._offset(C)
+        return b.out_proj(y * F.silu(z)), b.STATE(ssm=h, conv=conv_state)
+
+    def step(self, x_t: torch.Tensor, state):
+        """As ``Mamba.step`` (x_t (batch, d_model)), with the method applied."""
+        b = self.base
+        check_input(x_t, b.d_model, name="x_t", ndim=2)
+        state = self._start(state, x_t.shape[0], x_t)
+        if state is None:
+            state = b.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
+        xs, z = b.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
+        xs, conv_state = causal_conv_step(b.conv1d, xs, state.conv)
+        xs = F.silu(xs)
+        dt, B, C = b._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
+        y, h = selective_scan_step(xs, dt, b.eigenvalues(), B, C, b.D, state.ssm)
+        y = y + self._offset(C)
+        return b.out_proj(y * F.silu(z)), b.STATE(ssm=h, conv=conv_state)
+
+
+class LTIStateAdapter(StateAdapter):
+    """State tuning of an ``S4D`` or ``S5`` layer (complex diagonal, time-invariant C)."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        b = self.base
+        state = tuple(b.initial_state(1).ssm.shape[1:])  # (H, N/2) for S4D, (P/2,) for S5
+        return {"h0": state + (2,), "h_offset": state + (2,), "y_offset": (b.d_model,)}
+
+    def offset_y(self, C: torch.Tensor) -> torch.Tensor:
+        """The y′ (H,) equivalent to the method: 2 Re(C h′) for offset (h), y′ for offset (y)."""
+        if self.method == "state-offset-h":
+            h = torch.view_as_complex(self.h_offset.contiguous()).to(C.dtype)
+            if isinstance(self.base, S4D):
+                return 2 * (C * h).real.sum(-1)  # C (H, n), h′ (H, n) -> (H,)
+            return 2 * (C @ h).real  # C̃ (H, n), h′ (n,) -> (H,)
+        if self.method == "state-offset-y":
+            return self.y_offset
+        return torch.zeros((), dtype=C.real.dtype, device=C.device)
+
+    def _core(self, x: torch.Tensor, h0):
+        """The base layer's y before its output nonlinearity (batch, T, H), and h_T."""
+        b = self.base
+        cdtype = complex_dtype_for(x.dtype)
+        lam_bar, B_bar, C = b.discretize(cdtype)
+        if isinstance(b, S4D) and b.mode == "conv":
+            y, h = s4d_conv(x, lam_bar, B_bar, C, b.D.to(x.dtype), h0, output_final_state=True)
+        elif isinstance(b, S4D):
+            v = B_bar * x.to(cdtype)[..., None]  # (B, T, H, n)
+            h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=b.chunk_size)
+            y = 2 * (h_all * C).real.sum(-1) + b.D.to(x.dtype) * x  # (B, T, H)
+        else:
+            real = torch.promote_types(x.dtype, torch.float32)
+            v = matmul_complex_real(B_bar, x.to(real).transpose(1, 2)).transpose(1, 2)  # (B, T, n)
+            h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=b.chunk_size)
+            y = 2 * matmul_re(h_all, C.T)  # (B, T, H)
+            y = y.to(x.dtype) + b.D.to(x.dtype) * x
+        return y.to(x.dtype) + self.offset_y(C).to(x.dtype), h
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        b = self.base
+        return b._output(y) if isinstance(b, S4D) else F.gelu(y)
+
+    def forward(self, x: torch.Tensor, state=None):
+        """As the base layer's forward (x (batch, T, H)), with the method applied."""
+        b = self.base
+        check_input(x, b.d_model)
+        state = self._start(state, x.shape[0], x)
+        h0 = None if state is None else state.ssm.to(complex_dtype_for(x.dtype))
+        y, h = self._core(x, h0)
+        return self._output(y), (S4DState if isinstance(b, S4D) else S5State)(h)
+
+    def step(self, x_t: torch.Tensor, state):
+        """One step: the forward of a length-1 sequence (the same recurrence)."""
+        y, state = self.forward(x_t[:, None], state)
+        return y[:, 0], state
+
+
+ADAPTERS = {Mamba: MambaStateAdapter, S4D: LTIStateAdapter, S5: LTIStateAdapter}
+"""Layer class -> its state adapter."""
+
+
+def state_adapter(layer: nn.Module, method: str) -> StateAdapter:
+    """Wrap a trained layer in the adapter of ``method``; AdaptError for an unsupported layer."""
+    for cls, adapter in ADAPTERS.items():
+        if type(layer) is cls:
+            return adapter(layer, method)
+    names = ", ".join(c.__name__ for c in ADAPTERS)
+    raise AdaptError(f"state tuning supports {names} layers, not {type(layer).__name__}")
