@@ -127,6 +127,70 @@ def _run_corpus(args, overrides: list[str]) -> int:
     return 0
 
 
+def _add_adapt(sub) -> None:
+    p = sub.add_parser("adapt", help="state-tune a trained run on another corpus (PEFT)")
+    p.add_argument("run", help="base run directory or checkpoint directory")
+    p.add_argument("--method", required=True,
+                   help="initial-state, state-offset-h or state-offset-y")
+    p.add_argument("--corpus", required=True, help="corpus spec to adapt to")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--out", required=True, help="new directory for the adapter (never overwritten)")
+    p.add_argument("--seq-len", type=int, default=None, help="T (default: the base run's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--eval-windows", type=int, default=32, help="held-out windows scored")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_adapt(args) -> int:
+    from longssm.adapt import AdaptSettings, adapt_run
+    from longssm.dist import resolve_device
+
+    settings = AdaptSettings(steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size,
+                             lr=args.lr, eval_windows=args.eval_windows, seed=args.seed,
+                             progress=not args.quiet)
+    s = adapt_run(args.run, args.method, args.corpus, args.out, settings,
+                  device=resolve_device(args.device, "--device"))
+    b, a, g = s["heldout_before"], s["heldout_after"], s["heldout_gain"]
+    print(f"{s['method']}: {s['trainable_parameters']:,} trainable parameters "
+          f"(base {s['base_parameters']:,}); held-out loss {b['loss']:.4f} "
+          f"[{b['loss_low']:.4f}, {b['loss_high']:.4f}] -> {a['loss']:.4f} "
+          f"[{a['loss_low']:.4f}, {a['loss_high']:.4f}], gain {g['gain']:.4f} "
+          f"[{g['gain_low']:.4f}, {g['gain_high']:.4f}] -> {args.out}")
+    return 0
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="prune a trained run (unstructured or d_state)")
+    p.add_argument("run", help="run directory or checkpoint directory")
+    p.add_argument("--method", required=True,
+                   help="magnitude, wanda, dstate-magnitude or dstate-taylor1")
+    p.add_argument("--ratio", type=float, required=True, help="fraction pruned, in [0, 1)")
+    p.add_argument("--calibration", type=int, default=32, help="calibration windows of T tokens")
+    p.add_argument("--out", required=True, help="new run directory (never overwritten)")
+    p.add_argument("--eval-length", type=int, default=None, help="scored window length (4 T)")
+    p.add_argument("--eval-windows", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def _run_prune(args) -> int:
+    from longssm.adapt import prune_run
+    from longssm.dist import resolve_device
+
+    r = prune_run(args.run, args.method, args.ratio, args.out, calibration=args.calibration,
+                  eval_length=args.eval_length, eval_windows=args.eval_windows,
+                  device=resolve_device(args.device, "--device"))
+    for when in ("before", "after"):
+        x = r[when]
+        print(f"{when:>6}: {x['parameters']:,} parameters ({x['nonzero']:,} non-zero), loss "
+              f"{x['loss']:.4f} [{x['loss_low']:.4f}, {x['loss_high']:.4f}], "
+              f"{x['tokens_per_second']:,.0f} tokens/s")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="longssm",
@@ -141,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_arguments(sub.add_parser("plot", help="redraw figures from saved results"))
     _add_generate(sub)
     _add_corpus(sub)
+    _add_adapt(sub)
+    _add_prune(sub)
     return parser
 
 
@@ -161,6 +227,10 @@ def run_command(args, overrides: list[str]) -> int:
         from longssm.eval.cli import run_eval
 
         return run_eval(args)
+    if args.command == "adapt":
+        return _run_adapt(args)
+    if args.command == "prune":
+        return _run_prune(args)
     if args.command == "plot":
         from longssm.eval.cli import run_plot
 

@@ -1,0 +1,111 @@
+"""``longssm adapt`` / ``longssm prune`` end to end on a tiny run: files, reload, bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from longssm.adapt import AdaptError, load_adapted, read_adapter
+from longssm.checkpoint import load_model
+from longssm.cli import main
+
+TINY = ["--model.d_model=16", "--model.n_layers=2", "--model.d_state=4", "--model.mixer=mamba",
+        "--model.d_conv=4", "--data.seq_len=16", "--data.batch_size=4", "--train.steps=3",
+        "--train.eval_batches=1", "--train.log_every=1", "--quiet"]
+BASE_CORPUS, TARGET = "markov:1:8:0:20000", "markov:1:8:1:20000"
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LONGSSM_CACHE", str(tmp_path / "cache"))
+    out = str(tmp_path / "base")
+    assert run_cli(["train", "--out", out, f"--data.corpus={BASE_CORPUS}", *TINY], capsys)[0] == 0
+    return tmp_path
+
+
+def test_adapt_saves_small_adapter_and_reloads(base, capsys):
+    out = base / "adapted"
+    code, stdout, err = run_cli(["adapt", str(base / "base"), "--method", "state-offset-h",
+                                 "--corpus", TARGET, "--steps", "3", "--out", str(out),
+                                 "--eval-windows", "4", "--batch-size", "4", "--quiet"], capsys)
+    assert code == 0, err
+    assert "256 trainable parameters" in stdout  # 2 layers x d_inner 32 x d_state 4
+    meta, tensors = read_adapter(out)
+    assert meta["method"] == "state-offset-h" and meta["trainable_parameters"] == 256
+    assert set(tensors) == {"blocks.0.h_offset", "blocks.1.h_offset"}
+    assert meta["shapes"]["blocks.0.h_offset"] == [32, 4] and len(meta["base_sha256"]) == 64
+    assert os.path.getsize(out / "adapter.safetensors") < 4096
+    model, _, _ = load_adapted(out)
+    assert torch.equal(model.blocks[1].mixer.h_offset, tensors["blocks.1.h_offset"])
+    assert tensors["blocks.0.h_offset"].abs().sum() > 0  # it trained
+    base_model, _, _ = load_model(base / "base")
+    x = torch.randint(0, 8, (2, 12))
+    assert not torch.equal(model(x)[0], base_model(x)[0])
+    # nothing is overwritten: the same --out again is one line, exit 2
+    before = (out / "adapter.safetensors").read_bytes()
+    code, _, err = run_cli(["adapt", str(base / "base"), "--method", "initial-state", "--corpus",
+                            TARGET, "--steps", "1", "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err
+    assert (out / "adapter.safetensors").read_bytes() == before
+
+
+def test_adapter_on_another_shape_is_refused(base, capsys):
+    out = base / "adapted"
+    assert run_cli(["adapt", str(base / "base"), "--method", "initial-state", "--corpus", TARGET,
+                    "--steps", "1", "--out", str(out), "--eval-windows", "2", "--quiet"],
+                   capsys)[0] == 0
+    other = str(base / "other")
+    assert run_cli(["train", "--out", other, f"--data.corpus={BASE_CORPUS}", *TINY,
+                    "--model.d_state=8"], capsys)[0] == 0
+    with pytest.raises(AdaptError, match="has shape"):
+        load_adapted(out, base=other)
+    same_shape = str(base / "retrained")
+    assert run_cli(["train", "--out", same_shape, f"--data.corpus={BASE_CORPUS}", *TINY,
+                    "--train.seed=5"], capsys)[0] == 0
+    with pytest.raises(AdaptError, match="SHA-256"):
+        load_adapted(out, base=same_shape)
+
+
+@pytest.mark.parametrize("method", ["wanda", "dstate-taylor1"])
+def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
+    out = base / "pruned"
+    code, stdout, err = run_cli(["prune", str(base / "base"), "--method", method, "--ratio", "0.5",
+                                 "--calibration", "4", "--eval-windows", "4", "--out", str(out)],
+                                capsys)
+    assert code == 0, err
+    assert "before" in stdout and "tokens/s" in stdout
+    report = json.loads((out / "prune.json").read_text())
+    model, _, meta = load_model(out)
+    if method == "wanda":
+        assert report["after"]["nonzero"] < report["before"]["nonzero"]
+        assert report["after"]["parameters"] == report["before"]["parameters"]
+    else:
+        assert model.cfg.d_state == 2 and meta["pruned"]["d_state"] == [4, 2]
+        assert report["after"]["parameters"] < report["before"]["parameters"]
+    assert report["after"]["loss_low"] <= report["after"]["loss"] <= report["after"]["loss_high"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prune", "{base}", "--method", "wanda", "--ratio", "1.0", "--out", "{out}"], "[0, 1)"),
+    (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
+    (["adapt", "{base}", "--method", "lora:4", "--corpus", TARGET, "--out", "{out}"],
+     "unknown adaptation method"),
+    (["adapt", "{base}/missing", "--method", "initial-state", "--corpus", TARGET, "--out", "{out}"],
+     "no such run"),
+    (["adapt", "{base}", "--method", "initial-state", "--corpus", TARGET, "--steps", "0",
+      "--out", "{out}"], "steps must be >= 1"),
+])
+def test_bad_input_one_line_exit_2(base, capsys, args, message):
+    out = base / "new"
+    args = [a.format(base=base / "base", out=out) for a in args]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1
+    assert message in err
+    assert not out.exists()
