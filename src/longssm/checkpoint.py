@@ -5,7 +5,8 @@ A checkpoint is a directory ``ckpt-{step:08d}/`` holding
     optimizer.safetensors  optimiser tensors (``opt.{param_index}.{name}``), optional
     extra.safetensors      other named tensors: carried states, RNG state, learned states
     meta.json              resolved config, step, loader position, tokenizer, RNG seeds, ...,
-                           and ``files``: the SHA-256 of every tensor file
+                           ``files``: the SHA-256 of every tensor file, and ``meta_sha256``:
+                           that of meta.json's own content (canonical JSON, without itself)
 It is written into a temporary sibling directory ``.ckpt-*`` and renamed into place, so a crash
 never leaves a half-written checkpoint under the final name (``clean_stale`` removes the
 temporary folders a crash leaves behind). Every load checks ``meta.json`` against its schema
@@ -161,10 +162,20 @@ def _write_files(tmp: Path, model, meta: dict, opt_tensors: dict, opt_meta, extr
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
             meta["files"][path.name] = file_sha256(path)
+    # a round trip through JSON first, so the digest covers exactly what a reader will see
+    meta = json.loads(json.dumps(meta, default=_json_default))
+    meta["meta_sha256"] = meta_digest(meta)
     with open(tmp / "meta.json", "w") as f:
-        json.dump(meta, f, indent=1, default=_json_default)
+        json.dump(meta, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
+
+
+def meta_digest(meta: dict) -> str:
+    """SHA-256 of ``meta`` without its own ``meta_sha256`` (canonical JSON: sorted keys)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -306,8 +317,15 @@ def _validate_optional(meta: dict, ckpt: Path) -> None:
     version = meta.get("format_version", 1)
     if version not in (1, FORMAT_VERSION):
         _fail(ckpt, f"unknown format_version {version!r} (this longssm reads 1 and 2)")
-    if version >= 2 and "files" not in meta:
-        _fail(ckpt, "missing 'files' (the SHA-256 of every tensor file)")
+    if version >= 2:
+        for key in ("files", "meta_sha256"):
+            if key not in meta:
+                _fail(ckpt, f"missing {key!r} (format 2 checksums every file)")
+        if meta["meta_sha256"] != meta_digest(meta):
+            raise CheckpointError(
+                f"checkpoint file {ckpt / 'meta.json'} is damaged (its SHA-256 differs from "
+                "meta_sha256)"
+            )
     for name, digest in meta.get("files", {}).items():
         if name not in {f"{n}.safetensors" for n in TENSOR_FILES}:
             _fail(ckpt, f"'files' names an unknown file {name!r}")

@@ -20,6 +20,9 @@ from typing import Any, get_type_hints
 from longssm.models.config import ModelConfig
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class ConfigError(ValueError):
     """An invalid configuration file, key or value."""
 
@@ -287,8 +290,9 @@ def _check_type(value: Any, hint: Any, name: str) -> Any:
             value = float(value)
         except OverflowError as exc:
             raise ConfigError(f"{name} is too large: {value!r}") from exc
-        if not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        # beyond float32's range a value overflows inside torch (3.4e38)
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise ConfigError(f"{name} must be a finite number (|x| <= 3.4e38), got {value!r}")
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")

@@ -116,13 +116,21 @@ def _train_steps(run):
             )  # fmt: skip
             # DDP averaged the model's gradients; a learned initial state is outside the model
             ctx.average_gradients(run.policy.parameters())
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]],
-                tc.grad_clip if tc.grad_clip > 0 else float("inf"),
-            ).item()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            # the norm first: clipping by a NaN norm would spread the NaN to every gradient
+            total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            grad_norm = total.item()
             if not math.isfinite(grad_norm):
                 diverged(run, step + 1, "gradient", first_non_finite_module(run, grads=True))
-            optimizer.step()
+            clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total)
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                if "overflow" not in str(exc):
+                    raise
+                # AdamW's step size lr / (1 - beta1^t) left float32's range
+                diverged(run, step + 1, "optimiser step size (learning rate too large?)", None)
             step += 1
             # checked before anything is saved: a checkpoint never holds diverged weights
             bad = first_non_finite_module(run)
@@ -194,11 +202,11 @@ def first_non_finite_optimizer_state(optimizer) -> tuple[str, str] | None:
 
 def diverged(run, step: int, what: str, where: tuple[str, str] | None):
     """Raise NonFiniteError naming the step, the first bad module and the last good checkpoint."""
-    module, name = where if where is not None else ("an unknown module", "?")
+    place = f" in {where[0]} ({where[1]})" if where is not None else ""
     last = run.last_checkpoint if run.last_checkpoint is not None else "none written yet"
     raise NonFiniteError(
-        f"training diverged at step {step}: non-finite {what} in {module} ({name}); nothing was "
-        f"saved for this step; last good checkpoint: {last}"
+        f"training diverged at step {step}: non-finite {what}{place}; nothing was saved for this "
+        f"step; last good checkpoint: {last}"
     )
 
 
