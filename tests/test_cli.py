@@ -92,7 +92,7 @@ def test_corrupt_checkpoint(cache, capsys):
     ckpt = sorted((out / "checkpoints").iterdir())[-1]
     (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
     code, _, err = run_cli(["generate", str(out), "-n", "3"], capsys)
-    assert code == 2 and "corrupt checkpoint file" in err
+    assert code == 2 and "is damaged" in err
     (ckpt / "meta.json").write_text("{broken")
     code, _, err = run_cli(["generate", str(out), "-n", "3"], capsys)
     assert code == 2 and "corrupt checkpoint metadata" in err

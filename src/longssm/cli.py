@@ -1,20 +1,44 @@
 """The ``longssm`` command line: train | eval | extend | plot | generate | corpus.
 
-Bad input (missing paths, invalid config values, corrupt checkpoints) prints one line
-``longssm: error: ...`` and exits with code 2; nothing already on disk is overwritten.
+Every expected failure prints one line ``longssm: error: ...`` and exits with code 2: bad input
+(missing paths, invalid config values, corrupt checkpoints), the file system refusing (a read-only
+folder, a full disk: ``OSError`` and its kin), safetensors errors, a model too large to allocate,
+and a run that diverges. Nothing already on disk is overwritten. Anything else is a bug: one line
+``longssm: internal error: ...`` with "run with --debug for the traceback", exit code 1;
+``--debug`` (anywhere on the line) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+
+from safetensors import SafetensorError
 
 from longssm.eval.cli import add_eval_arguments, add_plot_arguments
 from longssm.extend import add_extend_arguments
 from longssm.train import NonFiniteError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    SafetensorError,
+    MemoryError,
+    NonFiniteError,
+)
+
+
+class UsageError(ValueError):
+    """A command line argparse cannot parse (one line, exit 2 like any bad input)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as ``UsageError`` instead of a usage block and ``sys.exit``."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog.split()[-1]}: {message}")
 
 
 def _add_train(sub) -> None:
@@ -31,22 +55,22 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args, overrides: list[str]) -> int:
-    from longssm.config import load_run_config
+    from longssm.config import apply_overrides, load_run_config, RunConfig
     from longssm.train.loop import train
+    from longssm.train.run import resume_base_config
 
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out must name a folder, got an empty string")
     cfg = load_run_config(args.config, overrides)
-    if args.quiet:
-        cfg.train.progress = False
     out = (
         args.out
         or f"runs/{cfg.model.mixer}-{cfg.train.policy.replace(':', '')}-T{cfg.data.seq_len}"
     )
-    if args.resume and args.config is None and not overrides:
-        from longssm.checkpoint import read_meta, resolve_checkpoint
-        from longssm.config import RunConfig
-
-        cfg = RunConfig.from_dict(read_meta(resolve_checkpoint(out))["config"])
-        cfg.train.progress = not args.quiet
+    if args.resume and args.config is None:
+        # the run's own config, with the command line's overrides on top
+        cfg = RunConfig.from_dict(apply_overrides(resume_base_config(out), overrides))
+    if args.quiet:
+        cfg.train.progress = False
     result = train(cfg, out, resume=args.resume)
     # under torchrun only rank 0 reports (the others hold no validation numbers)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -73,17 +97,32 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
 
+def _check_generate_args(args) -> None:
+    if not math.isfinite(args.temperature) or not (
+        args.temperature == 0 or 1e-3 <= args.temperature <= 1e3
+    ):
+        raise ValueError(
+            f"--temperature must be 0 (greedy) or a number in [0.001, 1000], got {args.temperature}"
+        )
+    if args.num_tokens < 0:
+        raise ValueError(f"--num-tokens must be >= 0, got {args.num_tokens}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must lie in [0, 2**63), got {args.seed}")
+
+
 def _run_generate(args, overrides: list[str]) -> int:
     import torch
 
-    from longssm.checkpoint import load_model
-    from longssm.data import tokenizer_from_dict
+    from longssm.checkpoint import load_model, load_tokenizer
     from longssm.dist import resolve_device
 
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
-    model, _, meta = load_model(args.checkpoint, device=resolve_device(args.device, "--device"))
-    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    _check_generate_args(args)
+    model, ckpt, meta = load_model(args.checkpoint, device=resolve_device(args.device, "--device"))
+    tokenizer = load_tokenizer(meta, ckpt)
     symbols = model.cfg.vocab_size != tokenizer.vocab_size
     if symbols:
         # a symbol corpus (markov:): the prompt is space-separated ids, the output too
@@ -95,6 +134,8 @@ def _run_generate(args, overrides: list[str]) -> int:
             ) from exc
     else:
         ids = [tokenizer.sep_id] + list(tokenizer.encode(args.prompt))
+    if any(not 0 <= i < model.cfg.vocab_size for i in ids):
+        raise ValueError(f"--prompt ids must lie in [0, {model.cfg.vocab_size})")
     prompt = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
     gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same samples on any device
     tokens, _ = model.generate(
@@ -192,10 +233,11 @@ def _run_prune(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="longssm",
         description="State-space language models trained short, evaluated long (LongSSM).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     add_eval_arguments(sub.add_parser("eval", help="perplexity versus evaluation length"))
@@ -207,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus(sub)
     _add_adapt(sub)
     _add_prune(sub)
+    for command in sub.choices.values():
+        # ``longssm train ... --debug`` works too; SUPPRESS keeps the top level's value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of any error")
     return parser
 
 
@@ -239,22 +285,50 @@ def run_command(args, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    if args.command not in ("train", "extend") and overrides:
-        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     try:
+        parser = build_parser()
+        try:
+            args, overrides = parser.parse_known_args(argv)
+        except SystemExit as exc:
+            # --help / --version: argparse printed what was asked for
+            return exc.code if isinstance(exc.code, int) else 0
+        if args.command not in ("train", "extend") and overrides:
+            parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         return run_command(args, overrides)
     except KeyboardInterrupt:
         print("longssm: interrupted", file=sys.stderr)
         return 130
-    except NonFiniteError as exc:
-        print(f"longssm: training diverged: {exc}", file=sys.stderr)
-        return 1
     except USER_ERRORS as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"longssm: error: {message}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"longssm: error: {error_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"longssm: internal error: {type(exc).__name__}: {error_line(exc)} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user sees for ``exc``."""
+    text = " ".join(str(exc).split()) if str(exc).strip() else ""
+    if isinstance(exc, NonFiniteError) and not text.startswith("training diverged"):
+        return f"training diverged: {text}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + text if text else ''}"
+    if isinstance(exc, SafetensorError):
+        return f"safetensors: {text}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return text or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from longssm.models.config import ModelConfig
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class ConfigError(ValueError):
@@ -224,6 +228,14 @@ class RunConfig:
             train=_build(TrainConfig, data.get("train", {}), "train"),
         )
 
+    def __post_init__(self) -> None:
+        # checks that join two sections, so a run fails before its first step, not during it
+        if parse_policy(self.train.policy)[0] == "passing" and self.data.effective_batch_size < 2:
+            raise ConfigError(
+                "train.policy=passing needs at least 2 streams (data.batch_size or "
+                f"tokens_per_step // seq_len), got {self.data.effective_batch_size}"
+            )
+
 
 def _positive(obj, *names: str) -> None:
     for name in names:
@@ -274,7 +286,13 @@ def _check_type(value: Any, hint: Any, name: str) -> Any:
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError as exc:
+            raise ConfigError(f"{name} is too large: {value!r}") from exc
+        # beyond float32's range a value overflows inside torch (3.4e38)
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise ConfigError(f"{name} must be a finite number (|x| <= 3.4e38), got {value!r}")
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -341,6 +359,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 raise ConfigError("YAML configs need PyYAML: pip install 'longssm[yaml]'") from exc
             with open(p) as f:
                 data = yaml.safe_load(f)
+            if data is not None and not isinstance(data, dict):
+                raise ConfigError(
+                    f"{p}: the top level must be a mapping of sections, got {type(data).__name__}"
+                )
             return data or {}
     except ConfigError:
         raise

@@ -141,12 +141,13 @@ def build_config(args, policy: str, seq_len: int | None, d_model: int | None,
     data["train"].update(policy=policy, seed=args.seed, progress=not args.quiet)
     if args.mixer:
         data["model"]["mixer"] = args.mixer
-    if seq_len:
+    if seq_len is not None:
         data["data"]["seq_len"] = seq_len
         data["data"]["tokens_per_step"] = max(data["data"]["tokens_per_step"], seq_len)
-    if d_model:
+    if d_model is not None:
         data["model"]["d_model"] = d_model
-    if args.steps:
+    # zero is a value (refused by validation), not "use the preset"
+    if args.steps is not None:
         data["train"]["steps"] = args.steps
     return RunConfig.from_dict(apply_overrides(data, extra_overrides))
 
@@ -195,10 +196,13 @@ def run_extend(args: argparse.Namespace, extra_overrides: list[str] | None = Non
     combos = plan_combinations(args, list(extra_overrides or []))
     protocols = resolve_protocols(args.protocol)
     _, preset = preset_of(args)
-    lengths = evaluation_lengths(args.max_length or preset["max_length"], [c.seq_len for c in combos])
-    n_tokens = args.n_tokens or preset["n_tokens"]
+    max_length = preset["max_length"] if args.max_length is None else args.max_length
+    lengths = evaluation_lengths(max_length, [c.seq_len for c in combos])
+    n_tokens = preset["n_tokens"] if args.n_tokens is None else args.n_tokens
     if n_tokens < 1:
         raise ConfigError(f"--n-tokens must be >= 1, got {n_tokens}")
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out must name a folder, got an empty string")
     out = Path(args.out or f"results/extend-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")

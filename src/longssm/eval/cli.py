@@ -81,6 +81,12 @@ def run_eval(args: argparse.Namespace) -> int:
         _positive(name.replace("_", "-"), getattr(args, name))
     if not 0 < args.confidence < 1:
         raise EvalError(f"--confidence must lie in (0, 1), got {args.confidence}")
+    if args.name is not None and (
+        not args.name.strip() or args.name in (".", "..") or any(c in args.name for c in "/\\\0")
+    ):
+        raise EvalError(f"--name must be a plain file stem (no folders), got {args.name!r}")
+    if args.out is not None and not args.out.strip():
+        raise EvalError("--out must name a folder, got an empty string")
     if not Path(args.run).exists():
         raise EvalError(f"no such run or checkpoint: {args.run}")
     settings = EvalSettings(

@@ -79,6 +79,26 @@ def train(
     if cfg.train.threads:
         set_cpu_threads(cfg.train.threads)
     run = build_run(cfg, Path(run_dir), resume, log)
+    try:
+        step, loss, val, metrics = _train_steps(run)
+    finally:
+        run.close()
+    run.ctx.close()
+    return TrainResult(
+        run_dir=run.run_dir,
+        step=step,
+        train_loss=loss,
+        val_loss_reset=val[0],
+        val_loss_stream=val[1],
+        seconds=metrics.elapsed(),
+        tokens=step * run.tokens_per_step,
+        history=metrics.history,
+    )
+
+
+def _train_steps(run):
+    """The step loop of ``train`` from ``run.step``; returns (step, loss, (val losses), metrics)."""
+    cfg = run.cfg
     tc, ctx, optimizer = cfg.train, run.ctx, run.optimizer
     step, carried = run.step, run.carried
     metrics = MetricsLog(run.run_dir / "metrics.csv", run.history, run.tokens_per_step, step)
@@ -96,14 +116,26 @@ def train(
             )  # fmt: skip
             # DDP averaged the model's gradients; a learned initial state is outside the model
             ctx.average_gradients(run.policy.parameters())
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]],
-                tc.grad_clip if tc.grad_clip > 0 else float("inf"),
-            ).item()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            # the norm first: clipping by a NaN norm would spread the NaN to every gradient
+            total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            grad_norm = total.item()
             if not math.isfinite(grad_norm):
-                raise NonFiniteError(f"non-finite gradient norm at step {step + 1}")
-            optimizer.step()
+                diverged(run, step + 1, "gradient", first_non_finite_module(run, grads=True))
+            clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total)
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                if "overflow" not in str(exc):
+                    raise
+                # AdamW's step size lr / (1 - beta1^t) left float32's range
+                diverged(run, step + 1, "optimiser step size (learning rate too large?)", None)
             step += 1
+            # checked before anything is saved: a checkpoint never holds diverged weights
+            bad = first_non_finite_module(run)
+            if bad is not None:
+                diverged(run, step, "parameter", bad)
             # each rank's loss is the mean over its B/N rows: their mean is the global loss
             loss = ctx.mean(step_loss)
             if progress is not None:
@@ -128,20 +160,53 @@ def train(
                     record = diagnostics(step, grad_norm, run.model, norms)
                     append_diagnostics(run.run_dir / "diagnostics.jsonl", record)
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
+                bad = first_non_finite_optimizer_state(optimizer)
+                if bad is not None:
+                    diverged(run, step, "optimiser state", bad)
                 save_checkpoint(run, step, carried)
     finally:
         if progress is not None:
             progress.close()
-    ctx.close()
-    return TrainResult(
-        run_dir=run.run_dir,
-        step=step,
-        train_loss=loss,
-        val_loss_reset=val[0],
-        val_loss_stream=val[1],
-        seconds=metrics.elapsed(),
-        tokens=step * run.tokens_per_step,
-        history=metrics.history,
+    return step, loss, val, metrics
+
+
+def first_non_finite_module(run, grads: bool = False) -> tuple[str, str] | None:
+    """(module, parameter) of the first parameter (or its gradient) holding a NaN or infinity.
+
+    Model parameters first, in registration order, then the policy's (a learned initial state).
+    """
+    named = [(n, p) for n, p in run.model.named_parameters()]
+    named += [(f"policy.{i}", p) for i, p in enumerate(run.policy.parameters())]
+    tensors = [p.grad if grads else p for _, p in named]
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.numel()]
+    # one synchronisation in the common case (everything finite)
+    if not flags or bool(torch.stack(flags).all()):
+        return None
+    for name, param in named:
+        tensor = param.grad if grads else param
+        if tensor is not None and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            module = name.rpartition(".")[0] or "(model)"
+            return module, name
+    return None
+
+
+def first_non_finite_optimizer_state(optimizer) -> tuple[str, str] | None:
+    """(``optimizer``, 'param_index.name') of the first non-finite optimiser tensor, else None."""
+    for index, (_, state) in enumerate(optimizer.state.items()):
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+                if not bool(torch.isfinite(value).all()):
+                    return "optimizer", f"{index}.{name}"
+    return None
+
+
+def diverged(run, step: int, what: str, where: tuple[str, str] | None):
+    """Raise NonFiniteError naming the step, the first bad module and the last good checkpoint."""
+    place = f" in {where[0]} ({where[1]})" if where is not None else ""
+    last = run.last_checkpoint if run.last_checkpoint is not None else "none written yet"
+    raise NonFiniteError(
+        f"training diverged at step {step}: non-finite {what}{place}; nothing was saved for this "
+        f"step; last good checkpoint: {last}"
     )
 
 

@@ -127,6 +127,29 @@ def diagnostics(step: int, grad_norm: float, model: SSMLanguageModel, state_max_
     }
 
 
+def truncate_diagnostics(path: Path, step: int) -> None:
+    """Keep only the records of steps <= ``step`` (a resume): no step is ever recorded twice.
+
+    A torn last line (a kill while appending) is dropped too. Rewritten atomically.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                keep = isinstance(record, dict) and int(record["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
 def append_diagnostics(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
