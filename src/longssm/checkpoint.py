@@ -150,6 +150,8 @@ def _write_files(tmp: Path, model, meta: dict, opt_tensors: dict, opt_meta, extr
     """The tensor files and ``meta.json`` (with their SHA-256) of one checkpoint, into ``tmp``."""
     save_model(model, str(tmp / "model.safetensors"))
     meta["format_version"] = FORMAT_VERSION
+    # the metadata describes exactly the files written (a copied meta may name an optimiser)
+    meta.pop("optimizer", None)
     if opt_meta is not None:
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         meta["optimizer"] = opt_meta
