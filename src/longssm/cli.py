@@ -1,4 +1,4 @@
-"""The ``longssm`` command line: train | eval | extend | plot | generate | corpus.
+"""The ``longssm`` command line: train | eval | extend | plot | generate | corpus | task.
 
 Every expected failure prints one line ``longssm: error: ...`` and exits with code 2: bad input
 (missing paths, invalid config values, corrupt checkpoints), the file system refusing (a read-only
@@ -55,7 +55,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args, overrides: list[str]) -> int:
-    from longssm.config import apply_overrides, load_run_config, RunConfig
+    from longssm.config import RunConfig, apply_overrides, load_run_config
     from longssm.train.loop import train
     from longssm.train.run import resume_base_config
 
@@ -232,6 +232,41 @@ def _run_prune(args) -> int:
     return 0
 
 
+def _add_task(sub) -> None:
+    p = sub.add_parser(
+        "task",
+        help="synthetic capability suite: train a tagger on short lengths, score per length bin",
+        description="Train on --train-lengths, evaluate per length bin with 95%% intervals, write "
+        "JSON. NAME 'suite' runs the matrix tasks x mixers x depths (docs/tasks.md).",
+    )
+    p.add_argument("name", help="a task (parity, dyck1, a5, mem-polynomial, ...) or 'suite'")
+    p.add_argument("--mixer", default="mamba", help="registry name[+option=value...], e.g. "
+                   "s4d+eigen=direct")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--train-lengths", default="1:50", help="a:b")
+    p.add_argument("--test-lengths", default=None, help="bins a:b,c:d (default: up to 10x)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="small model, few steps (CPU minutes)")
+    p.add_argument("--out", default=None, help="JSON file (suite: a directory, default "
+                   "docs/results)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_task(args) -> int:
+    from longssm.tasks import run_suite, run_task
+
+    if args.layers < 1:
+        raise ValueError(f"--layers must be >= 1, got {args.layers}")
+    if args.name == "suite":
+        run_suite(args.out or "docs/results", quick=args.quick, seed=args.seed)
+        return 0
+    run_task(args.name, mixer=args.mixer, layers=args.layers, train_lengths=args.train_lengths,
+             test_lengths=args.test_lengths, quick=args.quick, steps=args.steps, seed=args.seed,
+             out=args.out, progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="longssm",
@@ -247,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_arguments(sub.add_parser("plot", help="redraw figures from saved results"))
     _add_generate(sub)
     _add_corpus(sub)
+    _add_task(sub)
     _add_adapt(sub)
     _add_prune(sub)
     for command in sub.choices.values():
@@ -281,6 +317,8 @@ def run_command(args, overrides: list[str]) -> int:
         from longssm.eval.cli import run_plot
 
         return run_plot(args)
+    if args.command == "task":
+        return _run_task(args)
     raise ValueError(f"unknown command {args.command}")
 
 

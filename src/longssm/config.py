@@ -19,7 +19,6 @@ from typing import Any, get_type_hints
 
 from longssm.models.config import ModelConfig
 
-
 FLOAT32_MAX = 3.4028234663852886e38
 
 

@@ -7,7 +7,6 @@ closing note quotes them.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil

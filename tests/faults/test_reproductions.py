@@ -16,7 +16,14 @@ from safetensors.torch import save_file
 from longssm import checkpoint as ckpt_io
 
 from .common import (
-    CORPUS, TINY, checkpoints, cli, flip_last_byte, one_error_line, snapshot, train_tiny, weights,
+    TINY,
+    checkpoints,
+    cli,
+    flip_last_byte,
+    one_error_line,
+    snapshot,
+    train_tiny,
+    weights,
 )
 
 

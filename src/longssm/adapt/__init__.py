@@ -19,7 +19,13 @@ from longssm.adapt.adapter import (
 from longssm.adapt.errors import AdaptError
 from longssm.adapt.prune import PRUNE_METHODS, prune_model
 from longssm.adapt.prune_run import prune_run
-from longssm.adapt.reduce import REDUCE_METHODS, ReduceSpec, parse_reduce, reduced_forward, reduced_nll
+from longssm.adapt.reduce import (
+    REDUCE_METHODS,
+    ReduceSpec,
+    parse_reduce,
+    reduced_forward,
+    reduced_nll,
+)
 from longssm.adapt.score import paired_gain, position_gain, summarise, window_nll
 from longssm.adapt.state_tuning import STATE_METHODS, StateAdapter, state_adapter
 from longssm.adapt.tune import AdaptSettings, adapt_run

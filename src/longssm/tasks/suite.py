@@ -1,0 +1,139 @@
+"""``longssm task NAME`` and ``longssm task suite``: one run, or the matrix tasks x mixers x depths.
+
+Every run writes its record (``trainer.run``) to JSON; the suite writes all records to
+``tasks.json``, the table to ``tasks.md`` and heatmaps (``tasks-accuracy.png``,
+``tasks-nmse.png``), all drawn from the records. Controls that another build registers
+(``mamba+negative_eigenvalues=true``, ``ids4``) are listed in the matrix and reported as skipped
+when this build's registry does not know them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from longssm.tasks.registry import get_task
+from longssm.tasks.report import heatmap, table
+from longssm.tasks.trainer import (
+    TaskRunConfig,
+    check_lengths,
+    default_bins,
+    parse_mixer,
+    parse_range,
+    run,
+)
+
+QUICK = {"d_model": 32, "d_state": 16, "batch_size": 32, "eval_samples": 100}
+CONTROLS = ["mamba+negative_eigenvalues=true", "ids4"]
+
+# (tasks, mixers, depths, steps, train lengths, bins or None for default_bins)
+QUICK_MATRIX = [
+    (["starfree", "flipflop", "parity", "d2", "dyck1", "anbn"], ["mamba"], [1, 2], 500, (1, 20), None),
+    (["parity", "flipflop"], ["lstm"] + CONTROLS, [1], 500, (1, 20), None),
+    (["a5", "z60"], ["mamba"], [1, 2, 3], 600, (1, 10), None),
+    (["a5", "z60"], ["lstm"] + CONTROLS, [1], 600, (1, 10), None),
+    (["mem-polynomial", "mem-exp"], ["s4d+eigen=exp", "s4d+eigen=direct"], [1], 500, (1, 20), None),
+    (["area"], ["mamba", "s4d"], [1, 2], 500, (1, 20), None),
+    (["mqar"], ["mamba"], [2], 600, (3, 24), [(3, 24), (27, 48), (51, 96), (99, 192)]),
+    (["passkey"], ["mamba"], [2], 500, (3, 20), None),
+]
+
+
+def run_task(name: str, mixer: str = "mamba", layers: int = 2, train_lengths: str = "1:50",
+             test_lengths: str | None = None, quick: bool = False, steps: int | None = None,
+             seed: int = 0, out: str | None = None, progress: bool = True) -> dict:
+    """Train and evaluate one task; print its table; write the record to ``out`` (JSON)."""
+    task = get_task(name)
+    train = parse_range(train_lengths, "--train-lengths")
+    bins = ([parse_range(b, "--test-lengths bin") for b in test_lengths.split(",")]
+            if test_lengths else default_bins(*train))
+    check_lengths(task, train, bins)
+    parse_mixer(mixer)
+    path = Path(out or f"results/tasks/{name}-{mixer.replace('+', '_')}-x{layers}.json")
+    if path.exists():
+        raise ValueError(f"{path} exists; choose another --out (nothing is overwritten)")
+    cfg = TaskRunConfig(task=name, mixer=mixer, layers=layers, train_lengths=train,
+                        test_bins=bins, seed=seed, progress=progress,
+                        **(QUICK if quick else {}))
+    cfg.steps = steps or (500 if quick else cfg.steps)
+    record = run(cfg)
+    print(f"{name} ({record['metric']}, 95% interval; train loss {record['train']['final_loss']:.4f},"
+          f" {record['train']['seconds']:.0f} s)")
+    print(table([record]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=_json))
+    return record
+
+
+def _json(obj):
+    return None if isinstance(obj, float) and not math.isfinite(obj) else str(obj)
+
+
+def suite_configs(quick: bool = True, seed: int = 0) -> list[TaskRunConfig]:
+    """The matrix as run configs, in order."""
+    base = TaskRunConfig(task="", seed=seed, progress=False, **(QUICK if quick else {}))
+    out = []
+    for tasks, mixers, depths, steps, train, bins in QUICK_MATRIX:
+        for name in tasks:
+            for mixer in mixers:
+                for depth in depths:
+                    out.append(replace(base, task=name, mixer=mixer, layers=depth,
+                                       steps=steps if quick else 4 * steps, train_lengths=train,
+                                       test_bins=list(bins or default_bins(*train))))
+    return out
+
+
+def run_suite(out_dir: str = "docs/results", quick: bool = True, seed: int = 0) -> list[dict]:
+    """Run the matrix; write tasks.json, tasks.md and the heatmaps under ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records, skipped, start = [], [], time.perf_counter()
+    for cfg in tqdm(suite_configs(quick, seed), desc="task suite"):
+        try:
+            parse_mixer(cfg.mixer)
+        except ValueError as exc:
+            skipped.append({"task": cfg.task, "mixer": cfg.mixer, "layers": cfg.layers,
+                            "reason": str(exc)})
+            continue
+        records.append(run(cfg))
+        (out / "tasks.json").write_text(
+            json.dumps({"records": records, "skipped": skipped}, indent=1, default=_json))
+    seconds = time.perf_counter() - start
+    (out / "tasks.json").write_text(json.dumps(
+        {"records": records, "skipped": skipped, "seconds": seconds}, indent=1, default=_json))
+    heatmap(records, str(out / "tasks-accuracy.png"), "accuracy")
+    heatmap(records, str(out / "tasks-nmse.png"), "nmse")
+    (out / "tasks.md").write_text(_page(records, skipped, seconds, quick))
+    print(table(records))
+    return records
+
+
+def _page(records: list[dict], skipped: list[dict], seconds: float, quick: bool) -> str:
+    lines = [
+        "# Synthetic capability suite: results",
+        "",
+        f"Made by `longssm task suite{' --quick' if quick else ''} --out docs/results` "
+        f"({seconds / 60:.1f} min, {len(records)} runs). Data: `tasks.json`; "
+        "what the tasks are and the published numbers: [../tasks.md](../tasks.md).",
+        "",
+        "Accuracy in % (a sequence is right when every scored position is right) with the 95% "
+        "Wilson interval; regression: normalised MSE with a 95% bootstrap interval. The first bin "
+        "is the training range, the others lie beyond it (reset protocol: zero initial state).",
+        "",
+        table(records, markdown=True),
+        "",
+        "![accuracy heatmap](tasks-accuracy.png)",
+        "",
+        "![nMSE heatmap](tasks-nmse.png)",
+        "",
+    ]
+    if skipped:
+        lines += ["Skipped (not registered in this build):", ""]
+        lines += [f"- {s['task']} {s['mixer']} x{s['layers']}: {s['reason']}" for s in skipped]
+        lines.append("")
+    return "\n".join(lines)

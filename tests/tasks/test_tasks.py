@@ -1,0 +1,137 @@
+"""Registry, batches, recall labels, metrics, the tagging model and the CLI's bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from longssm.cli import main
+from longssm.tasks import TASKS, TaskRunConfig, get_task, recall, run
+from longssm.tasks.metrics import sequence_scores, summarise, wilson
+from longssm.tasks.trainer import parse_mixer
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_makes_a_batch(name):
+    task = get_task(name)
+    n = task.lengths(5, 40)[0]
+    b = task.batch(3, n, np.random.default_rng(0))
+    length = n + 1 if task.family == "language" else n
+    assert b.inputs.shape[:2] == (3, length) and b.mask.shape == b.score.shape == (3, length)
+    assert b.score.any(axis=1).all()
+    if task.kind == "set":
+        assert b.targets.shape == (3, length, task.n_out)
+        assert set(np.unique(b.targets)) <= {0.0, 1.0}
+    elif task.kind == "class":
+        assert b.targets.max() < task.n_out and b.inputs.max() < task.n_in
+
+
+def test_seeded_generators_repeat():
+    for name in ("dyck1", "a5", "area", "mqar"):
+        a = get_task(name).batch(2, 12, np.random.default_rng(5))
+        b = get_task(name).batch(2, 12, np.random.default_rng(5))
+        assert (a.inputs == b.inputs).all() and (a.targets == b.targets).all()
+
+
+def test_mqar_labels_by_lookup():
+    inputs, targets, mask = recall.mqar(4, 30, np.random.default_rng(0))
+    for b in range(4):
+        bound = {int(k): int(v) - recall.KEYS for k, v in zip(inputs[b, 0:20:2], inputs[b, 1:20:2])}
+        assert len(bound) == 10
+        for t in np.flatnonzero(mask[b]):
+            assert targets[b, t] == bound[int(inputs[b, t])]
+
+
+def test_passkey_label_by_lookup():
+    inputs, targets, mask = recall.passkey(5, 40, np.random.default_rng(1))
+    for b in range(5):
+        where = int(np.flatnonzero(inputs[b] == recall.MARK)[0])
+        assert targets[b, -1] == inputs[b, where + 1] and mask[b].sum() == 1
+
+
+def test_wilson_interval():
+    low, high = wilson(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+
+
+def test_scores_all_positions():
+    targets = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    outputs = torch.tensor([[[3.0, -3.0], [-3.0, 3.0]], [[3.0, -3.0], [3.0, 3.0]]])
+    score = torch.ones(2, 2, dtype=torch.bool)
+    assert sequence_scores("set", outputs, targets, score).tolist() == [True, False]
+    summary = summarise("set", np.array([True, False, True, True]))
+    assert summary["value"] == 0.75 and summary["low"] < 0.75 < summary["high"]
+
+
+def test_parse_mixer_uses_the_registry():
+    assert parse_mixer("s4d+eigen=direct") == ("s4d", {}, {"eigen_param": "direct"})
+    assert parse_mixer("mamba+scan=naive") == ("mamba", {"scan": "naive"}, {})
+    with pytest.raises(ValueError, match="unknown mamba mixer option"):
+        parse_mixer("mamba+negative_eigenvalues_x=true")
+    with pytest.raises(ValueError, match="eigen_param"):
+        parse_mixer("s4d+eigen=bogus")
+
+
+def test_training_learns_a_trivial_language():
+    """1* (constant next set {1, EOS}): one LSTM layer gets the ID bin mostly right."""
+    cfg = TaskRunConfig(task="tomita1", mixer="lstm", layers=1, d_model=16, train_lengths=(2, 10),
+                        test_bins=[(2, 10), (12, 20)], steps=40, lr=1e-2, eval_samples=20,
+                        eval_batch=10, progress=False)
+    record = run(cfg)
+    assert record["train"]["finite"]
+    assert record["bins"][0]["value"] > 0.8
+    assert len(record["bins"]) == 2 and record["bins"][0]["metric"] == "accuracy"
+
+
+def test_regression_run_reports_nmse():
+    cfg = TaskRunConfig(task="mem-exp", mixer="s4d", layers=1, d_model=8, d_state=4,
+                        train_lengths=(5, 10), test_bins=[(5, 10)], steps=5, eval_samples=10,
+                        eval_batch=5, progress=False)
+    bins = run(cfg)["bins"]
+    assert bins[0]["metric"] == "nmse" and bins[0]["low"] <= bins[0]["value"] <= bins[0]["high"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["task", "nosuch"], "unknown task"),
+        (["task", "parity", "--train-lengths", "9:3"], "lengths in order"),
+        (["task", "parity", "--test-lengths", "5:x"], "a:b"),
+        (["task", "mqar", "--train-lengths", "3:30", "--test-lengths", "300:600"],
+         "exceeds task mqar's maximum length 192"),
+        (["task", "parity", "--train-lengths", "1:20000"], "maximum length"),
+        (["task", "anbncn", "--train-lengths", "4:5"], "no sequences"),
+        (["task", "parity", "--mixer", "nosuch"], "mixer must be one of"),
+        (["task", "parity", "--layers", "0"], "--layers"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
+    code = main([*args, "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_writes_json_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["task", "passkey", "--mixer", "gru", "--layers", "1", "--train-lengths", "3:6",
+            "--test-lengths", "3:6,7:12", "--quick", "--steps", "3", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    assert [b["lo"] for b in record["bins"]] == [3, 7]
+    assert "3-6:" in capsys.readouterr().out
+    before = out.read_text()
+    assert main(args) == 2 and out.read_text() == before
+
+
+def test_suite_matrix_is_valid():
+    """Every suite cell names a known task with generable lengths; unknown controls are skipped."""
+    from longssm.tasks.suite import CONTROLS, suite_configs
+    from longssm.tasks.trainer import check_lengths
+
+    configs = suite_configs(quick=True)
+    assert {c.mixer for c in configs} >= set(CONTROLS)
+    for cfg in configs:
+        check_lengths(get_task(cfg.task), cfg.train_lengths, cfg.test_bins)
