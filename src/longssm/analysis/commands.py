@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longssm import hippo
 from longssm.analysis import figures
 from longssm.analysis.attention import check_layer, hidden_attention, minmax
 from longssm.analysis.prophecy import SIGNALS, forecast_errors
@@ -170,6 +171,10 @@ def analyze_prophecy(out, signal="damped", sizes=(8, 16, 32, 64), dts=(0.01, 0.0
         raise ValueError(f"unknown signal {signal!r}; valid: {', '.join(SIGNALS)}")
     if not isinstance(replicates, int) or replicates < 2:
         raise ValueError(f"--replicates must be an integer >= 2, got {replicates!r}")
+    for n in sizes:
+        hippo.derivative_readout(measure, n, theta)  # unknown measure, bad N or θ: before any output
+    if not sizes or not dts or not all(0 < dt < theta for dt in dts):
+        raise ValueError(f"--N and --dt must be non-empty, each Δ in (0, θ={theta}), got {list(dts)}")
     from tqdm.auto import tqdm
 
     with tqdm(total=len(sizes) * len(dts), desc="prophecy", disable=not progress) as bar:
