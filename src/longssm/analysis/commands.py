@@ -65,6 +65,8 @@ def _attention_tokens(model, meta, tokenizer, text, split, offset, max_length, w
     if (text is None) == (split is None):
         raise ValueError("give exactly one of --text and --from-split")
     if text is not None:
+        if tokenizer is None:
+            raise ValueError("this run was trained on symbols, not text: use --from-split")
         ids = list(tokenizer.encode(text))
         if len(ids) > max_length:
             raise ValueError(f"the text has {len(ids)} tokens, more than --max-length {max_length}")
