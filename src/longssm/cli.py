@@ -1,4 +1,5 @@
-"""The ``longssm`` command line: train | eval | extend | plot | generate | corpus | task.
+"""The ``longssm`` command line: train | eval | extend | plot | generate | corpus | task | adapt |
+prune | analyze.
 
 Every expected failure prints one line ``longssm: error: ...`` and exits with code 2: bad input
 (missing paths, invalid config values, corrupt checkpoints), the file system refusing (a read-only
@@ -267,6 +268,71 @@ def _run_task(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="hidden attention, state reliance, HiPPO-Prophecy (docs/analysis.md)")
+    what = p.add_subparsers(dest="what", required=True)
+    a = what.add_parser("attention", help="hidden-attention heatmaps of a trained run")
+    a.add_argument("run", help="run directory or checkpoint")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="text to analyse")
+    src.add_argument("--from-split", dest="split", choices=["train", "validation", "test"])
+    a.add_argument("--layer", type=int, default=None, help="block index (default: every layer)")
+    a.add_argument("--kind", choices=["scan", "block"], default="scan")
+    a.add_argument("--max-length", type=int, default=128, help="most tokens analysed")
+    a.add_argument("--channels", type=_int_list, default=[], help="units drawn one by one, e.g. 0,5")
+    a.add_argument("--offset", type=int, default=0, help="first token of the window (--from-split)")
+    a.add_argument("--warmup", type=int, default=0, help="tokens before the window run first; "
+                   "their final state is carried in (--from-split)")
+    a.add_argument("--out", required=True, help="figure path (.png/.svg/.pdf); JSON beside it")
+    r = what.add_parser("reliance", help="how much of each output comes from the carried state")
+    r.add_argument("runs", nargs="+", help="one or more runs (e.g. zero- and previous-init)")
+    r.add_argument("--lengths", type=_int_list, default=[1, 16, 256, 4096], help="positions t to report")
+    r.add_argument("--rows", type=int, default=16, help="text windows averaged (the interval's sample)")
+    r.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    r.add_argument("--out", required=True)
+    r.add_argument("--quiet", action="store_true")
+    f = what.add_parser("prophecy", help="one-step forecasts of a fixed-weight HiPPO SSM")
+    f.add_argument("--signal", default="damped", help="damped | vdp | lorenz")
+    f.add_argument("--N", dest="sizes", type=_int_list, default=[8, 16, 32, 64])
+    f.add_argument("--dt", dest="dts", type=_float_list, default=[0.01, 0.02, 0.05])
+    f.add_argument("--theta", type=float, default=1.0, help="memory window θ")
+    f.add_argument("--measure", default="legt", help="legt | legs | lagt")
+    f.add_argument("--replicates", type=int, default=8)
+    f.add_argument("--out", required=True)
+    f.add_argument("--quiet", action="store_true")
+
+
+def _run_analyze(args) -> int:
+    from longssm.analysis import commands
+
+    if args.what == "attention":
+        commands.analyze_attention(
+            args.run, args.out, text=args.text, split=args.split, layer=args.layer, kind=args.kind,
+            max_length=args.max_length, channels=args.channels, offset=args.offset, warmup=args.warmup,
+        )
+    elif args.what == "reliance":
+        commands.analyze_reliance(args.runs, args.out, args.lengths, args.rows, args.split, not args.quiet)
+    else:
+        commands.analyze_prophecy(args.out, args.signal, args.sizes, args.dts, args.theta, args.measure,
+                                  args.replicates, not args.quiet)
+    print(f"wrote {args.out} and its JSON")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="longssm",
@@ -282,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_arguments(sub.add_parser("plot", help="redraw figures from saved results"))
     _add_generate(sub)
     _add_corpus(sub)
+    _add_analyze(sub)
     _add_task(sub)
     _add_adapt(sub)
     _add_prune(sub)
@@ -319,6 +386,8 @@ def run_command(args, overrides: list[str]) -> int:
         return run_plot(args)
     if args.command == "task":
         return _run_task(args)
+    if args.command == "analyze":
+        return _run_analyze(args)
     raise ValueError(f"unknown command {args.command}")
 
 

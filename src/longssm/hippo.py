@@ -102,14 +102,194 @@ def fout(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return A, math.sqrt(2.0) * b
 
 
-TRANSITIONS = {"legs": legs, "legt": legt, "fout": fout}
+def lagt(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HiPPO-LagT (Laguerre basis, exponentially decaying measure e^{-(t-x)} on x <= t).
+
+    Derived from c_n(t) = ∫ u(x) L_n(t-x) e^{-(t-x)} dx with L_n(0) = 1 and L_n' = -Σ_{k<n} L_k:
+    ``A[i, k] = -1`` for k <= i (0 above the diagonal), ``B = 1``.
+
+    Returns:
+        A: (n, n) float64; B: (n,) float64.
+    """
+    _check_size(n)
+    return -torch.tril(torch.ones(n, n, dtype=torch.float64)), torch.ones(n, dtype=torch.float64)
+
+
+def glagt(n: int, alpha: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised LagT: the basis L_n^(α) (weight y^α e^{-y}), the input tilted by y^{-α}.
+
+    c_n(t) = ∫ u(x) L_n^(α)(y) e^{-y} dx, y = t - x; with L_n^(α)(0) = binom(n+α, n) and
+    (L_n^(α))' = -Σ_{k<n} L_k^(α): ``A`` as LagT, ``B[n] = binom(n+α, n)``. α = 0 is LagT.
+    """
+    _check_size(n)
+    if not alpha >= 0:
+        raise ValueError(f"glagt: alpha must be >= 0, got {alpha!r}")
+    q = torch.arange(n, dtype=torch.float64)
+    B = torch.exp(torch.lgamma(q + alpha + 1) - torch.lgamma(q + 1) - math.lgamma(alpha + 1))
+    return lagt(n)[0], B
+
+
+def legsd(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LegS-D: LegS without its low-rank term, the normal part ``A + P Pᵀ = -½ I + S``.
+
+    Its eigen-decomposition is S4D-LegS (``diag_init("legs", n // 2)``); B is LegS's B.
+    """
+    A, B = legs(n)
+    P = torch.sqrt(torch.arange(n, dtype=torch.float64) + 0.5)  # (n,)
+    return A + P[:, None] * P[None, :], B
+
+
+def foud(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FouD: FouT's rotations with the rank-one forgetting term replaced by a uniform -½ damping.
+
+    ``A = 2 pi K - ½ I`` (the layout of ``fout``), ``B`` as FouT: the normal, diagonalisable
+    counterpart of FouT as LegS-D is of LegS (complex eigenvalues -½ ± 2 pi i m, S4D-Lin's form with
+    FouT's frequencies). This is longssm's definition; it keeps no exact window.
+    """
+    A, B = fout(n)
+    b = B / math.sqrt(2.0)  # (n,)
+    return A + b[:, None] * b[None, :] - 0.5 * torch.eye(n, dtype=torch.float64), B
+
+
+TRANSITIONS = {
+    "legs": legs, "legt": legt, "fout": fout, "lagt": lagt, "glagt": glagt, "legsd": legsd,
+    "foud": foud,
+}
 
 
 def transition(measure: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) of a HiPPO measure: one of ``legs``, ``legt``, ``fout``."""
+    """(A, B) of a HiPPO measure: one of ``TRANSITIONS`` (glagt with α = ½)."""
     if measure not in TRANSITIONS:
         raise ValueError(f"unknown HiPPO measure {measure!r}; valid: {sorted(TRANSITIONS)}")
     return TRANSITIONS[measure](n)
+
+
+# Measures with a reconstruction: the state at time t holds coefficients of u over its recent past.
+RECONSTRUCTIBLE = ("legt", "legs", "fout", "lagt", "glagt")
+
+
+def _check_measure(measure: str, allowed: tuple[str, ...], what: str) -> None:
+    if measure not in allowed:
+        raise ValueError(f"unknown measure {measure!r} for {what}; valid: {', '.join(allowed)}")
+
+
+def _legendre(n: int, x: torch.Tensor) -> torch.Tensor:
+    """P_0 .. P_{n-1} at x (Bonnet's recursion): (n, len(x))."""
+    P = [torch.ones_like(x), x.clone()][:n]
+    for k in range(2, n):
+        P.append(((2 * k - 1) * x * P[k - 1] - (k - 1) * P[k - 2]) / k)
+    return torch.stack(P)
+
+
+def _laguerre(n: int, y: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
+    """L_0^(α) .. L_{n-1}^(α) at y: (n, len(y))."""
+    L = [torch.ones_like(y), 1 + alpha - y][:n]
+    for k in range(2, n):
+        L.append(((2 * k - 1 + alpha - y) * L[k - 1] - (k - 1 + alpha) * L[k - 2]) / k)
+    return torch.stack(L)
+
+
+def basis(measure: str, n: int, theta: float, age, alpha: float = 0.5) -> torch.Tensor:
+    """The reconstruction functions g_n at ``age`` a = t - x >= 0 (so u(t - a) ≈ Σ_n c_n g_n(a)).
+
+    Window convention (longssm's, as the HiPPO 2020 paper): the state of ``legt(n)`` / ``fout(n)``
+    driven by c' = (A c + B u) / θ covers [t - θ, t]; the plain matrices are θ = 1.
+    (state-spaces/s4 halves LegT's (A, B) and so reconstructs over a window of 2.)
+        legt, legs  g_n(a) = sqrt(2n+1) P_n(1 - 2a/θ)      (legs: θ = t, the whole history)
+        fout        g_0 = 1, g_{2m-1} = sqrt2 cos(2 pi m a/θ), g_{2m} = sqrt2 sin(2 pi m a/θ); at the
+                    window's two ends the series converges to their average (FouT's B = 2 g(0)
+                    and its forgetting term -2 g(0) g(0)ᵀ come from that), so only the inside of
+                    the window is reconstructed well
+        lagt        g_n(a) = L_n(a/θ)                      (exponential measure, timescale θ)
+        glagt       g_n(a) = (a/θ)^α L_n^(α)(a/θ) n! / Γ(n+α+1)
+    Returns: (n, len(age)) float64.
+    """
+    _check_size(n)
+    _check_measure(measure, RECONSTRUCTIBLE, "reconstruction")
+    a = torch.as_tensor(age, dtype=torch.float64).reshape(-1) / theta
+    q = torch.arange(n, dtype=torch.float64)[:, None]
+    if measure in ("legt", "legs"):
+        return torch.sqrt(2 * q + 1) * _legendre(n, 1 - 2 * a)
+    if measure == "fout":
+        m = torch.div(q + 1, 2, rounding_mode="floor")  # frequency of each row
+        phase = 2 * math.pi * m * a
+        g = torch.where(q % 2 == 1, torch.cos(phase), torch.sin(phase)) * math.sqrt(2.0)
+        g[0] = 1.0
+        return g
+    if measure == "lagt":
+        return _laguerre(n, a)
+    norm = torch.exp(torch.lgamma(q + 1) - torch.lgamma(q + alpha + 1))
+    return a**alpha * _laguerre(n, a, alpha) * norm
+
+
+def reconstruct(measure: str, n: int, theta: float, states: torch.Tensor, age, alpha: float = 0.5) -> torch.Tensor:
+    """u(t - a) ≈ Σ_n c_n g_n(a) for states (..., n) at the ages ``age``: (..., len(age))."""
+    g = basis(measure, n, theta, age, alpha)  # (n, A)
+    if states.shape[-1] != n:
+        raise ValueError(f"states must have a last dimension of size N={n}, got {tuple(states.shape)}")
+    return states.to(torch.float64) @ g
+
+
+def derivative_readout(measure: str, n: int, theta: float) -> torch.Tensor:
+    """C (n,) with û'(t) = C · c(t), the derivative of the reconstruction at the window end a = 0.
+
+        legt, legs  C_n = sqrt(2n+1) n(n+1)/θ        (P_n'(1) = n(n+1)/2)
+        lagt        C_n = n/θ                        (L_n'(0) = -n)
+    FouT is left out: its reconstruction at the window end is the average of both ends.
+    """
+    _check_size(n)
+    _check_measure(measure, ("legt", "legs", "lagt"), "derivative_readout")
+    if not theta > 0:
+        raise ValueError(f"theta must be > 0, got {theta!r}")
+    q = torch.arange(n, dtype=torch.float64)
+    if measure in ("legt", "legs"):
+        return torch.sqrt(2 * q + 1) * q * (q + 1) / theta
+    return q / theta
+
+
+class Forecaster(NamedTuple):
+    """A fixed-weight discrete SSM: c_k = Ad c_{k-1} + Bd u_k, û_{k+1} = u_k + C · c_k."""
+
+    Ad: torch.Tensor
+    """(N, N) float64."""
+    Bd: torch.Tensor
+    """(N,) float64."""
+    C: torch.Tensor
+    """(N,) float64: Δ times the derivative readout."""
+
+    def forecast(self, u: torch.Tensor) -> torch.Tensor:
+        """û_{k+1} for every k from u (..., K): (..., K), starting from the zero state."""
+        u = u.to(torch.float64)
+        c = u.new_zeros(*u.shape[:-1], self.Ad.shape[0])
+        out = []
+        for k in range(u.shape[-1]):
+            c = c @ self.Ad.T + u[..., k, None] * self.Bd
+            out.append(u[..., k] + c @ self.C)
+        return torch.stack(out, dim=-1)
+
+
+def prophecy(measure: str, n: int, theta: float, dt: float, method: str = "bilinear") -> Forecaster:
+    """HiPPO-Prophecy: the one-step forecaster u_{k+1} ≈ u_k + Δ û'(t_k) of a smooth signal.
+
+    The continuous memory c' = (A c + B u)/θ is discretised with step Δ = ``dt`` (``bilinear`` or
+    ``zoh``), and the output reads the derivative of the reconstruction at the window end.
+    """
+    if method not in ("bilinear", "zoh"):
+        raise ValueError(f"method must be bilinear or zoh, got {method!r}")
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt!r}")
+    C = derivative_readout(measure, n, theta)
+    A, B = transition(measure, n)
+    A, B = A / theta, B / theta
+    eye = torch.eye(n, dtype=torch.float64)
+    if method == "bilinear":
+        left = eye - dt / 2 * A
+        Ad = torch.linalg.solve(left, eye + dt / 2 * A)
+        Bd = torch.linalg.solve(left, dt * B)
+    else:
+        Ad = torch.linalg.matrix_exp(dt * A)
+        Bd = torch.linalg.solve(A, (Ad - eye) @ B)
+    return Forecaster(Ad, Bd, dt * C)
 
 
 class NPLR(NamedTuple):
