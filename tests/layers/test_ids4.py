@@ -71,14 +71,14 @@ def test_pieces_and_steps_equal_one_pass():
     assert_close(torch.stack(ys, 1), y[:, 3:], name="steps")
 
 
-def test_softmax_transitions_are_column_stochastic_and_state_bounded():
+def test_softmax_transitions_are_column_stochastic_and_state_grows_at_most_linearly():
     torch.manual_seed(2)
     layer = IDS4(4, 6).double()
     x = torch.randn(1, 500, 4, dtype=torch.float64)
     A = layer.transitions(x)
     assert_close(A.sum(-2), torch.ones(1, 500, 6, dtype=torch.float64), name="column sums")
     _, state = layer(x)
-    # ‖h_t‖₁ <= ‖h_{t-1}‖₁ + ‖B x_t‖₁, so a bound by the summed inputs
+    # ‖h_t‖₁ <= ‖h_{t-1}‖₁ + ‖B x_t‖₁: a bound by the summed inputs (linear in length)
     bound = (x[0] @ layer.B.T).abs().sum()
     assert state.ssm.abs().sum() <= bound
 

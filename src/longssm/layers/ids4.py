@@ -8,8 +8,9 @@ Unlike a diagonal SSM, products of such A_t can represent non-commutative state 
 permutations of S_5), which is what the control is for.
 
 ``act`` (option): ``softmax`` (default: each column of A_t is a softmax over its rows, so A_t is
-column-stochastic, ‖A_t‖₁ = 1 and the state stays bounded at any length, which the LongSSM length
-extension needs), ``tanh`` (entries in (-1, 1); can grow with length), or ``identity``.
+column-stochastic, ‖A_t‖₁ = 1: no exponential growth, but the sum of the state's entries is never
+forgotten, Σ_i h_t,i = Σ_i h_t-1,i + Σ_i (B x_t)_i, so the state can grow linearly with length),
+``tanh`` (entries in (-1, 1); can grow exponentially with length), or ``identity``.
 
 Forms: ``forward`` is the sequential reference (a loop over time applying the precomputed A_t);
 ``step`` one step. There is no chunked form: a chunk would multiply dense N×N matrices (O(N³) per
