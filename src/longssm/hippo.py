@@ -21,6 +21,11 @@ accounted for by taking ``2 * Re(...)`` of the output). In the S4D closed forms 
     S4D-Lin   -1/2 + i pi n
     S4D-Inv   -1/2 + i (N/pi) (N/(2n+1) - 1)
     S4D-Real  -(n + 1)           (imaginary part 0)
+and the further variants of "How to Train Your HiPPO" (Gu et al., 2022), same conventions:
+    S4D-Inv2  -1/2 + i (N/pi) (N/(n+1) - 1)
+    S4D-Quad  -1/2 + i (1/pi) (2n+1)^2
+``diag_b_init`` gives the input vectors B of that paper's ablations (constant, random,
+alternating, unit-cw, unit-ccw, and the projected LegS B).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import NamedTuple
 
 import torch
 
-DIAG_INITS = ("legs", "lin", "inv", "real")
+DIAG_INITS = ("legs", "lin", "inv", "real", "inv2", "quad")
+B_INITS = ("legs", "constant", "random", "alternating", "unit-cw", "unit-ccw")
 
 
 def _check_size(n: int, name: str = "n") -> None:
@@ -355,7 +361,7 @@ def diag_init(kind: str, n_modes: int) -> torch.Tensor:
     """Diagonal S4D initialisation: ``n_modes`` complex eigenvalues (see the module docstring).
 
     Args:
-        kind: ``legs`` | ``lin`` | ``inv`` | ``real``.
+        kind: ``legs`` | ``lin`` | ``inv`` | ``real`` | ``inv2`` | ``quad``.
         n_modes: number of kept modes (half of the conjugate-pair state size).
     Returns:
         (n_modes,) complex128 eigenvalues, all with negative real part.
@@ -371,4 +377,35 @@ def diag_init(kind: str, n_modes: int) -> torch.Tensor:
         return torch.complex(half, (n_modes / math.pi) * (n_modes / (2 * n + 1) - 1))
     if kind == "real":
         return torch.complex(-(n + 1), torch.zeros_like(n))
+    if kind == "inv2":
+        return torch.complex(half, (n_modes / math.pi) * (n_modes / (n + 1) - 1))
+    if kind == "quad":
+        return torch.complex(half, (2 * n + 1) ** 2 / math.pi)
     raise ValueError(f"unknown diagonal init {kind!r}; valid: {list(DIAG_INITS)}")
+
+
+def diag_b_init(kind: str, n_modes: int) -> torch.Tensor:
+    """Input vector B of a diagonal SSM (How to Train Your HiPPO's ablations), ``n_modes`` long.
+
+    ``legs``: the projected LegS B (``s4d_legs_B``); ``constant``: ones; ``random``: standard
+    real normal (draws from torch's global generator); ``alternating``: 1, -1, 1, -1, ...;
+    ``unit-cw`` / ``unit-ccw``: z^n with z = exp(-+2 pi i / (2 n_modes)), points on the unit
+    circle turning clockwise / counter-clockwise.
+
+    Returns:
+        (n_modes,) complex128.
+    """
+    _check_size(n_modes, "n_modes")
+    n = torch.arange(n_modes, dtype=torch.float64)
+    if kind == "legs":
+        return s4d_legs_B(n_modes)
+    if kind == "constant":
+        return torch.ones(n_modes, dtype=torch.complex128)
+    if kind == "random":
+        return torch.randn(n_modes, dtype=torch.float64).to(torch.complex128)
+    if kind == "alternating":
+        return (1.0 - 2.0 * torch.remainder(n, 2)).to(torch.complex128)
+    if kind in ("unit-cw", "unit-ccw"):
+        sign = -1.0 if kind == "unit-cw" else 1.0
+        return torch.polar(torch.ones_like(n), sign * 2 * math.pi * n / (2 * n_modes))
+    raise ValueError(f"unknown diagonal B init {kind!r}; valid: {list(B_INITS)}")

@@ -2,6 +2,8 @@
 
     x, z = in_proj(u).chunk(2)          (batch, T, d_inner) each
     x = silu(conv1d_K(x))               causal depthwise convolution, carried state (K - 1 inputs)
+    x = x ⊙ σ(smr_m(x) + b)             optional SMR gate (``layers/smr.py``; Mamba's ``smr``),
+                                        carried state (m - 1 inputs) after the convolution's
     r, b, c = x_proj(x).split(R, N, N)  low-rank input of the step size (Mamba's Δ, Longhorn's β),
                                         and two N-vectors (Mamba's B, C; Longhorn's k, q)
     ... the mixer's scan, with a skip D ...
@@ -34,8 +36,9 @@ class GatedState(NamedTuple):
     """State of one gated block.
 
     ssm: (batch, d_inner, d_state) the scan's state.
-    conv: (batch, d_inner, max(d_conv - 1, 0)) the last d_conv - 1 inputs of the causal
-        convolution, oldest first (zero width when there is no convolution).
+    conv: (batch, d_inner, max(d_conv - 1, 0) + max(smr - 1, 0)) the input histories, oldest
+        first: the last d_conv - 1 inputs of the causal convolution, then the last smr - 1 inputs
+        of the SMR gate (zero width when there are neither).
     """
 
     ssm: torch.Tensor
@@ -82,6 +85,8 @@ class GatedBlock(nn.Module):
             self.conv1d = None
         self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
+        # the optional SMR gate (``layers/smr.py``); a subclass sets it after its own parameters
+        self.smr_gate = None
 
     def _build_output_side(self, bias: bool) -> None:
         """Create the skip D (ones) and out_proj; tag D, dt_proj.bias and the biases."""
@@ -94,15 +99,38 @@ class GatedBlock(nn.Module):
                 tag_no_weight_decay(module.bias)
 
     def initial_state(self, batch_size: int, device=None, dtype=None):
-        """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, max(d_conv - 1, 0))."""
+        """Zeros: ssm (batch, d_inner, d_state), conv (batch, d_inner, histories' width)."""
         device = self.D.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        width = self._conv_width() + self._smr_width()
         return self.STATE(
             ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
-            conv=torch.zeros(
-                batch_size, self.d_inner, max(self.d_conv - 1, 0), device=device, dtype=dtype
-            ),
+            conv=torch.zeros(batch_size, self.d_inner, width, device=device, dtype=dtype),
         )
+
+    def _conv_width(self) -> int:
+        return max(self.d_conv - 1, 0)
+
+    def _smr_width(self) -> int:
+        return 0 if self.smr_gate is None else self.smr_gate.width
+
+    def _histories(self, conv: torch.Tensor | None):
+        """The carried ``conv`` field split into (convolution history, SMR history)."""
+        if conv is None or self.smr_gate is None:
+            return conv, None
+        return conv[..., : self._conv_width()], conv[..., self._conv_width() :]
+
+    def _replay(self, xs: torch.Tensor, conv_hist: torch.Tensor, smr_hist, step: bool = False):
+        """The SMR gate on xs (after the convolution); returns xs and the joined histories."""
+        if self.smr_gate is None:
+            return xs, conv_hist
+        if step:
+            if smr_hist is None:
+                smr_hist = xs.new_zeros(xs.shape[0], self.d_inner, self._smr_width())
+            xs, smr_hist = self.smr_gate.step(xs, smr_hist)  # (B, Di), (B, Di, m-1)
+        else:
+            xs, smr_hist = self.smr_gate(xs, smr_hist)  # (B, T, Di), (B, Di, m-1)
+        return xs, torch.cat([conv_hist, smr_hist], dim=-1)
 
     def _split_x_proj(self, x: torch.Tensor):
         """x_proj(x) split into the low-rank step input (..., R) and two (..., N) vectors."""
@@ -125,8 +153,10 @@ class GatedBlock(nn.Module):
         if state is not None:
             check_state(state, self.initial_state(x.shape[0], x.device, x.dtype), self.NAME)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
-        xs, conv_state = causal_conv(self.conv1d, xs, None if state is None else state.conv)
-        y, h = self._scan(F.silu(xs), None if state is None else state.ssm)  # (B, T, Di)
+        conv_hist, smr_hist = self._histories(None if state is None else state.conv)
+        xs, conv_state = causal_conv(self.conv1d, xs, conv_hist)
+        xs, conv_state = self._replay(F.silu(xs), conv_state, smr_hist)  # (B, T, Di)
+        y, h = self._scan(xs, None if state is None else state.ssm)  # (B, T, Di)
         return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)
 
     def step(self, x_t: torch.Tensor, state):
@@ -141,6 +171,8 @@ class GatedBlock(nn.Module):
         else:
             check_state(state, self.initial_state(batch, x_t.device, x_t.dtype), self.NAME)
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
-        xs, conv_state = causal_conv_step(self.conv1d, xs, state.conv)  # (B, Di), (B, Di, K-1)
-        y, h = self._scan_step(F.silu(xs), state.ssm)  # (B, Di), (B, Di, N)
+        conv_hist, smr_hist = self._histories(state.conv)
+        xs, conv_state = causal_conv_step(self.conv1d, xs, conv_hist)  # (B, Di), (B, Di, K-1)
+        xs, conv_state = self._replay(F.silu(xs), conv_state, smr_hist, step=True)  # (B, Di)
+        y, h = self._scan_step(xs, state.ssm)  # (B, Di), (B, Di, N)
         return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)

@@ -23,7 +23,10 @@ out = out_proj(y * silu(z)).
 Options (``ModelConfig.mixer_options``): ``dt_rank`` ("auto"), ``beta_min`` / ``beta_max``
 (β = sigmoid(b_β) is initialised log-uniform in this range; default 1e-3 / 0.1), ``dt_scale``
 (init scale of dt_proj.weight, default 1), ``bias`` (in_proj / out_proj, default False),
-``conv_bias`` (default True), ``scan`` auto|fused|chunk|naive (default auto: the fused numba
+``conv_bias`` (default True), ``beta_init`` loguniform|official (default loguniform, ours:
+sigmoid(b_β) ~ logU[beta_min, beta_max]; official: as Cranial-XIX/longhorn, every Linear bias,
+b_β included, is zero, so β ≈ sigmoid(W_β x) ≈ 0.5 at init and beta_min / beta_max are unused),
+``scan`` auto|fused|chunk|naive (default auto: the fused numba
 kernel for CPU tensors when numba is importable, else chunk; measured 27-44x faster than chunk
 for forward + backward on CPU, see ``ops/longhorn/README.md``), ``chunk_size`` (default 32).
 """
@@ -40,6 +43,8 @@ from longssm.layers.base import announce_scan_path
 from longssm.layers.gated import GatedBlock
 from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn, longhorn_step, resolve_path
 from longssm.ops.longhorn import PATHS as SCANS
+
+BETA_INITS = ("loguniform", "official")
 
 
 class LonghornState(NamedTuple):
@@ -64,6 +69,7 @@ class Longhorn(GatedBlock):
         d_conv: causal depthwise convolution kernel; 0 = no convolution.
         dt_rank: rank R of β's projection, or "auto" = ceil(d_model / 16).
         beta_min, beta_max: β = sigmoid(b_β) is initialised log-uniform in [beta_min, beta_max].
+        beta_init: "loguniform" (the above) or "official" (every Linear bias zero, β ≈ 0.5).
         dt_scale: dt_proj.weight init scale (uniform, bound dt_scale / sqrt(R)).
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
@@ -90,8 +96,11 @@ class Longhorn(GatedBlock):
         conv_bias: bool = True,
         scan: str = "auto",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        beta_init: str = "loguniform",
     ):
         super().__init__()
+        if beta_init not in BETA_INITS:
+            raise ValueError(f"Longhorn: beta_init must be one of {list(BETA_INITS)}, got {beta_init!r}")
         if scan not in SCANS:
             raise ValueError(f"Longhorn: scan must be one of {', '.join(SCANS)}, got {scan!r}")
         if not 0 < beta_min <= beta_max < 1:
@@ -105,20 +114,26 @@ class Longhorn(GatedBlock):
         self.scan = scan
         self.chunk_size = chunk_size
         self._build_output_side(bias)
+        self.beta_init = beta_init
 
         bound = dt_scale * self.dt_rank**-0.5
         with torch.no_grad():
             nn.init.uniform_(self.dt_proj.weight, -bound, bound)
-            u = torch.rand(self.d_inner, dtype=torch.float64)
-            log_beta = u * (math.log(beta_max) - math.log(beta_min)) + math.log(beta_min)
-            beta = torch.exp(log_beta)  # (Di,)
-            # sigmoid⁻¹(β) = log β - log(1 - β)
-            self.dt_proj.bias.copy_(log_beta - torch.log1p(-beta))
+            if beta_init == "official":
+                for module in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj):
+                    if module.bias is not None:
+                        module.bias.zero_()
+            else:
+                u = torch.rand(self.d_inner, dtype=torch.float64)
+                log_beta = u * (math.log(beta_max) - math.log(beta_min)) + math.log(beta_min)
+                beta = torch.exp(log_beta)  # (Di,)
+                # sigmoid⁻¹(β) = log β - log(1 - β)
+                self.dt_proj.bias.copy_(log_beta - torch.log1p(-beta))
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
-            f"d_conv={self.d_conv}, scan={self.scan}"
+            f"d_conv={self.d_conv}, scan={self.scan}, beta_init={self.beta_init}"
         )
 
     def _ssm_inputs(self, x: torch.Tensor):

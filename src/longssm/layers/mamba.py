@@ -16,11 +16,16 @@ Glossary (paper symbol -> code name):
     B_t, C_t                        x_proj(x)[R:R+N], x_proj(x)[R+N:]
     D (skip)                        D
     h_t                             state.ssm       (batch, d_inner, d_state)
-    last K-1 conv inputs            state.conv      (batch, d_inner, d_conv - 1)
+    last K-1 conv inputs            state.conv      (batch, d_inner, d_conv - 1 [+ smr - 1])
 
 Block: x, z = in_proj(u); x = silu(conv1d(x)) (causal, depthwise; skipped when d_conv = 0);
+[x = x ⊙ σ(SMR_m(x)) with ``smr`` = m > 0, ``layers/smr.py``];
 y = selective_scan(x, Δ, A, B, C, D) (the op's dispatcher picks the form for option ``scan``);
 out = out_proj(y * silu(z)).
+
+``negative_eigenvalues=True`` (Grazzi et al., 2025) makes the transition 2 exp(Δ_t A) - 1, in
+(-1, 1): a state entry may flip sign each step (parity, modular counting). The fused and Triton
+kernels do not implement it; ``scan="auto"`` then runs the chunked form.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import nn
 
 from longssm.layers.base import announce_scan_path, tag_ssm_param
 from longssm.layers.gated import GatedBlock
+from longssm.layers.smr import SMRGate, check_smr
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
     resolve_path,
@@ -81,6 +87,8 @@ class Mamba(GatedBlock):
         eigen_param: StableSSM map from the stored parameter to A (``longssm.reparam``); "exp"
             stores A_log (transformers' layout), the others A_<map>.
         eigen_param_b: b of eigen_param="best".
+        negative_eigenvalues: transition 2 exp(Δ_t A) - 1 in (-1, 1) instead of exp(Δ_t A).
+        smr: taps m of the State Memory Replay gate on the scan's input (0 = none).
     """
 
     NAME = "Mamba"
@@ -104,8 +112,16 @@ class Mamba(GatedBlock):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         eigen_param: str = "exp",
         eigen_param_b: float = 0.5,
+        negative_eigenvalues: bool = False,
+        smr: int = 0,
     ):
         super().__init__()
+        if not isinstance(negative_eigenvalues, bool):
+            raise ValueError(
+                f"Mamba: negative_eigenvalues must be true or false, got {negative_eigenvalues!r}"
+            )
+        self.negative_eigenvalues = negative_eigenvalues
+        self.smr = check_smr(smr, "Mamba")
         if scan not in SCANS:
             raise ValueError(f"Mamba: scan must be one of {', '.join(SCANS)}, got {scan!r}")
         if dt_init not in ("random", "constant"):
@@ -134,6 +150,9 @@ class Mamba(GatedBlock):
             dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)  # (Di,)
             # softplus^-1(dt) = dt + log(1 - exp(-dt)), written with expm1 for small dt.
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # created last, and only with smr > 0, so that the default layer draws the same numbers
+        if self.smr:
+            self.smr_gate = SMRGate(self.d_inner, self.smr)
 
     @property
     def A_raw(self) -> nn.Parameter:
@@ -157,13 +176,15 @@ class Mamba(GatedBlock):
         """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T."""
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
-        path = resolve_path(self.scan, xs, h0)
+        neg = self.negative_eigenvalues
+        path = resolve_path(self.scan, xs, h0, negative_eigenvalues=neg)
         announce_scan_path(self.NAME, path, self.scan)
         return selective_scan(
-            xs, dt, A, B, C, self.D, h0, True, chunk_size=self.chunk_size, path=path
+            xs, dt, A, B, C, self.D, h0, True, self.chunk_size, path, negative_eigenvalues=neg
         )
 
     def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
         """One selective-scan step: xs (B, Di), h (B, Di, N) -> y (B, Di), h."""
         dt, B, C = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
-        return selective_scan_step(xs, dt, self.eigenvalues(), B, C, self.D, h)
+        A = self.eigenvalues()  # (Di, N)
+        return selective_scan_step(xs, dt, A, B, C, self.D, h, self.negative_eigenvalues)

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from longssm.layers.ids4 import IDS4, IDS4State
 from longssm.layers.longhorn import Longhorn, LonghornState
 from longssm.layers.lru import LRU, LRUState
 from longssm.layers.mamba import Mamba, MambaState
@@ -48,6 +49,9 @@ class MixerSpec:
             ``cfg.mixer_options``.
         unknown_option: start of the error message for an unknown option (the unknown names and
             the valid ones follow).
+        presets: named option bundles, chosen by ``mixer_options={"preset": name, ...}``; the
+            bundle overrides ``defaults`` and the other given options override the bundle (e.g.
+            S5's ``official``: lindermanlab/S5's defaults).
     """
 
     name: str
@@ -56,16 +60,23 @@ class MixerSpec:
     defaults: Mapping[str, Any]
     construct: Callable[[Any, dict[str, Any], int], nn.Module]
     unknown_option: str
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def options(self, mixer_options: Mapping[str, Any]) -> dict[str, Any]:
-        """``defaults`` updated by ``mixer_options``; an unknown key is a ValueError naming the
-        valid ones."""
-        unknown = sorted(set(mixer_options) - set(self.defaults))
+        """``defaults``, then the bundle ``mixer_options["preset"]`` names (if any), then the
+        other ``mixer_options``; an unknown key or preset is a ValueError naming the valid ones."""
+        given = dict(mixer_options)
+        preset = given.pop("preset", None)
+        if preset is not None and preset not in self.presets:
+            valid = sorted(self.presets) or "none"
+            raise ValueError(f"{self.name}: unknown preset {preset!r}; valid presets: {valid}")
+        unknown = sorted(set(given) - set(self.defaults))
         if unknown:
             raise ValueError(
                 f"{self.unknown_option} {unknown}; valid options: {sorted(self.defaults)}"
             )
-        return {**self.defaults, **mixer_options}
+        bundle = self.presets[preset] if preset is not None else {}
+        return {**self.defaults, **bundle, **given}
 
     def build(self, cfg, layer_idx: int) -> nn.Module:
         """The layer of block ``layer_idx`` for the ``ModelConfig`` ``cfg``."""
@@ -101,12 +112,36 @@ def _eigen(cfg) -> dict[str, Any]:
     return {"eigen_param": cfg.eigen_param, "eigen_param_b": cfg.eigen_param_b}
 
 
+S5_OFFICIAL = {
+    "init": "block",
+    "blocks": 8,
+    "clip_eigs": False,
+    "activation": "half_glu1",
+    "b_init": "lecun",
+    "c_init": "trunc_normal",
+}
+"""lindermanlab/S5's defaults (run_train.py / ssm.py): 8 HiPPO-N blocks, no eigenvalue clipping,
+the half-GLU output, B lecun-normal then V⁻¹B, C truncated-normal then CV; ``d_state`` must be
+divisible by 16 (2 · 8 blocks)."""
+
 register(
     MixerSpec(
         name="s4d",
         layer=S4D,
         state=S4DState,
-        defaults={"init": "legs", "mode": "conv", "dt_min": 1e-3, "dt_max": 0.1, "chunk_size": 32},
+        defaults={
+            "init": "legs",
+            "mode": "conv",
+            "dt_min": 1e-3,
+            "dt_max": 0.1,
+            "chunk_size": 32,
+            "b_init": "auto",
+            "b_scale": 1.0,
+            "real_scale": 1.0,
+            "imag_scale": 1.0,
+            "smr": 0,
+            "step_rescale": 1.0,
+        },
         construct=lambda cfg, opts, i: S4D(cfg.d_model, cfg.d_state, **opts, **_eigen(cfg)),
         unknown_option="S4D: unknown mixer option(s)",
     )
@@ -124,9 +159,15 @@ register(
             "dt_min": 1e-3,
             "dt_max": 0.1,
             "chunk_size": 32,
+            "activation": "gelu",
+            "b_init": "normal",
+            "c_init": "normal",
+            "step_rescale": 1.0,
+            "smr": 0,
         },
         construct=lambda cfg, opts, i: S5(cfg.d_model, cfg.d_state, **opts, **_eigen(cfg)),
         unknown_option="S5: unknown mixer option(s)",
+        presets={"official": S5_OFFICIAL},
     )
 )
 register(
@@ -145,6 +186,8 @@ register(
             "conv_bias": True,
             "scan": "auto",
             "chunk_size": SCAN_CHUNK_SIZE,
+            "negative_eigenvalues": False,
+            "smr": 0,
         },
         construct=lambda cfg, opts, i: Mamba(
             cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **opts, **_eigen(cfg)
@@ -195,11 +238,13 @@ register(
             "conv_bias": True,
             "scan": "auto",
             "chunk_size": LONGHORN_CHUNK_SIZE,
+            "beta_init": "loguniform",
         },
         construct=lambda cfg, opts, i: Longhorn(
             cfg.d_model, cfg.d_state, cfg.expand, cfg.d_conv, **opts
         ),
         unknown_option="unknown longhorn mixer option(s)",
+        presets={"official": {"beta_init": "official"}},
     )
 )
 register(
@@ -230,6 +275,17 @@ register(
         defaults={"hidden": 0},
         construct=lambda cfg, opts, i: LSTM(cfg.d_model, **opts),
         unknown_option="LSTM: unknown mixer option(s)",
+    )
+)
+
+register(
+    MixerSpec(
+        name="ids4",
+        layer=IDS4,
+        state=IDS4State,
+        defaults={"act": "softmax"},
+        construct=lambda cfg, opts, i: IDS4(cfg.d_model, cfg.d_state, **opts),
+        unknown_option="IDS4: unknown mixer option(s)",
     )
 )
 

@@ -7,6 +7,8 @@ only, optional) and ``selective_scan_step`` (one step). ``selective_scan(..., pa
 place that picks a form: ``path="auto"`` takes the fused form for CPU tensors when numba is
 importable, the Triton form for CUDA tensors when triton is importable, else the chunked form
 (``scan_path``); ``resolve_path`` says which form a path runs. Derivations and timings in README.md.
+``negative_eigenvalues=True`` (transition 2 exp(Δ_t A) - 1, Grazzi et al. 2025) runs in the naive,
+chunk and step forms only: "auto" then takes chunk, and "fused" / "triton" are a ValueError.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ def scan_path(*tensors: torch.Tensor | None) -> str:
     return "chunk"
 
 
-def resolve_path(path: str, *tensors: torch.Tensor | None) -> str:
+NEGATIVE_PATHS = ("auto", "chunk", "naive")
+"""The paths that support ``negative_eigenvalues=True``."""
+
+
+def resolve_path(
+    path: str, *tensors: torch.Tensor | None, negative_eigenvalues: bool = False
+) -> str:
     """The form ``selective_scan(..., path=path)`` runs for these tensors: ``scan_path`` for
     "auto", else ``path`` itself once it is known to run here.
 
@@ -55,6 +63,10 @@ def resolve_path(path: str, *tensors: torch.Tensor | None) -> str:
     """
     check_path("selective_scan", path, PATHS)
     devices = device_types(*tensors)
+    if negative_eigenvalues:
+        if path not in NEGATIVE_PATHS:
+            raise path_unavailable("selective_scan", path, "negative_eigenvalues needs chunk or naive")
+        return "chunk" if path == "auto" else path
     if path == "auto":
         return scan_path(*tensors)
     if path == "fused":
@@ -81,6 +93,7 @@ def selective_scan(
     output_final_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     path: str = "auto",
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The selective scan by the form ``path`` names (see ``resolve_path``).
 
@@ -89,21 +102,24 @@ def selective_scan(
     returns y (batch, T, d_inner) and final_state (batch, d_inner, d_state) or None.
     ``chunk_size`` is used by the chunked form only. ``path``: "auto" (fused on CPU with numba,
     Triton on CUDA with triton, else chunk), "fused", "triton", "chunk" or "naive".
+    ``negative_eigenvalues``: transition 2 exp(Δ_t A) - 1 (chunk or naive only; "auto" -> chunk).
     """
-    path = resolve_path(path, x, dt, A, B, C, D, initial_state)
+    neg = negative_eigenvalues
+    path = resolve_path(path, x, dt, A, B, C, D, initial_state, negative_eigenvalues=neg)
     if path == "fused":
         return selective_scan_fused(x, dt, A, B, C, D, initial_state, output_final_state)
     if path == "triton":
         return selective_scan_triton(x, dt, A, B, C, D, initial_state, output_final_state)
     if path == "chunk":
         return selective_scan_chunk(
-            x, dt, A, B, C, D, initial_state, output_final_state, chunk_size=chunk_size
+            x, dt, A, B, C, D, initial_state, output_final_state, chunk_size, neg
         )
-    return selective_scan_naive(x, dt, A, B, C, D, initial_state, output_final_state)
+    return selective_scan_naive(x, dt, A, B, C, D, initial_state, output_final_state, neg)
 
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "NEGATIVE_PATHS",
     "PATHS",
     "numba_available",
     "resolve_path",

@@ -11,6 +11,8 @@ The sequence is cut into chunks of L steps. (1) Every chunk is scanned from a ze
 once, in L vectorised steps. (2) The states at the chunk boundaries are passed from chunk to chunk,
 starting at ``initial_state``. (3) Each chunk adds its start state decayed by exp(cum), with cum the
 log-decay accumulated from the chunk start: cum <= 0, so exp never overflows. See README.md.
+With ``negative_eigenvalues`` the transitions a_t = 2 exp(Δ_t A) - 1 may be negative, so there is
+no log; the products from the chunk start are a cumulative product instead (|a_t| <= 1: bounded).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from longssm.ops._common import compute_dtype
-from longssm.ops.selective_scan.naive import check_scan_inputs
+from longssm.ops.selective_scan.naive import check_scan_inputs, transition
 
 DEFAULT_CHUNK_SIZE = 32
 
@@ -42,6 +44,7 @@ def selective_scan_chunk(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Selective scan computed chunk-wise; same result as ``selective_scan_naive``.
 
@@ -54,6 +57,7 @@ def selective_scan_chunk(
         initial_state: (batch, d_inner, d_state) h_0, or None for zeros.
         output_final_state: also return h_T.
         chunk_size: chunk length L (32 measured best on CPU; see README.md).
+        negative_eigenvalues: transition 2 exp(Δ_t A) - 1 instead of exp(Δ_t A).
 
     Returns:
         y: (batch, T, d_inner) in x's dtype; final_state: (batch, d_inner, d_state) or None.
@@ -80,7 +84,7 @@ def selective_scan_chunk(
     n_chunks = dt_ch.shape[2]
 
     log_decay = dt_ch[..., None] * Ac  # (L, B, nc, D, N)
-    decay = torch.exp(log_decay)  # (L, B, nc, D, N)
+    decay = transition(log_decay, negative_eigenvalues)  # (L, B, nc, D, N)
     inp = (dt_ch * x_ch)[..., None] * B_ch[:, :, :, None, :]  # (L, B, nc, D, N)
 
     h = inp[0]  # (B, nc, D, N)
@@ -90,8 +94,11 @@ def selective_scan_chunk(
         h_list.append(h)
     h_local = torch.stack(h_list, dim=0)  # (L, B, nc, D, N)
 
-    cum = torch.cumsum(log_decay, dim=0)  # (L, B, nc, D, N)
-    chunk_decay = torch.exp(cum[-1])  # (B, nc, D, N)
+    if negative_eigenvalues:
+        prods = torch.cumprod(decay, dim=0)  # (L, B, nc, D, N)
+    else:
+        prods = torch.exp(torch.cumsum(log_decay, dim=0))  # (L, B, nc, D, N)
+    chunk_decay = prods[-1]  # (B, nc, D, N)
     state = h0  # (B, D, N)
     starts = []
     for c in range(n_chunks):
@@ -99,7 +106,7 @@ def selective_scan_chunk(
         state = chunk_decay[:, c] * state + h_local[-1, :, c]  # (B, D, N)
     chunk_start = torch.stack(starts, dim=1)  # (B, nc, D, N)
 
-    h_full = h_local + torch.exp(cum) * chunk_start  # (L, B, nc, D, N)
+    h_full = h_local + prods * chunk_start  # (L, B, nc, D, N)
     y = torch.einsum("lbcdn,lbcn->bcld", h_full, C_ch)  # (B, nc, L, D)
     y = y.reshape(batch, n_chunks * L, d_inner)[:, :T]  # (B, T, D)
     if D is not None:

@@ -9,6 +9,8 @@ Glossary (paper symbol -> code name):
     h_t  (hidden state)              state          (batch, d_inner, d_state)
 
 Recurrence: h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t,  y_t = C_t · h_t + D x_t.
+With ``negative_eigenvalues`` the transition is 2 exp(Δ_t A) - 1 in (-1, 1) (Grazzi et al., 2025,
+"Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues"); ``transition`` below.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def check_scan_inputs(
     )
 
 
+def transition(dt_A: torch.Tensor, negative_eigenvalues: bool = False) -> torch.Tensor:
+    """The per-step transition from Δ_t A <= 0: exp(Δ_t A) in (0, 1], or 2 exp(Δ_t A) - 1 in
+    (-1, 1] with ``negative_eigenvalues``."""
+    decay = torch.exp(dt_A)
+    return 2 * decay - 1 if negative_eigenvalues else decay
+
+
 def selective_scan_naive(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -54,6 +63,7 @@ def selective_scan_naive(
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Selective scan by a sequential loop over time.
 
@@ -65,6 +75,7 @@ def selective_scan_naive(
         D: (d_inner,) skip weight, or None.
         initial_state: (batch, d_inner, d_state) h_0, or None for zeros.
         output_final_state: also return h_T.
+        negative_eigenvalues: transition 2 exp(Δ_t A) - 1 instead of exp(Δ_t A).
 
     Returns:
         y: (batch, T, d_inner) in x's dtype; final_state: (batch, d_inner, d_state) or None.
@@ -79,7 +90,7 @@ def selective_scan_naive(
         h = initial_state.to(dtype)  # (B, D, N)
     ys = []
     for t in range(T):
-        decay = torch.exp(dtc[:, t, :, None] * Ac)  # (B, D, N)
+        decay = transition(dtc[:, t, :, None] * Ac, negative_eigenvalues)  # (B, D, N)
         inp = (dtc[:, t] * xc[:, t])[:, :, None] * Bc[:, t, None, :]  # (B, D, N)
         h = decay * h + inp  # (B, D, N)
         ys.append(torch.einsum("bdn,bn->bd", h, Cc[:, t]))  # (B, D)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import compute_dtype
+from longssm.ops.selective_scan.naive import transition
 
 
 def selective_scan_step(
@@ -19,8 +20,10 @@ def selective_scan_step(
     C_t: torch.Tensor,
     D: torch.Tensor | None = None,
     state: torch.Tensor | None = None,
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t,  y_t = C_t · h_t + D x_t.
+    """h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t,  y_t = C_t · h_t + D x_t
+    (transition 2 exp(Δ_t A) - 1 with ``negative_eigenvalues``).
 
     Args:
         x_t, dt_t: (batch, d_inner); dt_t positive.
@@ -45,7 +48,7 @@ def selective_scan_step(
         )
     dtype = compute_dtype(x_t, dt_t, A, B_t, C_t, state)
     x, dt, Ac, Bc, Cc = (t.to(dtype) for t in (x_t, dt_t, A, B_t, C_t))
-    decay = torch.exp(dt[:, :, None] * Ac)  # (B, D, N)
+    decay = transition(dt[:, :, None] * Ac, negative_eigenvalues)  # (B, D, N)
     inp = (dt * x)[:, :, None] * Bc[:, None, :]  # (B, D, N)
     if state is None:
         state = inp.new_zeros(batch, d_inner, d_state)
