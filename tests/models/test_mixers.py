@@ -102,3 +102,24 @@ def test_layers_do_not_load_models(module):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_zero_length_sequence_returns_the_state_unchanged(name):
+    torch.manual_seed(0)
+    layer = build_mixer(small_config(name), 0).double()
+    _, state = layer(torch.randn(2, 5, 16, dtype=torch.float64))
+    y, after = layer(torch.zeros(2, 0, 16, dtype=torch.float64), state)
+    assert y.shape == (2, 0, 16) and type(after) is type(state)
+    # a layer state is one layer of a model state
+    assert_states_close((after,), (state,))
+    y, zeros = layer(torch.zeros(2, 0, 16, dtype=torch.float64))
+    assert_states_close((zeros,), (layer.initial_state(2, dtype=torch.float64),))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_plain_tuple_is_not_a_layer_state(name):
+    layer = build_mixer(small_config(name), 0)
+    plain = tuple(layer.initial_state(2))
+    with pytest.raises(TypeError, match=f"state must be a {type(layer.initial_state(2)).__name__}"):
+        layer(torch.randn(2, 3, 16), plain)

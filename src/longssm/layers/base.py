@@ -61,7 +61,7 @@ def check_state(state: NamedTuple, expected: NamedTuple, layer: str) -> None:
     ``expected`` is typically ``self.initial_state(batch, device, dtype)`` of the calling layer.
     Real dtypes only need to be floating point; complex fields must be complex.
     """
-    if not isinstance(state, tuple) or len(state) != len(expected):
+    if not isinstance(state, type(expected)) or len(state) != len(expected):
         raise TypeError(
             f"{layer}: state must be a {type(expected).__name__} with fields "
             f"{list(expected._fields)}, got {type(state).__name__}"
@@ -77,6 +77,16 @@ def check_state(state: NamedTuple, expected: NamedTuple, layer: str) -> None:
             raise TypeError(
                 f"{layer}: state.{field} must have a dtype like {want.dtype}, got {got.dtype}"
             )
+
+
+def empty_sequence(layer, x: torch.Tensor, state):
+    """The result of a zero-length sequence x (batch, 0, d_model): no output, the state unchanged.
+
+    ``state`` is the (already checked) state given, or None for the layer's zeros.
+    """
+    if state is None:
+        state = layer.initial_state(x.shape[0], x.device, x.dtype)
+    return x.new_zeros(x.shape[0], 0, layer.d_model), state
 
 
 _logger = logging.getLogger("longssm")

@@ -26,6 +26,7 @@ from torch import nn
 from longssm.layers.base import (
     check_input,
     check_state,
+    empty_sequence,
     tag_no_weight_decay,
     tag_ssm_param,
 )
@@ -152,6 +153,8 @@ class GatedBlock(nn.Module):
         check_input(x, self.d_model)
         if state is not None:
             check_state(state, self.initial_state(x.shape[0], x.device, x.dtype), self.NAME)
+        if x.shape[1] == 0:
+            return empty_sequence(self, x, state)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
         conv_hist, smr_hist = self._histories(None if state is None else state.conv)
         xs, conv_state = causal_conv(self.conv1d, xs, conv_hist)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state, tag_ssm_param
+from longssm.layers.base import check_input, check_state, empty_sequence, tag_ssm_param
 from longssm.layers.s4d import complex_dtype_for
 from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re
 
@@ -136,6 +136,8 @@ class LRU(nn.Module):
         """Args: x (batch, T, H); state LRUState or None. Returns (y (batch, T, H), LRUState)."""
         check_input(x, self.d_model)
         h0 = self._state_tensor(state, x.shape[0], x)
+        if x.shape[1] == 0:
+            return empty_sequence(self, x, state)
         cdtype = complex_dtype_for(x.dtype)
         lam, B, C = self.transition(cdtype)
         real_dtype = torch.promote_types(x.dtype, torch.float32)

@@ -34,6 +34,7 @@ from longssm.layers.base import (
     announce_scan_path,
     check_input,
     check_state,
+    empty_sequence,
     tag_no_weight_decay,
     tag_ssm_param,
 )
@@ -223,6 +224,8 @@ class Mamba2(nn.Module):
         check_input(x, self.d_model)
         if state is not None:
             self._check_state(state, x)
+        if x.shape[1] == 0:
+            return empty_sequence(self, x, state)
         batch, T, _ = x.shape
         proj = self.in_proj(x)  # (b, T, 2*d_inner + 2*G*N + H)
         z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm import hippo
-from longssm.layers.base import check_input, check_state, tag_ssm_param
+from longssm.layers.base import check_input, check_state, empty_sequence, tag_ssm_param
 from longssm.layers.smr import SMRGate, check_smr
 from longssm.ops.diag_scan import diag_scan, s4d_conv
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
@@ -255,6 +255,8 @@ class S4D(nn.Module):
         check_input(x, self.d_model)
         batch = x.shape[0]
         h0, history = self._state_tensors(state, batch, x)
+        if x.shape[1] == 0:
+            return empty_sequence(self, x, state)
         if self.smr_gate is not None:
             x, history = self.smr_gate(x, history)  # (B, T, H), (B, H, m-1)
         cdtype = complex_dtype_for(x.dtype)

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm import hippo
-from longssm.layers.base import check_input, check_state, tag_ssm_param
+from longssm.layers.base import check_input, check_state, empty_sequence, tag_ssm_param
 from longssm.layers.s4d import (
     REAL_OF_COMPLEX,
     check_step_rescale,
@@ -286,6 +286,8 @@ class S5(nn.Module):
         """Args: x (batch, T, H); state or None. Returns (y (batch, T, H), state)."""
         check_input(x, self.d_model)
         h0, history = self._state_tensors(state, x.shape[0], x)
+        if x.shape[1] == 0:
+            return empty_sequence(self, x, state)
         if self.smr_gate is not None:
             x, history = self.smr_gate(x, history)  # (B, T, H), (B, H, m-1)
         cdtype = complex_dtype_for(x.dtype)
