@@ -64,7 +64,7 @@ def block_phase(pos: torch.Tensor, block_size: int, layer: str) -> int:
 def extend_blocks(prefix: torch.Tensor, new: torch.Tensor, block_size: int) -> torch.Tensor:
     """Carried ``prefix`` (batch, p0, *R) then ``new`` (batch, T, *R), zero-padded to whole
     blocks: (batch, n_blocks, W, *R) with n_blocks = ceil((p0 + T) / W)."""
-    ext = torch.cat([prefix, new], 1)  # (B, p0 + T, *R)
+    ext = torch.cat([prefix, new], 1) if prefix.shape[1] else new  # (B, p0 + T, *R)
     batch, total, rest = ext.shape[0], ext.shape[1], ext.shape[2:]
     n_blocks = -(-total // block_size)
     pad = n_blocks * block_size - total
