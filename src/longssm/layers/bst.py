@@ -3,7 +3,8 @@ tokens run causal self-attention inside the block and cross-attention to their c
 
 Fathi, Pilault, Firat, Pal, Bacon & Goroshin (2023), "Block-State Transformers". No public code;
 this follows the paper's description. The SSM sublayer is an S4D-style complex diagonal LTI
-system with S filters per channel (ZOH, ``ops.diag_scan``), read out without a skip term:
+system with S filters per channel (ZOH; ``ops.diag_scan``: FFT convolution ``s4d_conv`` or the
+chunked scan), read out without a skip term:
     λ̄ = exp(Δ λ),  B̄ = (λ̄ − 1)/λ · B          per filter s, channel d, mode n
     h_t = λ̄ ⊙ h_{t−1} + B̄ x_t,   c_t^(s) = 2 Re(Σ_n C_n h_{t,n})   (c_t^(s) in R^D)
 Block k covers stream positions kW .. kW+W−1 (absolute, so a call may start inside a block). Its
@@ -43,9 +44,10 @@ from torch import nn
 from longssm import hippo
 from longssm.layers.attention import BlockAttention, BlockAttentionState, extend_blocks
 from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
-from longssm.ops.diag_scan import diag_scan
+from longssm.ops.diag_scan import diag_scan, s4d_conv
 
 VARIANTS = ("sh", "mh", "mf")
+MODES = ("conv", "recurrent")
 
 
 class BSTState(NamedTuple):
@@ -78,6 +80,7 @@ class BST(nn.Module):
         block_size: W; heads: attention heads; filters: S of the mf variant.
         rope: RoPE inside the block for the self-attention.
         init: the diagonal initialisation of λ (``hippo.diag_init``); dt_min, dt_max: Δ ~ logU.
+        mode: conv (FFT convolution plus the initial-state response) | recurrent (chunked scan).
         chunk_size: of the chunked SSM scan.
     """
 
@@ -93,6 +96,7 @@ class BST(nn.Module):
         init: str = "legs",
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
+        mode: str = "conv",
         chunk_size: int = 32,
     ) -> None:
         super().__init__()
@@ -100,6 +104,8 @@ class BST(nn.Module):
             raise ValueError(f"BST: variant must be one of {list(VARIANTS)}, got {variant!r}")
         if d_state < 2 or d_state % 2:
             raise ValueError(f"BST: d_state must be even and >= 2 (conjugate pairs), got {d_state}")
+        if mode not in MODES:
+            raise ValueError(f"BST: mode must be one of {list(MODES)}, got {mode!r}")
         if not isinstance(filters, int) or filters < 1:
             raise ValueError(f"BST: filters must be a positive integer, got {filters!r}")
         if init not in hippo.DIAG_INITS:
@@ -107,7 +113,8 @@ class BST(nn.Module):
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"BST: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.attn = BlockAttention(d_model, heads, block_size, rope)
-        self.d_model, self.d_state, self.variant, self.chunk_size = d_model, d_state, variant, chunk_size
+        self.d_model, self.d_state, self.variant, self.mode = d_model, d_state, variant, mode
+        self.chunk_size = chunk_size
         self.block_size, self.heads, self.d_head = block_size, heads, d_model // heads
         self.n_filters = {"sh": 1, "mh": heads, "mf": filters}[variant]
         self.groups = heads if variant == "mh" else 1
@@ -159,10 +166,18 @@ class BST(nn.Module):
     def ssm_outputs(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The SSM sublayer over x (batch, T, D) from h0: outputs c (batch, T, S, D), final h."""
         cdtype = complex_dtype_for(x.dtype)
-        lam_bar, B_bar, C = self.discretize(cdtype)
-        v = B_bar * x.to(cdtype)[:, :, None, :, None]  # (B, T, S, D, n)
-        h_all, h = diag_scan(v, lam_bar, h0.to(cdtype), True, chunk_size=self.chunk_size)
-        return (2 * (h_all * C).real.sum(-1)).to(x.dtype), h  # (B, T, S, D)
+        lam_bar, B_bar, C = self.discretize(cdtype)  # (S, D, n)
+        if self.mode == "recurrent":
+            v = B_bar * x.to(cdtype)[:, :, None, :, None]  # (B, T, S, D, n)
+            h_all, h = diag_scan(v, lam_bar, h0.to(cdtype), True, chunk_size=self.chunk_size)
+            return (2 * (h_all * C).real.sum(-1)).to(x.dtype), h  # (B, T, S, D)
+        # the S filters as S·D single-input channels of one FFT convolution, each fed its x_d
+        (batch, T), (S, D, n) = x.shape[:2], lam_bar.shape
+        u = x[:, :, None, :].expand(batch, T, S, D).reshape(batch, T, S * D)
+        flat = (t.reshape(S * D, n) for t in (lam_bar, B_bar, C))
+        h0 = h0.to(cdtype).reshape(batch, S * D, n)
+        c, h = s4d_conv(u, *flat, None, h0, output_final_state=True)  # (B, T, S·D)
+        return c.to(x.dtype).reshape(batch, T, S, D), h.reshape(batch, S, D, n)
 
     def context_blocks(self, c: torch.Tensor, state: BSTState, p0: int):
         """Context states of every block a call touches.
