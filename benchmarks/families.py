@@ -42,6 +42,8 @@ SIZES = {
     "lru": dict(d_model=128, n_layers=6, d_state=64, mlp_ratio=2),
     "gru": dict(d_model=256, n_layers=2),
     "lstm": dict(d_model=160, n_layers=4),
+    "bst": dict(d_model=128, n_layers=4, d_state=16, mlp_ratio=2),
+    "block-attention": dict(d_model=128, n_layers=6, mlp_ratio=2),
 }
 SIZE_DEFAULT = dict(d_model=128, n_layers=6)
 FAMILIES = {name: dict(mixer=name, **SIZES.get(name, SIZE_DEFAULT)) for name in MIXER_NAMES}

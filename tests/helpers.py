@@ -46,6 +46,9 @@ SMALL_MIXER_FIELDS = {
     "lru": dict(d_state=8, mixer_options={"chunk_size": 8}),
     "gru": dict(),
     "lstm": dict(mixer_options={"hidden": 12}),
+    # block_size 4 so that the test sequences (13 tokens, cut at 6) cut through a block
+    "bst": dict(d_state=4, mixer_options={"block_size": 4}),
+    "block-attention": dict(mixer_options={"block_size": 4}),
 }
 
 

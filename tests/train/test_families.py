@@ -18,6 +18,8 @@ FAMILY_FIELDS = {
     "mamba2": dict(d_state=8, d_conv=4, mixer_options={"headdim": 8, "chunk_size": 8}),
     "longhorn": dict(d_state=4, d_conv=4),
     "lru": dict(d_state=8),
+    # attention alone needs a head wider than 4 channels to learn the chain in 25 steps
+    "block-attention": dict(mixer_options={"block_size": 4, "heads": 2}),
 }
 FAMILIES = {name: dict(mixer=name, **FAMILY_FIELDS.get(name, {})) for name in MIXER_NAMES}
 STEPS = 25

@@ -93,6 +93,21 @@ def test_noise_policy_distribution():
     assert torch.equal(init[0].conv, torch.zeros_like(init[0].conv))
 
 
+@pytest.mark.parametrize("spec", ["noise", "fitted-noise", "learned"])
+def test_block_position_is_bookkeeping_not_state(spec):
+    # a BST's state holds the position inside the current block (``pos``), shared by all rows:
+    # the policies that invent a state leave it at zero and the model accepts their states
+    model = tiny_model(mixer="bst", mixer_options={"block_size": 4})
+    policy = make_policy(spec, model)
+    final = run_segment(model, None, length=6)  # ends inside a block: pos = 2
+    assert all(float(layer.pos[0]) == 2 for layer in final)
+    policy.observe(final)
+    init = policy.initial_state(final, no_resets(), 4)
+    assert all(torch.equal(layer.pos, torch.zeros_like(layer.pos)) for layer in init)
+    assert any(layer.ctx.abs().sum() > 0 for layer in init) or spec == "learned"
+    run_segment(model, init)
+
+
 def test_fitted_noise_matches_observed_statistics():
     model = tiny_model()
     policy = make_policy("fitted-noise", model)

@@ -23,6 +23,8 @@ from typing import Any
 
 from torch import nn
 
+from longssm.layers.attention import BlockAttention, BlockAttentionState
+from longssm.layers.bst import BST, BSTState
 from longssm.layers.ids4 import IDS4, IDS4State
 from longssm.layers.longhorn import Longhorn, LonghornState
 from longssm.layers.lru import LRU, LRUState
@@ -286,6 +288,38 @@ register(
         defaults={"act": "softmax"},
         construct=lambda cfg, opts, i: IDS4(cfg.d_model, cfg.d_state, **opts),
         unknown_option="IDS4: unknown mixer option(s)",
+    )
+)
+# Block-State Transformer (Fathi, Pilault et al. 2023) and its attention-only baseline.
+register(
+    MixerSpec(
+        name="bst",
+        layer=BST,
+        state=BSTState,
+        defaults={
+            "variant": "sh",
+            "block_size": 16,
+            "heads": 4,
+            "filters": 4,
+            "rope": True,
+            "init": "legs",
+            "dt_min": 1e-3,
+            "dt_max": 0.1,
+            "mode": "conv",
+            "chunk_size": 32,
+        },
+        construct=lambda cfg, opts, i: BST(cfg.d_model, cfg.d_state, **opts),
+        unknown_option="BST: unknown mixer option(s)",
+    )
+)
+register(
+    MixerSpec(
+        name="block-attention",
+        layer=BlockAttention,
+        state=BlockAttentionState,
+        defaults={"heads": 4, "block_size": 16, "rope": True},
+        construct=lambda cfg, opts, i: BlockAttention(cfg.d_model, **opts),
+        unknown_option="block-attention: unknown mixer option(s)",
     )
 )
 

@@ -17,8 +17,8 @@ Policies (``TrainConfig.policy``; the names and their arguments are ``longssm.co
     fitted-noise  N(mean, std²) with per-layer, per-element running statistics of observed final states
     learned       a trainable initial state per layer, shared by all rows
     p-reset:P     previous, but each row is reset to zeros with probability P at every segment
-Short-convolution buffers (state fields named ``conv``) hold raw past inputs, not SSM state: the
-noise and learned policies leave them at zero.
+Short-convolution buffers (state fields named ``conv``) hold raw past inputs, not SSM state, and
+``pos`` fields count tokens in an attention block: the noise and learned policies leave them at zero.
 
 Each class declares the name it implements and three flags (``row_local``, ``reads_carry``,
 ``observes``) that tell ``longssm.train.distributed.ShardedPolicy`` what a rank must gather; a new
@@ -33,8 +33,9 @@ from torch import nn
 from longssm.config import POLICY_GRAMMAR, parse_policy
 from longssm.models.state import ModelState, map_state
 
-# Fields that hold raw input history rather than an SSM hidden state.
-INPUT_HISTORY_FIELDS = ("conv",)
+# Fields that hold raw input history or bookkeeping rather than an SSM hidden state ("pos": the
+# position inside the current attention block, which every row of a batch must share).
+INPUT_HISTORY_FIELDS = ("conv", "pos")
 
 
 def _zero_rows(state: ModelState, resets: torch.Tensor | None) -> ModelState:
