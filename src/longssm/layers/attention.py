@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state
+from longssm.layers.base import check_input, check_state, empty_sequence
 
 
 class BlockAttentionState(NamedTuple):
@@ -172,6 +172,10 @@ class BlockAttention(nn.Module):
     ) -> tuple[torch.Tensor, BlockAttentionState]:
         """Args: x (batch, T, d_model); state or None. Returns (y (batch, T, d_model), state)."""
         check_input(x, self.d_model)
+        if x.shape[1] == 0:
+            if state is not None:
+                check_state(state, self.initial_state(x.shape[0], x.device, x.dtype), "BlockAttention")
+            return empty_sequence(self, x, state)
         o, new, _, _ = self.self_attend(x, state, "BlockAttention")
         return self.out_proj(o.reshape(*x.shape)), new
 

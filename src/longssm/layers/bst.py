@@ -43,7 +43,13 @@ from torch import nn
 
 from longssm import hippo
 from longssm.layers.attention import BlockAttention, BlockAttentionState, extend_blocks
-from longssm.layers.base import check_input, check_state, tag_no_weight_decay, tag_ssm_param
+from longssm.layers.base import (
+    check_input,
+    check_state,
+    empty_sequence,
+    tag_no_weight_decay,
+    tag_ssm_param,
+)
 from longssm.ops.diag_scan import diag_scan, s4d_conv
 
 VARIANTS = ("sh", "mh", "mf")
@@ -229,6 +235,8 @@ class BST(nn.Module):
         if state is None:
             state = zeros
         check_state(state, zeros, "BST")
+        if x.shape[1] == 0:
+            return empty_sequence(self, x, state)
         attn_state = BlockAttentionState(state.k, state.v, state.pos)
         o, attn_new, p0, _ = self.attn.self_attend(x, attn_state, "BST")  # (B, T, h, dh)
         c, h = self.ssm_outputs(x, state.ssm)  # (B, T, S, D)
