@@ -1,4 +1,4 @@
-"""The ``longssm`` command line: train | eval | extend | plot | generate | corpus | task.
+"""The ``longssm`` command line: train | eval | extend | plot | generate | corpus | task | export.
 
 Every expected failure prints one line ``longssm: error: ...`` and exits with code 2: bad input
 (missing paths, invalid config values, corrupt checkpoints), the file system refusing (a read-only
@@ -51,6 +51,9 @@ def _add_train(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML or YAML run config (default: built-in defaults)")
     p.add_argument("--out", help="run directory (default: runs/<mixer>-<policy>-T<seq_len>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from a local Hugging Face Mamba/Mamba-2 directory (architecture and "
+                   "tokenizer from it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -61,7 +64,12 @@ def _run_train(args, overrides: list[str]) -> int:
 
     if args.out is not None and not args.out.strip():
         raise ValueError("--out must name a folder, got an empty string")
-    cfg = load_run_config(args.config, overrides)
+    if args.init_from is not None and not args.resume:
+        from longssm.interop.pretrained import pretrained_run_config
+
+        cfg = pretrained_run_config(args.config, overrides, args.init_from)
+    else:
+        cfg = load_run_config(args.config, overrides)
     out = (
         args.out
         or f"runs/{cfg.model.mixer}-{cfg.train.policy.replace(':', '')}-T{cfg.data.seq_len}"
@@ -85,8 +93,8 @@ def _run_train(args, overrides: list[str]) -> int:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="sample text from a trained run or checkpoint")
-    p.add_argument("checkpoint", help="run directory or checkpoint directory")
+    p = sub.add_parser("generate", help="sample text from a trained run, checkpoint or HF dir")
+    p.add_argument("checkpoint", help="run, checkpoint or Hugging Face Mamba directory")
     p.add_argument(
         "--prompt", default="def ", help="prompt text (space-separated ids for symbol corpora)"
     )
@@ -115,15 +123,18 @@ def _check_generate_args(args) -> None:
 def _run_generate(args, overrides: list[str]) -> int:
     import torch
 
-    from longssm.checkpoint import load_model, load_tokenizer
+    from longssm.checkpoint import load_tokenizer
     from longssm.dist import resolve_device
+    from longssm.interop.pretrained import load_source
 
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     _check_generate_args(args)
-    model, ckpt, meta = load_model(args.checkpoint, device=resolve_device(args.device, "--device"))
+    model, ckpt, meta = load_source(args.checkpoint, device=resolve_device(args.device, "--device"))
     tokenizer = load_tokenizer(meta, ckpt)
-    symbols = model.cfg.vocab_size != tokenizer.vocab_size
+    # a symbol corpus (markov:) has its own vocabulary; a pretrained embedding may be padded
+    corpus = str(meta["config"].get("data", {}).get("corpus", ""))
+    symbols = corpus.startswith("markov:") or model.cfg.vocab_size < tokenizer.vocab_size
     if symbols:
         # a symbol corpus (markov:): the prompt is space-separated ids, the output too
         try:
@@ -232,6 +243,20 @@ def _run_prune(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a run's model as a Hugging Face directory")
+    p.add_argument("run", help="run directory or checkpoint directory (mamba or mamba2)")
+    p.add_argument("--hf", required=True, metavar="OUT",
+                   help="new directory: config.json, model.safetensors, tokenizer.json")
+
+
+def _run_export(args) -> int:
+    from longssm.interop.pretrained import export_hf
+
+    print(f"wrote {export_hf(args.run, args.hf)}")
+    return 0
+
+
 def _add_task(sub) -> None:
     p = sub.add_parser(
         "task",
@@ -285,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task(sub)
     _add_adapt(sub)
     _add_prune(sub)
+    _add_export(sub)
     for command in sub.choices.values():
         # ``longssm train ... --debug`` works too; SUPPRESS keeps the top level's value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -319,6 +345,8 @@ def run_command(args, overrides: list[str]) -> int:
         return run_plot(args)
     if args.command == "task":
         return _run_task(args)
+    if args.command == "export":
+        return _run_export(args)
     raise ValueError(f"unknown command {args.command}")
 
 

@@ -33,6 +33,7 @@ from longssm.config import ConfigError, DataConfig, RunConfig
 from longssm.data import ContiguousStreams, load_corpus
 from longssm.data.tokenizers import ByteTokenizer
 from longssm.dist import DistContext, env_world, init_distributed, owned_streams, wrap_model
+from longssm.interop.pretrained import load_pretrained_weights
 from longssm.models import SSMLanguageModel
 from longssm.models.state import ModelState, flatten_state, unflatten_state
 from longssm.train.distributed import ShardedPolicy
@@ -196,9 +197,15 @@ def _build(cfg: RunConfig, run_dir: Path, ctx: DistContext, latest, meta, log) -
     tokenizer = _share_tokenizer(ctx, dc, meta, latest)
     vocab_size, train_tokens, doc_starts, val_tokens = _load_corpora(ctx, dc, tokenizer)
     check_split_sizes(dc, tc, len(train_tokens), len(val_tokens))
-    # markov: corpora are symbols with their own vocabulary; text corpora use the tokenizer's
-    cfg.model.vocab_size = vocab_size
+    if tc.init_from:
+        # a pretrained model keeps its embedding; the tokenizer's ids must fit in it
+        check_vocab_fits(vocab_size, cfg.model.vocab_size, tc.init_from)
+    else:
+        # markov: corpora are symbols with their own vocabulary; text corpora use the tokenizer's
+        cfg.model.vocab_size = vocab_size
     model = build_model(cfg, ctx.device)
+    if tc.init_from and latest is None:
+        load_pretrained_weights(model, tc.init_from)
     policy = make_policy(tc.policy, model, noise_std=tc.noise_std, seed=tc.seed)
     optimizer = torch.optim.AdamW(
         param_groups(model, tc.lr, tc.weight_decay, tc.ssm_lr, extra=policy.parameters()),
@@ -238,6 +245,15 @@ def _build(cfg: RunConfig, run_dir: Path, ctx: DistContext, latest, meta, log) -
     run.step_policy = ShardedPolicy(policy, ctx, run.batch_size) if ctx.enabled else policy
     model.train()
     return run
+
+
+def check_vocab_fits(vocab_size: int, embedding_rows: int, source: str) -> None:
+    """ConfigError (one line) when token ids up to ``vocab_size`` do not fit the embedding."""
+    if vocab_size > embedding_rows:
+        raise ConfigError(
+            f"the tokenizer has {vocab_size} ids but the model of {source} embeds {embedding_rows}; "
+            "give a data.tokenizer that fits (default: the tokenizer.json of --init-from)"
+        )
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -412,9 +428,14 @@ def _check_resume_config(saved: dict, cfg: RunConfig, source: Path) -> None:
 
 
 def build_tokenizer(spec: str, corpus: str, cache_dir: str | None):
-    """The run's tokenizer: bytes, or a byte-level BPE trained locally on the training split."""
+    """The run's tokenizer: bytes, a tokenizer.json (``hf:PATH``), or a byte-level BPE trained
+    locally on the training split."""
     if spec == "bytes":
         return ByteTokenizer()
+    if spec.startswith("hf:"):
+        from longssm.data import HFTokenizer
+
+        return HFTokenizer.load(spec[3:])
     from longssm.data import BPETokenizer
 
     vocab = int(spec.split(":", 1)[1])
