@@ -229,3 +229,20 @@ def test_init_from_starts_from_the_weights(env, capsys):
     assert code == 0, err
     tokens = torch.randint(0, MODEL_VOCAB, (2, 19))
     assert_close(_logits(load_model(env / "run")[0], tokens), _hf_logits(hf, tokens))
+
+
+def test_extend_init_from_post_trains_both_policies(env, capsys):
+    _save_hf("mamba", env / "hf")
+    corpus = _write_corpus(env / "corpus")
+    out = env / "ext"
+    code, stdout, err = _run(["extend", "--init-from", str(env / "hf"), "--corpus", str(corpus),
+                              "--quick", "--policies", "passing,previous", "--seq-len", "8",
+                              "--steps", "2", "--max-length", "32", "--n-tokens", "64", "--quiet",
+                              "--data.tokens_per_step=32", "--train.eval_every=0",
+                              "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["policy"] for r in summary["runs"]] == ["passing", "previous"]
+    for name in ("passing", "previous"):
+        cfg = json.loads((out / "runs" / name / "config.json").read_text())
+        assert cfg["train"]["init_from"] == str(env / "hf") and cfg["model"]["d_model"] == 16
