@@ -162,7 +162,8 @@ def _run_generate(args, overrides: list[str]) -> int:
 def _add_corpus(sub) -> None:
     p = sub.add_parser("corpus", help="describe a corpus spec: documents and tokens per split")
     p.add_argument("spec", nargs="?", default="python-stdlib")
-    p.add_argument("--tokenizer", default="bytes")
+    p.add_argument("--tokenizer", default="bytes", help="bytes, hf:PATH or a BPE .json file")
+    p.add_argument("--text-field", default="text", help="text column of table corpora")
 
 
 def _run_corpus(args, overrides: list[str]) -> int:
@@ -172,7 +173,7 @@ def _run_corpus(args, overrides: list[str]) -> int:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     tokenizer = get_tokenizer("byte" if args.tokenizer == "bytes" else args.tokenizer)
     for split in ("train", "validation", "test"):
-        corpus = load_corpus(args.spec, tokenizer, split)
+        corpus = load_corpus(args.spec, tokenizer, split, text_field=args.text_field)
         print(
             f"{split:>10}: {len(corpus.doc_starts):>6} documents, {len(corpus.tokens):>12,} tokens"
         )

@@ -88,6 +88,8 @@ class DataConfig:
 
     corpus: str = "python-stdlib"
     """Corpus spec: python-stdlib, shakespeare, python-docs, linux-docs, markov:K:V:SEED, or paths."""
+    text_field: str = "text"
+    """Text column of table corpora (.parquet, .jsonl/.json, .arrow, save_to_disk folders)."""
     tokenizer: str = "bytes"
     """bytes (vocabulary 257), bpe:VOCAB (byte-level BPE trained locally on the train split) or
     hf:PATH (a tokenizer.json, or a directory holding one, read with ``tokenizers``)."""
@@ -173,6 +175,8 @@ class TrainConfig:
     """Checkpoints kept (0 = all)."""
     progress: bool = True
     """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files under RUN/tb/ (needs the tensorboard package)."""
     init_from: str = ""
     """Start from the weights of a local Hugging Face Mamba / Mamba-2 directory ('' = random
     init); the model table is then that directory's architecture (``longssm train --init-from``)."""

@@ -45,6 +45,7 @@ from longssm.train.metrics import (
 )
 from longssm.train.optim import param_groups
 from longssm.train.policies import StatePolicy, make_policy
+from longssm.train.tensorboard import check_tensorboard
 
 # Config fields that may change when a run is resumed (they do not alter the trajectory).
 RESUMABLE_TRAIN_FIELDS = {
@@ -58,6 +59,7 @@ RESUMABLE_TRAIN_FIELDS = {
     "progress",
     "device",
     "threads",
+    "tensorboard",
 }
 # Bytes of training text a BPE tokenizer is trained on.
 BPE_TRAIN_BYTES = 32 << 20
@@ -179,6 +181,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable) -> Run
     the run directory's ``.lock``, removed again when the directory was new).
     """
     check_run_dir(run_dir)
+    if cfg.train.tensorboard:
+        check_tensorboard()
     ctx, lock, latest, meta = _join(cfg, run_dir, resume, log)
     try:
         run = _build(cfg, run_dir, ctx, latest, meta, log)
@@ -427,7 +431,7 @@ def _check_resume_config(saved: dict, cfg: RunConfig, source: Path) -> None:
                 )
 
 
-def build_tokenizer(spec: str, corpus: str, cache_dir: str | None):
+def build_tokenizer(spec: str, corpus: str, cache_dir: str | None, text_field: str = "text"):
     """The run's tokenizer: bytes, a tokenizer.json (``hf:PATH``), or a byte-level BPE trained
     locally on the training split."""
     if spec == "bytes":
@@ -439,7 +443,8 @@ def build_tokenizer(spec: str, corpus: str, cache_dir: str | None):
     from longssm.data import BPETokenizer
 
     vocab = int(spec.split(":", 1)[1])
-    byte_split = load_corpus(corpus, ByteTokenizer(), "train", cache_dir=cache_dir)
+    byte_split = load_corpus(corpus, ByteTokenizer(), "train", cache_dir=cache_dir,
+                             text_field=text_field)
     tokens = np.asarray(byte_split.tokens[:BPE_TRAIN_BYTES])
     bounds = [int(s) for s in byte_split.doc_starts if s < len(tokens)] + [len(tokens)]
     if bounds[0] != 0:
@@ -456,7 +461,8 @@ def _share_tokenizer(ctx: DistContext, dc: DataConfig, meta: dict | None, ckpt: 
     if meta is not None:
         return ckpt_io.load_tokenizer(meta, ckpt)
     tokenizer = (
-        build_tokenizer(dc.tokenizer, dc.corpus, dc.cache_dir or None) if ctx.is_main else None
+        build_tokenizer(dc.tokenizer, dc.corpus, dc.cache_dir or None, dc.text_field)
+        if ctx.is_main else None
     )
     if ctx.enabled:
         # rank 0 built (for BPE: trained) the tokenizer; the other ranks receive it
@@ -474,8 +480,10 @@ def _load_corpora(ctx: DistContext, dc: DataConfig, tokenizer):
     if not ctx.is_main:
         # rank 0 fills the token cache first; the other ranks then read it instead of tokenising
         ctx.barrier()
-    train_corpus = load_corpus(dc.corpus, tokenizer, "train", cache_dir=cache_dir)
-    val_corpus = load_corpus(dc.corpus, tokenizer, "validation", cache_dir=cache_dir)
+    train_corpus = load_corpus(dc.corpus, tokenizer, "train", cache_dir=cache_dir,
+                               text_field=dc.text_field)
+    val_corpus = load_corpus(dc.corpus, tokenizer, "validation", cache_dir=cache_dir,
+                             text_field=dc.text_field)
     if ctx.is_main:
         ctx.barrier()
     train_tokens, val_tokens = train_corpus.tokens, val_corpus.tokens
