@@ -7,8 +7,14 @@ import json
 import pytest
 
 from longssm.config import ConfigError, DataConfig
-from longssm.data import ByteTokenizer, DataError, HFTokenizer, cache_entry, get_tokenizer
-from longssm.data import tokenizer_from_dict
+from longssm.data import (
+    ByteTokenizer,
+    DataError,
+    HFTokenizer,
+    cache_entry,
+    get_tokenizer,
+    tokenizer_from_dict,
+)
 
 tokenizers = pytest.importorskip("tokenizers")
 
