@@ -2,7 +2,7 @@
 
 Floors, top to bottom (docs/architecture.md):
 
-    cli → extend → train | eval → dist → checkpoint | config | interop → models → layers
+    cli → extend → train | eval → dist → interop → checkpoint | config → models → layers
         → ops | hippo | reparam;   data beside them (imports only itself)
 
 A module may import its own room (package or module) and any room on a lower floor; rooms on
@@ -25,7 +25,8 @@ FLOORS = [
     {"extend"},
     {"train", "eval", "analysis", "tasks", "adapt"},
     {"dist"},
-    {"checkpoint", "config", "interop"},
+    {"interop"},
+    {"checkpoint", "config"},
     {"models"},
     {"layers"},
     {"ops", "hippo", "reparam"},

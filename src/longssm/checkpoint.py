@@ -343,8 +343,8 @@ def _validate_optional(meta: dict, ckpt: Path) -> None:
         for key in ("epoch", "step_in_epoch"):
             if not _is_int(meta["loader"].get(key)):
                 _fail(ckpt, f"'loader.{key}' must be an integer")
-    if "tokenizer" in meta and meta["tokenizer"].get("kind") not in ("byte", "bpe"):
-        _fail(ckpt, "'tokenizer.kind' must be 'byte' or 'bpe'")
+    if "tokenizer" in meta and meta["tokenizer"].get("kind") not in ("byte", "bpe", "hf"):
+        _fail(ckpt, "'tokenizer.kind' must be 'byte', 'bpe' or 'hf'")
 
 
 def verify_checkpoint(checkpoint: str | os.PathLike, require: tuple[str, ...] = ()) -> dict:

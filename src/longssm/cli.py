@@ -1,5 +1,5 @@
 """The ``longssm`` command line: train | eval | extend | plot | generate | corpus | task | adapt |
-prune | analyze.
+prune | analyze | export.
 
 Every expected failure prints one line ``longssm: error: ...`` and exits with code 2: bad input
 (missing paths, invalid config values, corrupt checkpoints), the file system refusing (a read-only
@@ -52,6 +52,9 @@ def _add_train(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML or YAML run config (default: built-in defaults)")
     p.add_argument("--out", help="run directory (default: runs/<mixer>-<policy>-T<seq_len>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from a local Hugging Face Mamba/Mamba-2 directory (architecture and "
+                   "tokenizer from it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -62,7 +65,12 @@ def _run_train(args, overrides: list[str]) -> int:
 
     if args.out is not None and not args.out.strip():
         raise ValueError("--out must name a folder, got an empty string")
-    cfg = load_run_config(args.config, overrides)
+    if args.init_from is not None and not args.resume:
+        from longssm.interop.pretrained import pretrained_run_config
+
+        cfg = pretrained_run_config(args.config, overrides, args.init_from)
+    else:
+        cfg = load_run_config(args.config, overrides)
     out = (
         args.out
         or f"runs/{cfg.model.mixer}-{cfg.train.policy.replace(':', '')}-T{cfg.data.seq_len}"
@@ -86,8 +94,8 @@ def _run_train(args, overrides: list[str]) -> int:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="sample text from a trained run or checkpoint")
-    p.add_argument("checkpoint", help="run directory or checkpoint directory")
+    p = sub.add_parser("generate", help="sample text from a trained run, checkpoint or HF dir")
+    p.add_argument("checkpoint", help="run, checkpoint or Hugging Face Mamba directory")
     p.add_argument(
         "--prompt", default="def ", help="prompt text (space-separated ids for symbol corpora)"
     )
@@ -116,15 +124,18 @@ def _check_generate_args(args) -> None:
 def _run_generate(args, overrides: list[str]) -> int:
     import torch
 
-    from longssm.checkpoint import load_model, load_tokenizer
+    from longssm.checkpoint import load_tokenizer
     from longssm.dist import resolve_device
+    from longssm.interop.pretrained import load_source
 
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     _check_generate_args(args)
-    model, ckpt, meta = load_model(args.checkpoint, device=resolve_device(args.device, "--device"))
+    model, ckpt, meta = load_source(args.checkpoint, device=resolve_device(args.device, "--device"))
     tokenizer = load_tokenizer(meta, ckpt)
-    symbols = model.cfg.vocab_size != tokenizer.vocab_size
+    # a symbol corpus (markov:) has its own vocabulary; a pretrained embedding may be padded
+    corpus = str(meta["config"].get("data", {}).get("corpus", ""))
+    symbols = corpus.startswith("markov:") or model.cfg.vocab_size < tokenizer.vocab_size
     if symbols:
         # a symbol corpus (markov:): the prompt is space-separated ids, the output too
         try:
@@ -152,7 +163,8 @@ def _run_generate(args, overrides: list[str]) -> int:
 def _add_corpus(sub) -> None:
     p = sub.add_parser("corpus", help="describe a corpus spec: documents and tokens per split")
     p.add_argument("spec", nargs="?", default="python-stdlib")
-    p.add_argument("--tokenizer", default="bytes")
+    p.add_argument("--tokenizer", default="bytes", help="bytes, hf:PATH or a BPE .json file")
+    p.add_argument("--text-field", default="text", help="text column of table corpora")
 
 
 def _run_corpus(args, overrides: list[str]) -> int:
@@ -162,7 +174,7 @@ def _run_corpus(args, overrides: list[str]) -> int:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     tokenizer = get_tokenizer("byte" if args.tokenizer == "bytes" else args.tokenizer)
     for split in ("train", "validation", "test"):
-        corpus = load_corpus(args.spec, tokenizer, split)
+        corpus = load_corpus(args.spec, tokenizer, split, text_field=args.text_field)
         print(
             f"{split:>10}: {len(corpus.doc_starts):>6} documents, {len(corpus.tokens):>12,} tokens"
         )
@@ -230,6 +242,20 @@ def _run_prune(args) -> int:
               f"{x['loss']:.4f} [{x['loss_low']:.4f}, {x['loss_high']:.4f}], "
               f"{x['tokens_per_second']:,.0f} tokens/s")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a run's model as a Hugging Face directory")
+    p.add_argument("run", help="run directory or checkpoint directory (mamba or mamba2)")
+    p.add_argument("--hf", required=True, metavar="OUT",
+                   help="new directory: config.json, model.safetensors, tokenizer.json")
+
+
+def _run_export(args) -> int:
+    from longssm.interop.pretrained import export_hf
+
+    print(f"wrote {export_hf(args.run, args.hf)}")
     return 0
 
 
@@ -352,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task(sub)
     _add_adapt(sub)
     _add_prune(sub)
+    _add_export(sub)
     for command in sub.choices.values():
         # ``longssm train ... --debug`` works too; SUPPRESS keeps the top level's value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -388,6 +415,8 @@ def run_command(args, overrides: list[str]) -> int:
         return _run_task(args)
     if args.command == "analyze":
         return _run_analyze(args)
+    if args.command == "export":
+        return _run_export(args)
     raise ValueError(f"unknown command {args.command}")
 
 

@@ -88,8 +88,11 @@ class DataConfig:
 
     corpus: str = "python-stdlib"
     """Corpus spec: python-stdlib, shakespeare, python-docs, linux-docs, markov:K:V:SEED, or paths."""
+    text_field: str = "text"
+    """Text column of table corpora (.parquet, .jsonl/.json, .arrow, save_to_disk folders)."""
     tokenizer: str = "bytes"
-    """bytes (vocabulary 257) or bpe:VOCAB (byte-level BPE trained locally on the train split)."""
+    """bytes (vocabulary 257), bpe:VOCAB (byte-level BPE trained locally on the train split) or
+    hf:PATH (a tokenizer.json, or a directory holding one, read with ``tokenizers``)."""
     seq_len: int = 32
     """Training segment length T."""
     batch_size: int = 16
@@ -108,9 +111,9 @@ class DataConfig:
         _non_negative(self, "tokens_per_step", "max_tokens")
         if not isinstance(self.corpus, str) or not self.corpus.strip():
             raise ConfigError("data.corpus must be a non-empty corpus spec")
-        if not re.fullmatch(r"bytes|bpe:[1-9][0-9]*", str(self.tokenizer)):
+        if not re.fullmatch(r"bytes|bpe:[1-9][0-9]*|hf:.+", str(self.tokenizer)):
             raise ConfigError(
-                f"data.tokenizer must be 'bytes' or 'bpe:VOCAB', got {self.tokenizer!r}"
+                f"data.tokenizer must be 'bytes', 'bpe:VOCAB' or 'hf:PATH', got {self.tokenizer!r}"
             )
         if self.tokens_per_step and self.tokens_per_step < self.seq_len:
             raise ConfigError(
@@ -172,6 +175,11 @@ class TrainConfig:
     """Checkpoints kept (0 = all)."""
     progress: bool = True
     """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files under RUN/tb/ (needs the tensorboard package)."""
+    init_from: str = ""
+    """Start from the weights of a local Hugging Face Mamba / Mamba-2 directory ('' = random
+    init); the model table is then that directory's architecture (``longssm train --init-from``)."""
 
     def __post_init__(self) -> None:
         parse_policy(self.policy)

@@ -93,6 +93,9 @@ def add_extend_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quick (minutes on a CPU), full (CPU, about an hour) or paper (GPU)")
     parser.add_argument("--quick", action="store_true", help="same as --preset quick")
     parser.add_argument("--corpus", default="python-stdlib", help="corpus spec (default: python-stdlib)")
+    parser.add_argument("--init-from", default=None, metavar="DIR",
+                        help="post-train every policy from this local Hugging Face Mamba/Mamba-2 "
+                        "directory (architecture and tokenizer from it) instead of random weights")
     parser.add_argument("--mixer", default=None,
                         help=f"one of {', '.join(MIXER_NAMES)} (default: the preset's)")
     parser.add_argument("--seq-len", default=None, help="training length(s) T, e.g. 16 or 16,32,64")
@@ -149,6 +152,15 @@ def build_config(args, policy: str, seq_len: int | None, d_model: int | None,
     # zero is a value (refused by validation), not "use the preset"
     if args.steps is not None:
         data["train"]["steps"] = args.steps
+    if getattr(args, "init_from", None):
+        from longssm.interop.pretrained import apply_init_from
+
+        # the architecture and tokenizer are the checkpoint's, not the preset's
+        data["model"] = {k: v for k, v in data["model"].items()
+                         if k == "mixer" and args.mixer or k == "d_model" and d_model is not None}
+        data["data"].pop("tokenizer", None)
+        return RunConfig.from_dict(apply_init_from(apply_overrides(data, extra_overrides),
+                                                   args.init_from))
     return RunConfig.from_dict(apply_overrides(data, extra_overrides))
 
 

@@ -37,6 +37,7 @@ from longssm.data.synthetic import MarkovChain
 from longssm.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
+    HFTokenizer,
     Tokenizer,
     get_tokenizer,
     tokenizer_from_dict,
@@ -51,6 +52,7 @@ __all__ = [
     "ByteTokenizer",
     "ContiguousStreams",
     "DataError",
+    "HFTokenizer",
     "Document",
     "MarkovChain",
     "Source",

@@ -19,6 +19,11 @@ contiguous runs of that order: train, then validation, then test. Each split is 
 slice of one memory map. With at least three documents a split holds whole documents
 (``round(fraction * n)`` of them, at least one each); with one or two documents (a single book,
 a ``markov:`` source) the token stream is cut into contiguous ranges by the fractions instead.
+
+A table corpus whose file set names the splits (``longssm.data.tables``: every document has a
+split and all three occur) keeps them instead: its documents are stored train, validation, test,
+each in reading order (a row of wikitext is a line of an article, so order matters), and the
+sidecar's ``split_docs`` holds the document count of each split; the fractions are then unused.
 """
 
 from __future__ import annotations
@@ -102,6 +107,14 @@ def _slug(spec) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", base)[:40] or "corpus"
 
 
+def _stored_order(names, splits, split_seed: int) -> tuple[list[int], list[int] | None]:
+    """(reading indices in stored order, documents per split or None) (module docstring)."""
+    if all(s is not None for s in splits) and set(splits) == set(SPLITS):
+        order = sorted(range(len(names)), key=lambda i: (SPLITS.index(splits[i]), i))
+        return order, [splits.count(s) for s in SPLITS]
+    return sorted(range(len(names)), key=lambda i: (_order_key(split_seed, names[i]), i)), None
+
+
 def _tokenise(sources, tokenizer: Tokenizer | None, path: Path, split_seed: int, progress):
     """Tokenise every document into ``path`` (.npy) in the stored order; returns the sidecar dict
     (without spec, tokenizer and key).
@@ -117,11 +130,11 @@ def _tokenise(sources, tokenizer: Tokenizer | None, path: Path, split_seed: int,
         vocab, sep = tokenizer.vocab_size, tokenizer.sep_id
     dtype = np.dtype(np.uint16 if vocab <= (1 << 16) else np.uint32)
     scratch = path.with_name(f".{path.stem}.{os.getpid()}.scratch")
-    names, lengths, n_bytes = [], [], []  # per document, in reading order
+    names, lengths, n_bytes, splits = [], [], [], []  # per document, in reading order
     try:
         with open(scratch, "wb") as raw:
 
-            def append(name: str, ids, text_bytes: int) -> None:
+            def append(name: str, ids, text_bytes: int, split: str | None = None) -> None:
                 ids = np.asarray(ids)
                 if sep is not None:
                     ids = np.concatenate([[sep], ids])
@@ -129,6 +142,7 @@ def _tokenise(sources, tokenizer: Tokenizer | None, path: Path, split_seed: int,
                 names.append(name)
                 lengths.append(len(ids))
                 n_bytes.append(text_bytes)
+                splits.append(split)
 
             if markov:
                 doc = next(sources[0].documents())
@@ -139,7 +153,7 @@ def _tokenise(sources, tokenizer: Tokenizer | None, path: Path, split_seed: int,
             labels = ", ".join(repr(s.label) for s in sources)
             raise DataError(f"corpus {labels} is empty: its documents hold no text; give text files")
         read_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        order = sorted(range(len(names)), key=lambda i: (_order_key(split_seed, names[i]), i))
+        order, split_docs = _stored_order(names, splits, split_seed)
         total = int(sum(lengths))
         unordered = np.memmap(scratch, dtype=dtype, mode="r", shape=(total,))
         out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(total,))
@@ -163,6 +177,7 @@ def _tokenise(sources, tokenizer: Tokenizer | None, path: Path, split_seed: int,
         "names": [names[i] for i in order],
         "doc_starts": np.concatenate([[0], np.cumsum(stored_lengths)[:-1]]).tolist(),
         "doc_bytes": [int(n_bytes[i]) for i in order],
+        **({"split_docs": split_docs} if split_docs else {}),
     }
 
 
@@ -170,7 +185,9 @@ def _encode_documents(sources, tokenizer: Tokenizer, append, progress) -> None:
     """Encode the text documents of ``sources`` in batches; ``append(name, ids, n_bytes)`` each."""
     from tqdm.auto import tqdm
 
-    total = sum(len(getattr(s, "files", ())) for s in sources) or None
+    # tables: rows are not counted ahead
+    total = None if any(hasattr(s, "tables") for s in sources) else (
+        sum(len(getattr(s, "files", ())) for s in sources) or None)  # fmt: skip
     big = sum(s.approx_bytes for s in sources) > (1 << 20)
     bar = tqdm(
         total=total,
@@ -184,7 +201,7 @@ def _encode_documents(sources, tokenizer: Tokenizer, append, progress) -> None:
     def flush():
         arrays = tokenizer.encode_batch([d.text for d in batch])
         for d, ids in zip(batch, arrays, strict=True):
-            append(d.name, ids, len(d.text.encode("utf-8")))
+            append(d.name, ids, len(d.text.encode("utf-8")), d.split)
         batch.clear()
 
     for source in sources:
@@ -211,6 +228,7 @@ def cache_entry(
     cache_dir: str | Path | None = None,
     split_seed: int = 0,
     progress: bool | None = None,
+    text_field: str = "text",
 ) -> tuple[np.ndarray, dict, bool]:
     """Tokenise ``spec`` into the cache unless already there, and memory-map it.
 
@@ -221,11 +239,12 @@ def cache_entry(
         split_seed: seeds the stored document order (hence the splits).
         progress: True/False forces the progress bar; None shows it for corpora over 1 MiB
             that take more than a second.
+        text_field: the text column of table sources (it is part of their fingerprint).
 
     Returns:
         (tokens (N,) read-only memmap, sidecar dict, True if it was already cached).
     """
-    sources = resolve_sources(spec)
+    sources = resolve_sources(spec, text_field)
     tokenizer = tokenizer or ByteTokenizer()
     markov = isinstance(sources[0], MarkovSource)
     ident = "symbols" if markov else tokenizer.identity
@@ -269,7 +288,10 @@ def split_ranges(meta: dict, fractions=DEFAULT_FRACTIONS) -> dict[str, tuple[int
     n_tok = meta["num_tokens"]
     starts = meta["doc_starts"]
     n = len(starts)
-    if n >= 3:
+    if meta.get("split_docs"):
+        n_train, n_val, _ = meta["split_docs"]
+        bounds = [0, starts[n_train], starts[n_train + n_val], n_tok]
+    elif n >= 3:
         n_val = max(1, round(f_val * n))
         n_test = max(1, round((1.0 - f_train - f_val) * n))
         n_train = n - n_val - n_test
@@ -296,6 +318,7 @@ def load_corpus(
     fractions=DEFAULT_FRACTIONS,
     split_seed: int = 0,
     progress: bool | None = None,
+    text_field: str = "text",
 ) -> TokenCorpus:
     """Load one split of a corpus, tokenising it into the cache on first use.
 
@@ -308,6 +331,7 @@ def load_corpus(
         fractions: (train, validation, test), positive, summing to 1.
         split_seed: seeds which documents land in which split.
         progress: progress bar control, see ``cache_entry``.
+        text_field: the text column of table sources (Parquet, JSON Lines, Arrow).
 
     Returns:
         The split as a ``TokenCorpus``.
@@ -316,7 +340,7 @@ def load_corpus(
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
     _check_fractions(fractions)
-    tokens, meta, hit = cache_entry(spec, tokenizer, cache_dir, split_seed, progress)
+    tokens, meta, hit = cache_entry(spec, tokenizer, cache_dir, split_seed, progress, text_field)
     a, b = split_ranges(meta, fractions)[split]
     starts = np.asarray(meta["doc_starts"], dtype=np.int64)
     ends = np.append(starts[1:], meta["num_tokens"])

@@ -13,6 +13,16 @@ A spec is one of:
                       one document of N tokens (default ``MARKOV_DEFAULT_TOKENS``)
     PATH              a file, a directory (recursive; hidden entries skipped; binary files skipped
                       with a warning), or a glob pattern (``**`` allowed)
+    TABLE             a ``.parquet``, ``.jsonl`` / ``.json`` (one object per line) or ``.arrow``
+                      file, a directory of such files, or a ``datasets.save_to_disk`` directory
+                      (``Dataset`` or ``DatasetDict``): one document per row, its text in the
+                      column ``text_field`` (default ``text``). Read in record batches (never
+                      the whole table); Parquet and Arrow need ``pyarrow``.
+
+A table's documents carry a split when its file set names one: a file or split folder called
+``train*``, ``valid*``/``validation*``/``dev*`` or ``test*`` (wikitext's Parquet layout,
+``DatasetDict`` folders). When every document has one and all three splits are present, the
+token cache keeps those splits instead of cutting by the ratio.
 
 ``resolve_sources`` lists the files up front (so a cache key can be computed from names, sizes and
 mtimes without reading them) and checks that each is UTF-8 text by sniffing its first chunk.
@@ -30,12 +40,11 @@ import sys
 import sysconfig
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from longssm.data.documents import Document, Source
 from longssm.data.errors import DataError
+from longssm.data.tables import table_source
 
 #: Tokens in the single document of a ``markov:`` source when the spec gives no length.
 MARKOV_DEFAULT_TOKENS = 1 << 20
@@ -45,40 +54,6 @@ SNIFF_BYTES = 8192
 STDLIB_EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
 NAMED_SOURCES = ("python-stdlib", "shakespeare", "python-docs", "linux-docs", "markov:K:V:SEED[:N]")
 _GLOB_CHARS = set("*?[")
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document of a corpus; the tokeniser puts a separator before each one.
-
-    Attributes:
-        name: unique, stable name (``"<source>:<relative path>"``), used for splits.
-        text: the document's text (empty for symbol sources).
-        tokens: (N,) int array for sources that are already symbols (``markov:``), else None.
-    """
-
-    name: str
-    text: str
-    tokens: np.ndarray | None = None
-
-
-class Source:
-    """A resolved source: a fingerprint for cache keys and a lazy document iterator."""
-
-    label: str
-
-    def fingerprint(self) -> list:
-        """JSON-serialisable identity: changes whenever the documents could change."""
-        raise NotImplementedError
-
-    def documents(self) -> Iterator[Document]:
-        """Yield the documents in a deterministic order."""
-        raise NotImplementedError
-
-    @property
-    def approx_bytes(self) -> int:
-        """Rough size of the text, for deciding on a progress bar."""
-        return 0
 
 
 class FileSource(Source):
@@ -289,8 +264,10 @@ def _path(spec: str) -> Source:
     )
 
 
-def resolve_source(spec: str) -> Source:
-    """Resolve one spec (see the module docstring) to a ``Source``; raises ``DataError``."""
+def resolve_source(spec: str, text_field: str = "text") -> Source:
+    """Resolve one spec (see the module docstring) to a ``Source``; raises ``DataError``.
+
+    ``text_field`` names the text column of table sources (Parquet, JSON Lines, Arrow)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"a corpus spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
@@ -304,10 +281,11 @@ def resolve_source(spec: str) -> Source:
         return named[spec]()
     if spec.startswith("markov:"):
         return _markov(spec)
-    return _path(spec)
+    table = table_source(spec, text_field)
+    return table if table is not None else _path(spec)
 
 
-def resolve_sources(spec: str | list[str]) -> list[Source]:
+def resolve_sources(spec: str | list[str], text_field: str = "text") -> list[Source]:
     """Resolve a spec or a list of specs; a string is one spec (paths may contain commas).
 
     Args:
@@ -319,7 +297,7 @@ def resolve_sources(spec: str | list[str]) -> list[Source]:
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise DataError("no corpus given: expected a spec such as 'python-stdlib' or a path")
-    sources = [resolve_source(s) for s in specs]
+    sources = [resolve_source(s, text_field) for s in specs]
     if len(sources) > 1 and any(isinstance(s, MarkovSource) for s in sources):
         raise DataError("a markov: source must be used alone, not mixed with text sources")
     return sources

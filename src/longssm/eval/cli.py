@@ -28,7 +28,10 @@ METRICS = ("loss", "perplexity", "bits_per_byte")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run directory (its latest checkpoint) or checkpoint directory")
+    parser.add_argument("run", help="run directory (its latest checkpoint), checkpoint directory "
+                        "or local Hugging Face Mamba directory")
+    parser.add_argument("--corpus", default=None,
+                        help="corpus spec to score (default: the run's; required for an HF dir)")
     parser.add_argument("--lengths", default=DEFAULT_LENGTHS,
                         help="evaluation lengths: 16,32,64 or a doubling range 16:32768 (16, 32, ..., 32768)")
     parser.add_argument("--protocol", default="reset",
@@ -62,9 +65,22 @@ def _positive(name: str, value) -> None:
         raise EvalError(f"--{name} must be >= 1, got {value}")
 
 
+def _use_corpus(meta: dict, corpus: str | None, source) -> None:
+    """Score ``corpus`` (``--corpus``) instead of the run's; an HF directory names none itself."""
+    data = meta["config"].setdefault("data", {})
+    if corpus is not None:
+        if not corpus.strip():
+            raise EvalError("--corpus must name a corpus spec, got an empty string")
+        data["corpus"] = corpus
+    elif meta.get("source") == "huggingface" and not data.get("corpus"):
+        raise EvalError(f"{source} is a Hugging Face directory with no corpus of its own: give "
+                        "--corpus SPEC")  # fmt: skip
+    if meta.get("source") == "huggingface" and "tokenizer" not in meta:
+        raise EvalError(f"{source} has no tokenizer.json: longssm cannot tokenise the corpus")
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """``longssm eval``: evaluate, print a table and the verdicts, write results. Returns 0."""
-    from longssm.checkpoint import load_model
     from longssm.dist import env_world, init_distributed, resolve_device
     from longssm.eval.evaluate import (
         EvalSettings,
@@ -73,6 +89,7 @@ def run_eval(args: argparse.Namespace) -> int:
         format_table,
         run_dir_of,
     )
+    from longssm.interop.pretrained import load_source
 
     lengths = parse_lengths(args.lengths)
     protocols = resolve_protocols(args.protocol)
@@ -100,7 +117,8 @@ def run_eval(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device) if env_world()[1] > 1 else None
     try:
         device = ctx.device if ctx is not None else resolve_device(args.device, "--device")
-        model, ckpt, meta = load_model(args.run, device=device)
+        model, ckpt, meta = load_source(args.run, device=device)
+        _use_corpus(meta, args.corpus, ckpt)
         out = Path(args.out) if args.out else run_dir_of(ckpt) / "eval"
         results, paths = evaluate_run(model, ckpt, meta, settings, out,
                                       args.name or f"results-{ckpt.name}", args.force, ctx)

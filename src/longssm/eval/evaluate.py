@@ -62,7 +62,7 @@ def load_split(meta: dict, split: str):
     tokenizer = tokenizer_from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
     corpus = load_corpus(
         data.get("corpus", "python-stdlib"), tokenizer, split=split,
-        cache_dir=data.get("cache_dir") or None,
+        cache_dir=data.get("cache_dir") or None, text_field=data.get("text_field", "text"),
     )
     tokens = corpus.tokens
     bytes_per_token = corpus.num_bytes / len(tokens) if corpus.num_bytes > 0 else None

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from longssm.config import RunConfig
 from longssm.data import ContiguousStreams
 from longssm.models.state import detach_state, state_norms
-from longssm.train.metrics import MetricsLog, append_diagnostics, diagnostics, unigram_entropy
+from longssm.train.metrics import MetricsLog, diagnostics, unigram_entropy
 from longssm.train.optim import lr_at, set_lr
 from longssm.train.run import build_run, save_checkpoint
 
@@ -101,7 +101,9 @@ def _train_steps(run):
     cfg = run.cfg
     tc, ctx, optimizer = cfg.train, run.ctx, run.optimizer
     step, carried = run.step, run.carried
-    metrics = MetricsLog(run.run_dir / "metrics.csv", run.history, run.tokens_per_step, step)
+    tensorboard = run.run_dir / "tb" if tc.tensorboard and ctx.is_main else None
+    metrics = MetricsLog(run.run_dir / "metrics.csv", run.history, run.tokens_per_step, step,
+                         tensorboard)
     progress = open_progress(tc.policy, step, tc.steps) if tc.progress and ctx.is_main else None
     loss, val = float("nan"), (None, None)
     try:
@@ -158,13 +160,14 @@ def _train_steps(run):
                 norms = ctx.max(state_norms(carried)) if carried is not None else []
                 if ctx.is_main:
                     record = diagnostics(step, grad_norm, run.model, norms)
-                    append_diagnostics(run.run_dir / "diagnostics.jsonl", record)
+                    metrics.diagnostics(run.run_dir / "diagnostics.jsonl", record)
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
                 bad = first_non_finite_optimizer_state(optimizer)
                 if bad is not None:
                     diverged(run, step, "optimiser state", bad)
                 save_checkpoint(run, step, carried)
     finally:
+        metrics.close()
         if progress is not None:
             progress.close()
     return step, loss, val, metrics

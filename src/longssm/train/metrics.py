@@ -64,7 +64,13 @@ class MetricsLog:
         step: the step training starts from.
     """
 
-    def __init__(self, path: Path, history: list[dict], tokens_per_step: int, step: int):
+    def __init__(self, path: Path, history: list[dict], tokens_per_step: int, step: int,
+                 tensorboard: Path | None = None):  # fmt: skip
+        self.tensorboard = None
+        if tensorboard is not None:
+            from longssm.train.tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(tensorboard, step)
         self.path = path
         self.history = history
         self.tokens_per_step = tokens_per_step
@@ -93,7 +99,19 @@ class MetricsLog:
         self.history.append(row)
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow(row)
+        if self.tensorboard is not None:
+            self.tensorboard.metrics(row)
         return row
+
+    def diagnostics(self, path: Path, record: dict) -> None:
+        """Append a ``diagnostics`` record to ``path`` (and to TensorBoard when enabled)."""
+        append_diagnostics(path, record)
+        if self.tensorboard is not None:
+            self.tensorboard.diagnostics(record)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def transition_stats(model: SSMLanguageModel) -> list[dict]:

@@ -33,6 +33,7 @@ from longssm.config import ConfigError, DataConfig, RunConfig
 from longssm.data import ContiguousStreams, load_corpus
 from longssm.data.tokenizers import ByteTokenizer
 from longssm.dist import DistContext, env_world, init_distributed, owned_streams, wrap_model
+from longssm.interop.pretrained import load_pretrained_weights
 from longssm.models import SSMLanguageModel
 from longssm.models.state import ModelState, flatten_state, unflatten_state
 from longssm.train.distributed import ShardedPolicy
@@ -44,6 +45,7 @@ from longssm.train.metrics import (
 )
 from longssm.train.optim import param_groups
 from longssm.train.policies import StatePolicy, make_policy
+from longssm.train.tensorboard import check_tensorboard
 
 # Config fields that may change when a run is resumed (they do not alter the trajectory).
 RESUMABLE_TRAIN_FIELDS = {
@@ -57,6 +59,7 @@ RESUMABLE_TRAIN_FIELDS = {
     "progress",
     "device",
     "threads",
+    "tensorboard",
 }
 # Bytes of training text a BPE tokenizer is trained on.
 BPE_TRAIN_BYTES = 32 << 20
@@ -178,6 +181,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable) -> Run
     the run directory's ``.lock``, removed again when the directory was new).
     """
     check_run_dir(run_dir)
+    if cfg.train.tensorboard:
+        check_tensorboard()
     ctx, lock, latest, meta = _join(cfg, run_dir, resume, log)
     try:
         run = _build(cfg, run_dir, ctx, latest, meta, log)
@@ -196,9 +201,15 @@ def _build(cfg: RunConfig, run_dir: Path, ctx: DistContext, latest, meta, log) -
     tokenizer = _share_tokenizer(ctx, dc, meta, latest)
     vocab_size, train_tokens, doc_starts, val_tokens = _load_corpora(ctx, dc, tokenizer)
     check_split_sizes(dc, tc, len(train_tokens), len(val_tokens))
-    # markov: corpora are symbols with their own vocabulary; text corpora use the tokenizer's
-    cfg.model.vocab_size = vocab_size
+    if tc.init_from:
+        # a pretrained model keeps its embedding; the tokenizer's ids must fit in it
+        check_vocab_fits(vocab_size, cfg.model.vocab_size, tc.init_from)
+    else:
+        # markov: corpora are symbols with their own vocabulary; text corpora use the tokenizer's
+        cfg.model.vocab_size = vocab_size
     model = build_model(cfg, ctx.device)
+    if tc.init_from and latest is None:
+        load_pretrained_weights(model, tc.init_from)
     policy = make_policy(tc.policy, model, noise_std=tc.noise_std, seed=tc.seed)
     optimizer = torch.optim.AdamW(
         param_groups(model, tc.lr, tc.weight_decay, tc.ssm_lr, extra=policy.parameters()),
@@ -238,6 +249,15 @@ def _build(cfg: RunConfig, run_dir: Path, ctx: DistContext, latest, meta, log) -
     run.step_policy = ShardedPolicy(policy, ctx, run.batch_size) if ctx.enabled else policy
     model.train()
     return run
+
+
+def check_vocab_fits(vocab_size: int, embedding_rows: int, source: str) -> None:
+    """ConfigError (one line) when token ids up to ``vocab_size`` do not fit the embedding."""
+    if vocab_size > embedding_rows:
+        raise ConfigError(
+            f"the tokenizer has {vocab_size} ids but the model of {source} embeds {embedding_rows}; "
+            "give a data.tokenizer that fits (default: the tokenizer.json of --init-from)"
+        )
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -411,14 +431,20 @@ def _check_resume_config(saved: dict, cfg: RunConfig, source: Path) -> None:
                 )
 
 
-def build_tokenizer(spec: str, corpus: str, cache_dir: str | None):
-    """The run's tokenizer: bytes, or a byte-level BPE trained locally on the training split."""
+def build_tokenizer(spec: str, corpus: str, cache_dir: str | None, text_field: str = "text"):
+    """The run's tokenizer: bytes, a tokenizer.json (``hf:PATH``), or a byte-level BPE trained
+    locally on the training split."""
     if spec == "bytes":
         return ByteTokenizer()
+    if spec.startswith("hf:"):
+        from longssm.data import HFTokenizer
+
+        return HFTokenizer.load(spec[3:])
     from longssm.data import BPETokenizer
 
     vocab = int(spec.split(":", 1)[1])
-    byte_split = load_corpus(corpus, ByteTokenizer(), "train", cache_dir=cache_dir)
+    byte_split = load_corpus(corpus, ByteTokenizer(), "train", cache_dir=cache_dir,
+                             text_field=text_field)
     tokens = np.asarray(byte_split.tokens[:BPE_TRAIN_BYTES])
     bounds = [int(s) for s in byte_split.doc_starts if s < len(tokens)] + [len(tokens)]
     if bounds[0] != 0:
@@ -435,7 +461,8 @@ def _share_tokenizer(ctx: DistContext, dc: DataConfig, meta: dict | None, ckpt: 
     if meta is not None:
         return ckpt_io.load_tokenizer(meta, ckpt)
     tokenizer = (
-        build_tokenizer(dc.tokenizer, dc.corpus, dc.cache_dir or None) if ctx.is_main else None
+        build_tokenizer(dc.tokenizer, dc.corpus, dc.cache_dir or None, dc.text_field)
+        if ctx.is_main else None
     )
     if ctx.enabled:
         # rank 0 built (for BPE: trained) the tokenizer; the other ranks receive it
@@ -453,8 +480,10 @@ def _load_corpora(ctx: DistContext, dc: DataConfig, tokenizer):
     if not ctx.is_main:
         # rank 0 fills the token cache first; the other ranks then read it instead of tokenising
         ctx.barrier()
-    train_corpus = load_corpus(dc.corpus, tokenizer, "train", cache_dir=cache_dir)
-    val_corpus = load_corpus(dc.corpus, tokenizer, "validation", cache_dir=cache_dir)
+    train_corpus = load_corpus(dc.corpus, tokenizer, "train", cache_dir=cache_dir,
+                               text_field=dc.text_field)
+    val_corpus = load_corpus(dc.corpus, tokenizer, "validation", cache_dir=cache_dir,
+                             text_field=dc.text_field)
     if ctx.is_main:
         ctx.barrier()
     train_tokens, val_tokens = train_corpus.tokens, val_corpus.tokens

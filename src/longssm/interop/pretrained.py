@@ -1,0 +1,308 @@
+"""Model sources: a longssm run or checkpoint directory, or a local Hugging Face Mamba directory.
+
+A Hugging Face directory is what ``save_pretrained`` writes for ``MambaForCausalLM`` or
+``Mamba2ForCausalLM``: ``config.json`` (with ``model_type`` ``mamba`` / ``mamba2``),
+``model.safetensors`` (or shards listed in ``model.safetensors.index.json``) and, optionally,
+``tokenizer.json`` (+ ``tokenizer_config.json`` naming its ``eos_token``). It is read from disk
+only; nothing is ever downloaded, and pickled ``pytorch_model.bin`` weights are refused.
+
+    load_source(path)                 -> (model, path, meta) for ``eval``/``generate``, either kind
+    pretrained_run_config(cfg, overrides, DIR) -> the RunConfig of ``train --init-from DIR``
+    load_pretrained_weights(model, DIR)   copy DIR's weights into a model built from that config
+    export_hf(run, out)               a run's model as an HF directory transformers loads
+
+``meta`` of an HF directory mimics a checkpoint's: ``config`` (``model`` from ``config.json``;
+``data``/``train`` from ``longssm.json`` when the directory was written by ``export_hf``, else
+empty), ``step`` and ``tokenizer``. ``longssm.json`` also records the run's own tokenizer, so an
+exported byte-level run keeps its token cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from longssm import checkpoint as ckpt_io
+from longssm.checkpoint import CheckpointError
+from longssm.config import ConfigError, RunConfig, apply_overrides, read_config_file
+from longssm.data import ByteTokenizer, HFTokenizer, Tokenizer, tokenizer_from_dict
+from longssm.models import ModelConfig, SSMLanguageModel
+
+ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
+SIDECAR = "longssm.json"
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory whose ``config.json`` is a transformers config (it names
+    a ``model_type`` or ``architectures``), not a longssm run config."""
+    p = Path(path)
+    if not p.is_dir() or (p / "meta.json").exists():
+        return False
+    try:
+        raw = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and ("model_type" in raw or "architectures" in raw)
+
+
+def _raw_config(path: Path) -> dict:
+    if not path.is_dir():
+        raise CheckpointError(f"no such Hugging Face checkpoint directory: {path}")
+    if not is_hf_dir(path):
+        raise CheckpointError(
+            f"{path} is not a Hugging Face checkpoint: expected config.json with model_type "
+            f"'mamba' or 'mamba2' ({' or '.join(ARCHITECTURES.values())}) and model.safetensors"
+        )
+    raw = json.loads((path / "config.json").read_text())
+    kind = raw.get("model_type")
+    if kind not in ARCHITECTURES:
+        archs = raw.get("architectures") or []
+        raise CheckpointError(
+            f"{path} holds a {kind or ', '.join(map(str, archs)) or 'unknown'!r} model; longssm "
+            f"reads {' and '.join(ARCHITECTURES.values())} checkpoints only"
+        )
+    return raw
+
+
+def hf_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The ``ModelConfig`` of a local HF Mamba / Mamba-2 directory (its ``config.json``)."""
+    path = Path(path)
+    raw = _raw_config(path)
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(
+            "reading a Hugging Face checkpoint needs transformers: pip install 'longssm[interop]'"
+        ) from None
+    from longssm.interop.hf_mamba import config_from_hf_mamba
+    from longssm.interop.hf_mamba2 import config_from_hf_mamba2
+
+    config_class = transformers.MambaConfig if raw["model_type"] == "mamba" else (
+        transformers.Mamba2Config)  # fmt: skip
+    try:
+        # from_json_file decodes what save_pretrained encodes (an infinite time_step_limit)
+        hf_config = config_class.from_json_file(str(path / "config.json"))
+        if raw["model_type"] == "mamba":
+            return config_from_hf_mamba(hf_config)
+        return config_from_hf_mamba2(hf_config)
+    except Exception as exc:
+        # transformers' own validation errors are not all ValueErrors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}/config.json: {first}") from exc
+
+
+def _weight_files(path: Path) -> list[Path]:
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"corrupt {index}: {exc}") from exc
+        return [path / n for n in names]
+    pickled = " (pytorch_model.bin is pickle and is not read)" if (
+        path / "pytorch_model.bin").exists() else ""  # fmt: skip
+    raise CheckpointError(f"{path} has no model.safetensors{pickled}")
+
+
+def load_pretrained_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
+    """Copy the weights of HF directory ``path`` into ``model`` (built from its config)."""
+    from longssm.interop.hf_mamba import state_dict_from_hf_mamba
+    from longssm.interop.hf_mamba2 import state_dict_from_hf_mamba2
+
+    path = Path(path)
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(path):
+        try:
+            state.update(load_file(str(file)))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read {file}: {exc}") from exc
+    convert = state_dict_from_hf_mamba if model.cfg.mixer == "mamba" else state_dict_from_hf_mamba2
+    try:
+        converted = convert(state, model.cfg)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True)
+
+
+def _sidecar(path: Path) -> dict:
+    try:
+        data = json.loads((path / SIDECAR).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def hf_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer of HF directory ``path``: the run's own one for an export (``longssm.json``),
+    else ``tokenizer.json`` read with ``tokenizers``; None when it has neither."""
+    path = Path(path)
+    saved = _sidecar(path).get("tokenizer")
+    if isinstance(saved, dict):
+        return tokenizer_from_dict(saved)
+    if (path / "tokenizer.json").is_file():
+        return HFTokenizer.load(path)
+    return None
+
+
+def _check_fits(tokenizer: Tokenizer, cfg: ModelConfig, where) -> None:
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ConfigError(
+            f"the tokenizer of {where} has {tokenizer.vocab_size} ids but the model's embedding "
+            f"has {cfg.vocab_size} rows; give a tokenizer that fits"
+        )
+
+
+def load_hf_dir(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model, path, meta)`` of a local HF Mamba / Mamba-2 directory, in float32, eval mode."""
+    path = Path(path)
+    cfg = hf_model_config(path)
+    model = SSMLanguageModel(cfg)
+    load_pretrained_weights(model, path)
+    side = _sidecar(path)
+    config = side.get("config") if isinstance(side.get("config"), dict) else {}
+    meta = {
+        "config": {"data": dict(config.get("data", {})), "train": {"dtype": "float32"},
+                   "model": cfg.to_dict()},  # fmt: skip
+        "step": int(side.get("step", 0)),
+        "source": "huggingface",
+    }
+    tokenizer = hf_tokenizer(path)
+    if tokenizer is not None:
+        _check_fits(tokenizer, cfg, path)
+        meta["tokenizer"] = tokenizer.to_dict()
+    return model.to(device).eval(), path, meta
+
+
+def load_source(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model, directory, meta)`` of a longssm run/checkpoint or a local HF directory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no such run or checkpoint (nor Hugging Face directory): {p}")
+    if is_hf_dir(p):
+        return load_hf_dir(p, device)
+    if p.is_dir() and not (p / "meta.json").exists() and not (p / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"{p} is neither a longssm run or checkpoint (checkpoints/ckpt-*, meta.json) nor a "
+            "Hugging Face Mamba directory (config.json + model.safetensors)"
+        )
+    return ckpt_io.load_model(p, device=device)
+
+
+def tokenizer_spec(path: str | os.PathLike) -> str | None:
+    """The ``data.tokenizer`` spec of HF directory ``path``'s own tokenizer (None: it has none)."""
+    path = Path(path)
+    saved = _sidecar(path).get("tokenizer")
+    if isinstance(saved, dict) and saved.get("kind") == "byte":
+        return "bytes"
+    if (path / "tokenizer.json").is_file():
+        return f"hf:{path}"
+    return None
+
+
+def apply_init_from(raw: dict, init_from: str | os.PathLike) -> dict:
+    """A raw run config (file + overrides) started from HF directory ``init_from``.
+
+    The model table becomes the directory's architecture; a given ``model.*`` value that differs
+    is a ConfigError naming both values. ``data.tokenizer`` defaults to the directory's own.
+    """
+    path = Path(init_from)
+    theirs = hf_model_config(path).to_dict()
+    given = raw.get("model", {}) if isinstance(raw.get("model", {}), dict) else {}
+    for key, value in given.items():
+        if key not in theirs:
+            raise ConfigError(f"unknown key model.{key}; valid keys: {sorted(theirs)}")
+        if key == "mixer_options" and isinstance(value, dict):
+            bad = {k: v for k, v in value.items() if theirs[key].get(k) != v}
+            if bad:
+                k = next(iter(bad))
+                raise ConfigError(
+                    f"--model.mixer_options {k}={bad[k]!r} contradicts {path}/config.json "
+                    f"({k}={theirs[key].get(k)!r}); the architecture comes from --init-from"
+                )
+        elif value != theirs[key]:
+            raise ConfigError(
+                f"--model.{key}={value!r} contradicts {path}/config.json ({key}={theirs[key]!r}); "
+                "the architecture comes from --init-from"
+            )
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    out["model"] = theirs
+    data = out.setdefault("data", {})
+    spec = tokenizer_spec(path)
+    if "tokenizer" not in data and spec is not None:
+        data["tokenizer"] = spec
+    out.setdefault("train", {})["init_from"] = os.fspath(init_from)
+    return out
+
+
+def pretrained_run_config(config: str | None, overrides: list[str],
+                          init_from: str | os.PathLike) -> RunConfig:  # fmt: skip
+    """The RunConfig of ``longssm train [CONFIG] --init-from DIR [overrides]``."""
+    raw = apply_overrides(read_config_file(config) if config else {}, overrides)
+    return RunConfig.from_dict(apply_init_from(raw, init_from))
+
+
+def export_hf(run: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the model of a run or checkpoint as a transformers directory ``out``.
+
+    ``out`` gets ``config.json`` + ``model.safetensors`` (``save_pretrained``), ``tokenizer.json``
+    and ``tokenizer_config.json`` (the run's tokenizer, as a ``tokenizers`` document), and
+    ``longssm.json`` (the run's config, step and tokenizer). Only ``mamba`` / ``mamba2`` models with
+    a convolution, no MLP and RMSNorm have a transformers equivalent (ValueError otherwise).
+    ``out`` must not exist or be empty; it is written to a temporary sibling and renamed.
+    """
+    from longssm.interop.hf_mamba import save_hf_mamba
+    from longssm.interop.hf_mamba2 import save_hf_mamba2
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not an empty folder; choose another --hf")
+    model, ckpt, meta = ckpt_io.load_model(run)
+    if model.cfg.mixer not in ARCHITECTURES:
+        raise ConfigError(
+            f"only mamba and mamba2 models export to transformers; {run} is {model.cfg.mixer!r}"
+        )
+    tokenizer = ckpt_io.load_tokenizer(meta, ckpt)
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ConfigError(f"{run} is a symbol model (vocabulary {model.cfg.vocab_size}); it has "
+                          "no text tokenizer to export")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        (save_hf_mamba if model.cfg.mixer == "mamba" else save_hf_mamba2)(model.float(), tmp)
+        _write_tokenizer(tmp, tokenizer)
+        side = {"config": meta["config"], "step": meta["step"], "checkpoint": str(ckpt),
+                "tokenizer": tokenizer.to_dict()}  # fmt: skip
+        (tmp / SIDECAR).write_text(json.dumps(side, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_tokenizer(directory: Path, tokenizer: Tokenizer) -> None:
+    """``tokenizer.json`` and a ``tokenizer_config.json`` naming the separator as eos_token."""
+    (directory / "tokenizer.json").write_text(tokenizer.tokenizers_json())
+    sep = getattr(tokenizer, "sep_token", None) or "<|sep|>"
+    if isinstance(tokenizer, ByteTokenizer):
+        sep = "<|sep|>"
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": sep, "bos_token": sep,
+              "model_max_length": 1 << 30}  # fmt: skip
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
