@@ -114,7 +114,26 @@ def _tokenizers_lib():
     return tokenizers
 
 
-class BPETokenizer(Tokenizer):
+class _TokenizersBacked(Tokenizer):
+    """Encoding, decoding and the JSON of a ``tokenizers.Tokenizer`` held in ``self._tok``."""
+
+    _tok = None
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encs = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def tokenizers_json(self) -> str:
+        return self._tok.to_str()
+
+
+class BPETokenizer(_TokenizersBacked):
     """Byte-level BPE (GPT-2 style) from the ``tokenizers`` package, trained locally.
 
     Byte-level pre-tokenisation makes every string encodable and ``decode(encode(s)) == s``.
@@ -168,21 +187,8 @@ class BPETokenizer(Tokenizer):
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        encs = self._tok.encode_batch(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
-
     def to_dict(self) -> dict:
         return {"kind": "bpe", "json": self._tok.to_str()}
-
-    def tokenizers_json(self) -> str:
-        return self._tok.to_str()
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizers JSON file."""
@@ -213,7 +219,7 @@ class BPETokenizer(Tokenizer):
 SEP_CANDIDATES = (SEP_TOKEN, "<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<s>", "<bos>")
 
 
-class HFTokenizer(Tokenizer):
+class HFTokenizer(_TokenizersBacked):
     """Any ``tokenizers`` JSON file (``tokenizer.json`` of a Hugging Face checkpoint).
 
     The document separator is ``sep_token`` when given, else the checkpoint's ``eos_token``
@@ -260,21 +266,8 @@ class HFTokenizer(Tokenizer):
             raise DataError(f"'{file}' is not a tokenizers JSON file: {first}") from None
         return cls(tok, _eos_token(file.parent), source=str(file))
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        encs = self._tok.encode_batch(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
-
     def to_dict(self) -> dict:
         return {"kind": "hf", "json": self._tok.to_str(), "sep": self.sep_token}
-
-    def tokenizers_json(self) -> str:
-        return self._tok.to_str()
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, sep={self.sep_token!r})"
