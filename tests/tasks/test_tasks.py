@@ -8,8 +8,9 @@ import torch
 
 from longssm.cli import main
 from longssm.tasks import TASKS, TaskRunConfig, get_task, recall, run
+from longssm.tasks.languages import languages
 from longssm.tasks.metrics import sequence_scores, summarise, wilson
-from longssm.tasks.trainer import parse_mixer
+from longssm.tasks.trainer import eval_lengths, evaluate_bins, parse_mixer
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -56,13 +57,76 @@ def test_wilson_interval():
     assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
 
 
-def test_scores_all_positions():
+def test_scores_in_both_units():
     targets = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
     outputs = torch.tensor([[[3.0, -3.0], [-3.0, 3.0]], [[3.0, -3.0], [3.0, 3.0]]])
     score = torch.ones(2, 2, dtype=torch.bool)
-    assert sequence_scores("set", outputs, targets, score).tolist() == [True, False]
-    summary = summarise("set", np.array([True, False, True, True]))
-    assert summary["value"] == 0.75 and summary["low"] < 0.75 < summary["high"]
+    assert sequence_scores("set", outputs, targets, score).tolist() == [[2, 2], [1, 2]]
+    score[1, 1] = False  # the wrong position is not scored
+    assert sequence_scores("set", outputs, targets, score).tolist() == [[2, 2], [1, 1]]
+    counts = np.array([[3, 3], [1, 3], [3, 3], [3, 3]])
+    seq = summarise("set", counts)
+    assert seq["unit"] == "sequence" and seq["value"] == 0.75 and seq["low"] < 0.75 < seq["high"]
+    pos = summarise("class", counts, unit="position")
+    assert pos["value"] == pytest.approx(10 / 12) and pos["low"] <= pos["value"] <= pos["high"]
+    assert pos["sequence"]["value"] == 0.75 and pos["position"]["n"] == 12
+
+
+def test_eval_lengths_cover_the_bin():
+    """Every length of a bin is scored (the suite once scored only 4 lengths per bin)."""
+    got = eval_lengths(list(range(11, 21)), 100)
+    assert sorted(set(got.tolist())) == list(range(11, 21))
+    assert (np.bincount(got)[11:] == 10).all()
+    wide = eval_lengths(list(range(81, 201)), 100)
+    assert len(set(wide.tolist())) == 100 and wide[0] == 81 and wide[-1] >= 195
+
+
+class _GroupStub(torch.nn.Module):
+    """Oracle (the running product by the group table) or a copier (right only when g_1·…·g_t =
+    g_t, e.g. always at t = 1): one-hot logits."""
+
+    def __init__(self, group, oracle):
+        super().__init__()
+        self.group, self.oracle = group, oracle
+
+    def forward(self, inputs, state=None):
+        words = inputs.numpy()
+        answer = self.group.running_products(words) if self.oracle else words
+        return torch.nn.functional.one_hot(torch.from_numpy(answer), self.group.order).float(), None
+
+
+@pytest.mark.parametrize("oracle", [True, False], ids=["oracle", "copier"])
+def test_word_problem_scored_per_length(oracle):
+    from longssm.tasks.groups import get_group
+
+    task = get_task("z60")
+    cfg = TaskRunConfig(task="z60", test_bins=[(1, 10), (11, 20)], eval_samples=400,
+                        eval_batch=100)
+    bins = evaluate_bins(task, _GroupStub(get_group("z60"), oracle), cfg)
+    assert [b["unit"] for b in bins] == ["position", "position"]
+    assert [r["k"] for r in bins[1]["per_length"]] == list(range(11, 21))
+    assert all(r["n"] == 400 for b in bins for r in b["per_length"])
+    if oracle:
+        assert all(b["value"] == 1.0 and b["sequence"]["value"] == 1.0 for b in bins)
+        return
+    # the copier is right at k = 1 and otherwise only by chance (1/60): 0.1 + 0.9/60 in bin 1
+    assert bins[0]["per_length"][0]["value"] == 1.0
+    assert all(r["high"] < 0.1 for r in bins[0]["per_length"][1:])
+    assert bins[0]["low"] <= 0.1 + 0.9 / 60 <= bins[0]["high"]
+    assert bins[1]["value"] < 0.05 and bins[0]["sequence"]["value"] == 0.0
+
+
+def test_flipflop_scores_the_reads():
+    """Liu et al.: strings start with w and end with r; only the positions after r are scored."""
+    task, lang = get_task("flipflop"), languages()["flipflop"]
+    b = task.batch(50, 40, np.random.default_rng(3))
+    alphabet = lang.alphabet
+    for ids, score, targets in zip(b.inputs, b.score, b.targets):
+        s = "".join(alphabet[i - 1] for i in ids[1:])
+        assert s[0] == "w" and s[-2] == "r" and lang.member(s)
+        reads = [t for t in range(1, len(s) + 1) if s[t - 1] == "r"]
+        assert np.flatnonzero(score).tolist() == reads
+        assert all(targets[t].sum() == 1 for t in reads)  # a read's next set is one bit
 
 
 def test_parse_mixer_uses_the_registry():

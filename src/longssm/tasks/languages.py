@@ -48,6 +48,10 @@ class Language:
     def has_length(self, n: int) -> bool:
         return n >= 1
 
+    def scored(self, s: str) -> np.ndarray:
+        """(n + 1,) bool: the positions a string is scored on (every one unless overridden)."""
+        return np.ones(len(s) + 1, dtype=bool)
+
     def lengths(self, lo: int, hi: int) -> list[int]:
         return [n for n in range(lo, hi + 1) if self.has_length(n)]
 
@@ -399,10 +403,12 @@ class Counting(Language):
 
 
 class FlipFlop(Language):
-    """Flip-flop (Liu et al. 2023): pairs (instruction, bit); w writes the bit, r must repeat the
-    last written bit, i ignores a random bit; strings start with w. Instructions after the first
-    are w, r, i with probabilities 0.1, 0.1, 0.8. Next set: after w or i: {0, 1}; after r: the
-    last written bit; after a bit: {w, r, i, EOS}; at the start: {w, EOS}."""
+    """Flip-flop FFL(0.8) (Liu et al. 2023): pairs (instruction, bit); w writes the bit, r must
+    repeat the last written bit, i ignores a random bit. A sampled string starts with w and ends
+    with r (Liu's definition); the instructions between are w, r, i with probabilities 0.1, 0.1,
+    0.8. Next set: after w or i: {0, 1}; after r: the last written bit; after a bit:
+    {w, r, i, EOS}; at the start: {w, EOS}. Only the read positions (the model has just seen r and
+    must emit the remembered bit) are scored, as in Liu et al.; every position is trained on."""
 
     name, alphabet = "flipflop", "wri01"
 
@@ -417,16 +423,23 @@ class FlipFlop(Language):
         return True
 
     def has_length(self, n: int) -> bool:
-        return n >= 2 and n % 2 == 0
+        return n >= 4 and n % 2 == 0
 
     def sample(self, n: int, rng: np.random.Generator) -> str:
-        out, last = [], "0"
-        for t in range(n // 2):
-            op = "w" if t == 0 else "wri"[rng.choice(3, p=[0.1, 0.1, 0.8])]
+        out, last, pairs = [], "0", n // 2
+        for t in range(pairs):
+            if t in (0, pairs - 1):
+                op = "w" if t == 0 else "r"
+            else:
+                op = "wri"[rng.choice(3, p=[0.1, 0.1, 0.8])]
             bit = last if op == "r" else "01"[int(rng.integers(2))]
             last = bit if op == "w" else last
             out += [op, bit]
         return "".join(out)
+
+    def scored(self, s: str) -> np.ndarray:
+        """Positions t whose prediction follows an r (the reads); position 0 is BOS."""
+        return np.array([t > 0 and s[t - 1] == "r" for t in range(len(s) + 1)])
 
     def next_sets(self, s: str) -> np.ndarray:
         rows, last = [], None

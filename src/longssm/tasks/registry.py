@@ -9,10 +9,16 @@ A ``Batch`` of B sequences of one length L:
     mask     (B, L) bool: the positions trained on
     score    (B, L) bool: the positions a sequence is scored on
 
-Metrics (one number per length bin): set and class tasks score a sequence as right when every
-scored position is right (a Bernoulli trial per sequence: accuracy with a Wilson interval);
-regression tasks score the normalised MSE Σ(ŷ − y)² / Σ y² over the bin (percentile-bootstrap
-interval over sequences).
+Metrics (one number per length bin, see ``metrics``): set and class tasks score positions and
+report a bin in the task's ``unit``: ``sequence`` (right when every scored position is right;
+Wilson interval) or ``position`` (pooled accuracy of the scored positions; bootstrap over
+sequences); both units are kept. Regression tasks score the normalised MSE Σ(ŷ − y)² / Σ y² over
+the bin (percentile-bootstrap interval over sequences).
+
+A ``prefix_scored`` task (the group word problems) answers at position t the question of length t
+(the running product of the first t elements), so a bin [lo, hi] is scored on words of length hi
+at positions lo..hi: every length k in the bin gets the same number of trials, and its accuracy
+is the per-length accuracy of Merrill et al.
 
 The *length* n of a task: the string length of a formal language (the model reads BOS + n
 characters: n + 1 positions), the word length k of a group word problem, and the sequence length
@@ -56,6 +62,10 @@ class Task:
     has_length: Callable[[int], bool]
     max_length: int
     label: str
+    unit: str = "sequence"
+    """Headline accuracy unit: "sequence" (all scored positions right) or "position"."""
+    prefix_scored: bool = False
+    """Position t carries the answer for length t: bins are scored on prefixes (see above)."""
 
     @property
     def metric(self) -> str:
@@ -79,12 +89,15 @@ def _language_task(lang: Language) -> Task:
         ids = np.array([[0] + [1 + lang.alphabet.index(c) for c in s] for s in strings])
         targets = np.stack([lang.next_sets(s) for s in strings])  # (B, n+1, A+1)
         mask = np.ones(ids.shape, dtype=bool)
-        return Batch(ids.astype(np.int64), targets, mask, mask)
+        score = np.stack([lang.scored(s) for s in strings])  # (B, n+1)
+        return Batch(ids.astype(np.int64), targets, mask, score)
 
     return Task(lang.name, "language", "set", len(lang.alphabet) + 1, len(lang.alphabet) + 1,
                 False, make, lang.has_length, MAX_LENGTH - 1,
                 f"next-character set over '{lang.alphabet}' + EOS, multi-hot, at each of n+1 "
-                "positions (BOS first)")
+                "positions (BOS first)" + ("; scored at the reads" if lang.name == "flipflop"
+                                           else ""),
+                unit="position" if lang.name == "flipflop" else "sequence")
 
 
 def _group_task(name: str) -> Task:
@@ -94,13 +107,12 @@ def _group_task(name: str) -> Task:
         words = rng.integers(group.order, size=(batch, n))
         targets = group.running_products(words)
         mask = np.ones(words.shape, dtype=bool)
-        score = np.zeros_like(mask)
-        score[:, -1] = True
-        return Batch(words, targets, mask, score)
+        return Batch(words, targets, mask, mask.copy())
 
     return Task(name, "group", "class", group.order, group.order, False, make, lambda n: n >= 1,
                 MAX_LENGTH, f"index of the running product g_1·…·g_t in {name} "
-                f"(|G| = {group.order}) at every position; scored at the last position")
+                f"(|G| = {group.order}) at every position t; trained on all, scored per length",
+                unit="position", prefix_scored=True)
 
 
 def _regression_task(name: str, family: str, d_in: int, sample, label: str) -> Task:

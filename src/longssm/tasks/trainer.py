@@ -3,8 +3,11 @@
 One readable loop: each step draws one length uniformly from the task's lengths in the training
 range, a batch of fresh sequences of that length, and takes an AdamW step on the masked loss
 (binary cross-entropy for next-set tasks, cross-entropy for class tasks, MSE for regression).
-Evaluation draws ``eval_samples`` fresh sequences per bin (lengths uniform over the bin, in
-groups of ``eval_batch``) and scores each from a zero state (the reset protocol).
+Evaluation draws ``eval_samples`` fresh sequences per bin, with lengths spread evenly over the
+bin (stratified: every length of the bin when there are enough samples), in batches of at most
+``eval_batch`` sequences of one length, and scores each from a zero state (the reset protocol).
+Prefix-scored tasks (word problems) are scored on words of the bin's top length at every position
+of the bin, which gives each length k its own accuracy.
 
 Mixers are named as in the registry (``longssm.models.mixers.MIXERS``) with options:
 ``NAME[+key=value...]``, e.g. ``mamba``, ``s4d+eigen=direct`` (``eigen`` sets
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 from longssm.models import ModelConfig
 from longssm.models.mixers import get_mixer
-from longssm.tasks.metrics import sequence_scores, summarise
+from longssm.tasks.metrics import per_length, position_scores, sequence_scores, summarise
 from longssm.tasks.model import TaggingModel
 from longssm.tasks.registry import Task, get_task
 
@@ -174,20 +177,52 @@ def train_model(task: Task, model: TaggingModel, cfg: TaskRunConfig) -> dict:
             "finite": bool(np.isfinite(tail).all())}
 
 
+def eval_lengths(lengths: list[int], samples: int) -> np.ndarray:
+    """``samples`` lengths spread evenly over ``lengths`` (stratified, sorted): every length of a
+    bin is scored when samples >= len(lengths), evenly spaced ones otherwise."""
+    idx = (np.arange(samples) * len(lengths)) // samples
+    return np.asarray(lengths)[idx]
+
+
+def _bin_batches(task: Task, lo: int, hi: int, cfg: TaskRunConfig, rng: np.random.Generator):
+    """The evaluation batches of one bin: (batch, number of sequences). Prefix-scored tasks: words
+    of length hi scored at positions lo..hi; others: stratified lengths, grouped by length."""
+    if task.prefix_scored:
+        groups = [(hi, cfg.eval_samples)]
+    else:
+        lengths, counts = np.unique(eval_lengths(task.lengths(lo, hi), cfg.eval_samples),
+                                    return_counts=True)
+        groups = list(zip(lengths.tolist(), counts.tolist()))
+    for n, count in groups:
+        for start in range(0, count, cfg.eval_batch):
+            batch = task.batch(min(cfg.eval_batch, count - start), int(n), rng)
+            if task.prefix_scored:
+                batch.score[:, : lo - 1] = False
+            yield batch
+
+
 @torch.no_grad()
-def evaluate_bins(task: Task, model: TaggingModel, cfg: TaskRunConfig) -> list[dict]:
-    """Per-bin metric with its 95% interval, every sequence started from the zero state."""
+def evaluate_bins(task: Task, model, cfg: TaskRunConfig) -> list[dict]:
+    """Per-bin metric with its 95% interval, every sequence started from the zero state; for
+    prefix-scored tasks also the accuracy at every length k of the bin (``per_length``)."""
     model.eval()
     rng = np.random.default_rng(10_000 + cfg.seed)
     rows = []
     for lo, hi in cfg.test_bins:
-        lengths, scores = task.lengths(lo, hi), []
-        for start in range(0, cfg.eval_samples, cfg.eval_batch):
-            size = min(cfg.eval_batch, cfg.eval_samples - start)
-            inputs, targets, _, score = _tensors(task.batch(size, int(rng.choice(lengths)), rng))
+        scores, by_position = [], np.zeros(hi - lo + 1, dtype=np.int64)
+        for batch in _bin_batches(task, lo, hi, cfg, rng):
+            inputs, targets, _, score = _tensors(batch)
             outputs, _ = model(inputs)
-            scores.append(sequence_scores(task.kind, outputs.float(), targets, score).numpy())
-        rows.append({"lo": lo, "hi": hi, **summarise(task.kind, np.concatenate(scores), cfg.seed)})
+            outputs = outputs.float()
+            scores.append(sequence_scores(task.kind, outputs, targets, score).numpy())
+            if task.prefix_scored:
+                ok = position_scores(task.kind, outputs, targets)  # (B, hi)
+                by_position += ok[:, lo - 1:].sum(0).numpy()
+        row = {"lo": lo, "hi": hi, **summarise(task.kind, np.concatenate(scores), cfg.seed,
+                                               task.unit)}
+        if task.prefix_scored:
+            row["per_length"] = per_length(by_position, cfg.eval_samples, lo)
+        rows.append(row)
     model.train()
     return rows
 
@@ -204,4 +239,17 @@ def run(cfg: TaskRunConfig) -> dict:
     bins = evaluate_bins(task, model, cfg)
     return {"task": task.name, "family": task.family, "kind": task.kind, "metric": task.metric,
             "label": task.label, "config": asdict(cfg), "parameters": model.num_parameters(),
-            "train": history, "bins": bins}
+            "train": history, "eigenvalues": eigenvalue_summary(model), "bins": bins}
+
+
+@torch.no_grad()
+def eigenvalue_summary(model: TaggingModel) -> dict | None:
+    """Range of Re λ (continuous eigenvalues) over the layers that expose ``eigenvalues()`` (S4D,
+    S5, ...): how close training pushed the slowest mode to the stability boundary 0."""
+    reals = [block.mixer.eigenvalues().real.flatten() for block in model.blocks
+             if callable(getattr(block.mixer, "eigenvalues", None))]
+    if not reals:
+        return None
+    re = torch.cat(reals).double()
+    return {"max_real": float(re.max()), "min_real": float(re.min()),
+            "median_real": float(re.median())}
