@@ -102,3 +102,21 @@ def test_int_lists_and_lengths():
     assert power_lengths(16, 64) == [16, 32, 64]
     assert power_lengths(16, 100) == [16, 32, 64, 100]
     assert set(PRESETS) == {"quick", "full", "paper"}
+
+
+def test_extend_resume_retrains_past_a_damaged_final_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LONGSSM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ext"
+    argv = [*TINY, "--policies", "zero", "--protocol", "reset", "--train.checkpoint_every=3",
+            "--out", str(out)]
+    assert main(["extend", *argv]) == 0
+    final = out / "runs" / "zero" / "checkpoints" / "ckpt-00000006" / "model.safetensors"
+    data = bytearray(final.read_bytes())
+    data[-1] ^= 1
+    final.write_bytes(bytes(data))
+    (out / "results" / "zero.json").unlink()
+    capsys.readouterr()
+    assert main(["extend", *argv, "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "already trained" not in printed.out and "resuming from ckpt-00000003" in printed.out + printed.err
+    assert (out / "results" / "zero.json").is_file()

@@ -241,7 +241,7 @@ def run_extend(args: argparse.Namespace, extra_overrides: list[str] | None = Non
 
 def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, args) -> dict:
     """Train (or reuse) one run and evaluate it (or reuse its results). Returns its outcome."""
-    from longssm.checkpoint import checkpoint_dirs, load_model, read_meta
+    from longssm.checkpoint import checkpoint_dirs, load_model
     from longssm.dist import resolve_device
     from longssm.eval.evaluate import EvalSettings, evaluate_run, format_table
     from longssm.eval.results import load_results
@@ -254,8 +254,9 @@ def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, ar
                             progress=not args.quiet)
     t0 = time.perf_counter()
     done = checkpoint_dirs(run_dir)
-    if done and read_meta(done[-1])["step"] >= cfg.train.steps:
-        print(f"[{combo.name}] already trained: {done[-1]}")
+    finished = trained_step(run_dir)
+    if finished is not None and finished >= cfg.train.steps:
+        print(f"[{combo.name}] already trained: step {finished}")
     else:
         print(f"[{combo.name}] training {cfg.model.mixer} d_model={cfg.model.d_model} at "
               f"T={cfg.data.seq_len} for {cfg.train.steps} steps")
@@ -276,6 +277,19 @@ def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, ar
     return {"combo": combo, "run_dir": run_dir, "results": results,
             "parameters": SSMLanguageModel(model_config).num_parameters(),
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
+
+
+def trained_step(run_dir: Path) -> int | None:
+    """The step of the newest checkpoint that verifies (None: none does); damaged ones are
+    skipped here and left to the trainer's resume, which falls back past them."""
+    from longssm.checkpoint import CheckpointError, checkpoint_dirs, verify_checkpoint
+
+    for ckpt in reversed(checkpoint_dirs(run_dir)):
+        try:
+            return int(verify_checkpoint(ckpt)["step"])
+        except CheckpointError:
+            continue
+    return None
 
 
 def _same_evaluation(results: dict, settings) -> bool:
