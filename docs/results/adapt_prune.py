@@ -3,7 +3,7 @@
     PYTHONPATH=src python docs/results/adapt_prune.py        # about 10-20 minutes on 2 cores
 
 1. Pretrain a small byte-level Mamba on the Python standard library (``longssm train``).
-2. Adapt it to Jane Austen (../shared/corpora/austen) with each state-tuning method
+2. Adapt it to Jane Austen (../shared/corpora/austen) with each state-tuning method and LoRA
    (``longssm.adapt.adapt_run``); score the base and every adapter on Austen's test split with
    ``longssm.eval.evaluate_lengths`` (95% block-bootstrap intervals) and per position
    (``longssm.adapt.window_nll``, paired window-bootstrap intervals on the gain).
@@ -56,6 +56,8 @@ BASE = ["--model.mixer=mamba", "--model.d_model=64", "--model.n_layers=2", "--mo
         "--data.batch_size=16", "--train.steps=400", "--train.policy=zero", "--train.lr=3e-3",
         "--train.threads=1", "--train.eval_batches=2"]
 ADAPT_STEPS = 150
+ADAPT_METHODS = [*STATE_METHODS, "lora:4"]
+"""State tuning (Kang et al. 2025) and LoRA at rank 4 (alpha 4) on in_proj/x_proj/out_proj."""
 PRUNE_RATIOS = [0.0, 0.25, 0.5, 0.75]
 PRUNE_METHODS = ["magnitude", "wanda", "dstate-magnitude", "dstate-taylor1"]
 KEEPS = [1.0, 0.75, 0.5]
@@ -97,8 +99,8 @@ def adapt_study(base: Path) -> dict:
     base_nll = window_nll(model, test, 512, 48)
     out = {"base": {"trainable": 0, "lengths": lengths_records(model, test, [T, 512]),
                     "window": summarise(base_nll)}}
-    for method in STATE_METHODS:
-        path = OUT / f"austen-{method}"
+    for method in ADAPT_METHODS:
+        path = OUT / f"austen-{method.replace(':', '')}"
         if not path.exists():
             adapt_run(base, method, AUSTEN, path, AdaptSettings(steps=ADAPT_STEPS, lr=1e-2,
                                                                 progress=False))
@@ -180,14 +182,15 @@ def write_page(data: dict, minutes: float) -> None:
         "only the method's tensors train.", "",
         "| method | trainable | Austen test loss, L=64 | L=512 |", "|---|---:|---:|---:|",
     ]
-    for name in ["base", *STATE_METHODS]:
+    for name in ["base", *ADAPT_METHODS]:
         rec = a[name]["lengths"]
         lines.append(f"| {name} | {a[name]['trainable']:,} | {fmt(rec[0])} | {fmt(rec[1])} |")
     lines += ["", "Per-position gain (base loss - adapted loss, 48 windows of 512 bytes from zero "
               "state, [95% paired window bootstrap]):", "",
-              "| positions | " + " | ".join(STATE_METHODS) + " |", "|---|" + "---:|" * 3]
+              "| positions | " + " | ".join(ADAPT_METHODS) + " |",
+              "|---|" + "---:|" * len(ADAPT_METHODS)]
     for k, g in enumerate(a[STATE_METHODS[0]]["gain"]):
-        cells = [a[m]["gain"][k] for m in STATE_METHODS]
+        cells = [a[m]["gain"][k] for m in ADAPT_METHODS]
         lines.append(f"| {g['start']}-{g['end']} | " + " | ".join(
             f"{c['gain']:+.3f} [{c['gain_low']:+.3f}, {c['gain_high']:+.3f}]" for c in cells) + " |")
     lines += ["", "## Pruning (stdlib test split)", "",
@@ -218,7 +221,7 @@ def plot(data: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for m in STATE_METHODS:
+    for m in ADAPT_METHODS:
         g = data["adapt"][m]["gain"]
         x = [np.sqrt(r["start"] * r["end"]) for r in g]
         axes[0].plot(x, [r["gain"] for r in g], marker="o", label=m)
@@ -251,12 +254,20 @@ def verdict(data: dict) -> str:
     lines = ["## The papers and what carries over", "",
              "- *State-offset Tuning* (Kang et al. 2025) reports offset (h) above initial-state "
              "and prefix tuning and on par with LoRA, on billion-parameter Mamba. Here the largest "
-             f"Austen gain at L=512 is by {best}: {base_long - a[best]['lengths'][1]['loss']:.3f} "
+             f"Austen gain at L=512 among the state methods is by {best}: {base_long - a[best]['lengths'][1]['loss']:.3f} "
              f"nats with {a[best]['trainable']:,} trainable parameters. Along the sequence, "
              f"initial-state gains {_gain(ini[0])} at position {ini[0]['start']} and "
              f"{_gain(ini[-1])} at {ini[-1]['start']}-{ini[-1]['end']}; offset (h) gains "
              f"{_gain(off[0])} and {_gain(off[-1])}: the per-position question the paper did "
              "not measure."]
+    lora, off_h = a["lora:4"], a["state-offset-h"]
+    d = paired(off_h["lengths"][1], lora["lengths"][1])
+    lines[-1] += (f" LoRA (rank 4 on in_proj/x_proj/out_proj, {lora['trainable']:,} trainable "
+                  f"parameters) gains {base_long - lora['lengths'][1]['loss']:.3f} nats at L=512, "
+                  f"against {base_long - off_h['lengths'][1]['loss']:.3f} for offset (h) with "
+                  f"{off_h['trainable']:,}: loss(offset h) - loss(LoRA) = {d['delta']:+.3f} "
+                  f"[{d['low']:+.3f}, {d['high']:+.3f}] (paired), so at this scale LoRA "
+                  f"{'is ahead' if d['low'] > 0 else 'is behind' if d['high'] < 0 else 'ties'}.")
     for method in PRUNE_METHODS:
         half = next(r for r in p[method] if r["ratio"] == 0.5)
         lines.append(f"- {method} at ratio 0.5: Δ loss {fmt_d(half['delta_short'])} at L=64, "

@@ -95,7 +95,7 @@ def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
 @pytest.mark.parametrize("args,message", [
     (["prune", "{base}", "--method", "wanda", "--ratio", "1.0", "--out", "{out}"], "[0, 1)"),
     (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
-    (["adapt", "{base}", "--method", "lora:4", "--corpus", TARGET, "--out", "{out}"],
+    (["adapt", "{base}", "--method", "prefix:4", "--corpus", TARGET, "--out", "{out}"],
      "unknown adaptation method"),
     (["adapt", "{base}/missing", "--method", "initial-state", "--corpus", TARGET, "--out", "{out}"],
      "no such run"),
@@ -109,3 +109,64 @@ def test_bad_input_one_line_exit_2(base, capsys, args, message):
     assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1
     assert message in err
     assert not out.exists()
+
+
+def _adapt(base, capsys, method="state-offset-h", name="adapted"):
+    out = base / name
+    code, _, err = run_cli(["adapt", str(base / "base"), "--method", method, "--corpus", TARGET,
+                            "--steps", "3", "--out", str(out), "--eval-windows", "2",
+                            "--batch-size", "4", "--quiet"], capsys)
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("method", ["state-offset-h", "lora:2"])
+def test_eval_and_generate_read_an_adapted_run(base, capsys, method):
+    from longssm.eval.evaluate import load_split
+    from longssm.eval.lengths import evaluate_lengths
+
+    out = _adapt(base, capsys, method)
+    args = ["--corpus", TARGET, "--lengths", "16,32", "--n-tokens", "128", "--batch-size", "4",
+            "--device", "cpu", "--no-progress", "--name", "r"]
+    code, _, err = run_cli(["eval", str(out), "--out", str(base / "ev2"), *args], capsys)
+    assert code == 0, err
+    got = json.loads((base / "ev2" / "r.json").read_text())["records"]
+    # the same numbers from Python: load_adapted + evaluate_lengths on the same split
+    model, _, base_meta = load_adapted(out)
+    base_meta["config"]["data"]["corpus"] = TARGET
+    tokens, _ = load_split(base_meta, "test")
+    want = evaluate_lengths(model, tokens, [16, 32], "reset", n_tokens=128, batch_size=4,
+                            progress=False)
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-6, abs=0)
+    # ... and not the base model's numbers: the adapter is on
+    assert run_cli(["eval", str(base / "base"), "--out", str(base / "ev1"), *args], capsys)[0] == 0
+    plain = json.loads((base / "ev1" / "r.json").read_text())["records"]
+    assert [r["loss"] for r in plain] != [r["loss"] for r in got]
+    # the adapted run's own corpus is the one it was adapted to
+    from longssm.interop.pretrained import load_source
+
+    _, where, meta = load_source(out)
+    assert where == out and meta["config"]["data"]["corpus"] == TARGET
+    assert meta["adapter"]["method"] == method
+    code, stdout, err = run_cli(["generate", str(out), "--prompt", "1 2 3", "-n", "5",
+                                 "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert len(stdout.split()) == 8 and all(0 <= int(t) < 8 for t in stdout.split())
+
+
+def test_adapter_whose_base_changed_is_one_line_exit_2(base, capsys):
+    import shutil
+
+    out = _adapt(base, capsys, "initial-state")
+    ckpt = read_adapter(out)[0]["base"]
+    retrained = base / "retrained"
+    assert run_cli(["train", "--out", str(retrained), f"--data.corpus={BASE_CORPUS}", *TINY,
+                    "--train.seed=5"], capsys)[0] == 0
+    shutil.rmtree(ckpt)
+    shutil.copytree(load_model(retrained)[1], ckpt)  # the base checkpoint changed in place
+    for command in (["eval", str(out), "--lengths", "16", "--n-tokens", "64", "--no-progress",
+                     "--device", "cpu"], ["generate", str(out), "--prompt", "1", "-n", "2"]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
+        assert "SHA-256 differs" in err
+    assert not (out / "eval").exists()

@@ -27,8 +27,14 @@ from longssm.adapt.reduce import (
     reduced_nll,
 )
 from longssm.adapt.score import paired_gain, position_gain, summarise, window_nll
-from longssm.adapt.state_tuning import STATE_METHODS, StateAdapter, state_adapter
 from longssm.adapt.tune import AdaptSettings, adapt_run
+from longssm.models.adapters import (
+    STATE_METHODS,
+    LoRALinear,
+    StateAdapter,
+    lora_spec,
+    state_adapter,
+)
 
 __all__ = [
     "REDUCE_METHODS",
@@ -43,6 +49,8 @@ __all__ = [
     "AdaptError",
     "AdaptSettings",
     "StateAdapter",
+    "LoRALinear",
+    "lora_spec",
     "adapt_run",
     "adapter_tensors",
     "apply_adapter",

@@ -1,4 +1,4 @@
-"""``longssm adapt``: train only a state-tuning method's tensors of a trained run on a new corpus.
+"""``longssm adapt``: train only an adaptation method's tensors (state tuning, LoRA) of a trained run on a new corpus.
 
     summary = adapt_run("runs/base", "state-offset-h", "../shared/corpora/austen", steps=200,
                         out="runs/base-austen-offh")
@@ -118,8 +118,7 @@ def adapt_run(run, method: str, corpus: str, out, settings: AdaptSettings | None
     summary = {
         "base": str(Path(ckpt).resolve()), "base_sha256": file_sha256(Path(ckpt) / "model.safetensors"),
         "method": method, "corpus": corpus, "trainable_parameters": n_trainable,
-        "base_parameters": sum(p.numel() for n, p in model.named_parameters()
-                               if not n.endswith(("h0", "h_offset", "y_offset"))),
+        "base_parameters": sum(p.numel() for p in model.parameters() if not p.requires_grad),
         "settings": {**asdict(s), "seq_len": seq_len, "eval_length": eval_length},
         "train_loss_first": losses[0], "train_loss_last": losses[-1], "seconds": seconds,
         "heldout_before": summarise(before), "heldout_after": summarise(after),

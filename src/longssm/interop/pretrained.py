@@ -6,7 +6,8 @@ A Hugging Face directory is what ``save_pretrained`` writes for ``MambaForCausal
 ``tokenizer.json`` (+ ``tokenizer_config.json`` naming its ``eos_token``). It is read from disk
 only; nothing is ever downloaded, and pickled ``pytorch_model.bin`` weights are refused.
 
-    load_source(path)                 -> (model, path, meta) for ``eval``/``generate``, either kind
+    load_source(path)                 -> (model, path, meta) for ``eval``/``generate``, any kind
+                                         (a run, an adapted run ``adapter.json``, an HF directory)
     pretrained_run_config(cfg, overrides, DIR) -> the RunConfig of ``train --init-from DIR``
     load_pretrained_weights(model, DIR)   copy DIR's weights into a model built from that config
     export_hf(run, out)               a run's model as an HF directory transformers loads
@@ -31,6 +32,7 @@ from longssm import checkpoint as ckpt_io
 from longssm.checkpoint import CheckpointError
 from longssm.config import ConfigError, RunConfig, apply_overrides, read_config_file
 from longssm.data import ByteTokenizer, HFTokenizer, Tokenizer, tokenizer_from_dict
+from longssm.interop.adapters import is_adapter_dir, load_adapted_source
 from longssm.models import ModelConfig, SSMLanguageModel
 
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
@@ -184,12 +186,15 @@ def load_hf_dir(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
 
 def load_source(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """``(model, directory, meta)`` of a longssm run/checkpoint or a local HF directory."""
+    """``(model, directory, meta)`` of a longssm run/checkpoint, an adapted run (base + adapter,
+    ``longssm adapt --out``; ``meta["adapter"]`` describes it) or a local HF directory."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no such run or checkpoint (nor Hugging Face directory): {p}")
     if is_hf_dir(p):
         return load_hf_dir(p, device)
+    if is_adapter_dir(p):
+        return load_adapted_source(p, device)
     if p.is_dir() and not (p / "meta.json").exists() and not (p / "checkpoints").is_dir():
         raise CheckpointError(
             f"{p} is neither a longssm run or checkpoint (checkpoints/ckpt-*, meta.json) nor a "

@@ -1,6 +1,9 @@
-"""State-based parameter-efficient fine-tuning of a trained SSM (Kang, Galim, Zeng et al. 2025).
+"""Adapters on a trained SSM: the modules that *apply* a saved adapter (training lives in ``adapt/``).
 
-Each method wraps a trained mixer layer (``base``, frozen) in an adapter module that reuses the
+They sit on the models floor so that every model source (``interop.pretrained.load_source``, hence
+``longssm eval`` / ``generate``) can rebuild base + adapter; ``longssm.adapt`` imports them.
+
+State tuning (Kang, Galim, Zeng et al. 2025). Each method wraps a trained mixer layer (``base``, frozen) in an adapter module that reuses the
 layer's submodules and its op dispatcher and adds one small trainable tensor, initialised to zero:
 
     initial-state    h_0 per layer: a sequence started without a state (``state=None``) starts from
@@ -17,17 +20,22 @@ S4D / S5 (time-invariant C, y_t = 2 Re(C h_t) + D u_t): h_0, h′ are complex (s
 with a trailing (re, im) axis) of the state's shape without the batch; the offset (h) is then
 2 Re(C h′), a constant: offset (h) ≡ offset (y) with y′ = 2 Re(C h′) (tested).
 
+LoRA (Hu et al. 2021), ``lora:R[:ALPHA]``: every Mamba layer's in_proj, x_proj and out_proj become
+W x + (α/R)·B·A x with A (R, in) ~ Kaiming-uniform, B (out, R) = 0 (so a fresh adapter is bitwise
+the base model); α defaults to R.
+
 A sequence given an explicit state (a carried one, or ``model.initial_state`` zeros) starts from
 it: only ``state=None`` means "the adapter's start".
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.adapt.errors import AdaptError
 from longssm.layers.base import check_input, check_state
 from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.layers.mamba import Mamba
@@ -35,6 +43,14 @@ from longssm.layers.s4d import S4D, S4DState, complex_dtype_for
 from longssm.layers.s5 import S5, S5State
 from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re, s4d_conv
 from longssm.ops.selective_scan import resolve_path, selective_scan, selective_scan_step
+
+
+class AdaptError(ValueError):
+    """Bad input to adapting, pruning or token reduction: an unknown method, a ratio outside
+    [0, 1), an adapter that does not fit the model, a corpus the model cannot read. The CLI prints
+    its one-line message and exits with code 2. (Defined here, the lowest floor that raises it;
+    ``longssm.adapt`` re-exports it.)"""
+
 
 STATE_METHODS = ("initial-state", "state-offset-h", "state-offset-y")
 """The state-tuning methods (``longssm adapt --method``)."""
@@ -211,3 +227,127 @@ def state_adapter(layer: nn.Module, method: str) -> StateAdapter:
             return adapter(layer, method)
     names = ", ".join(c.__name__ for c in ADAPTERS)
     raise AdaptError(f"state tuning supports {names} layers, not {type(layer).__name__}")
+
+
+LORA_TARGETS = ("in_proj", "x_proj", "out_proj")
+"""The linears of a Mamba layer that ``lora:R`` adapts."""
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` W plus a low-rank update: y = W x (+ b) + (α/R)·B (A x).
+
+    A (R, in) Kaiming-uniform, B (out, R) zeros: a fresh LoRA leaves the output bitwise unchanged.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base, self.rank, self.alpha = base, rank, alpha
+        self.scale = alpha / rank
+        self.in_features, self.out_features = base.in_features, base.out_features
+        for p in base.parameters():
+            p.requires_grad_(False)
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=w.dtype, device=w.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=w.dtype, device=w.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out)."""
+        return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+
+def lora_spec(method: str) -> tuple[int, float] | None:
+    """(R, α) of ``lora:R[:ALPHA]`` (α defaults to R); None for another method; AdaptError when
+    the numbers are bad."""
+    if not method.startswith("lora:"):
+        return None
+    parts = method.split(":")[1:]
+    try:
+        rank = int(parts[0])
+        alpha = float(parts[1]) if len(parts) == 2 else float(rank)
+        if len(parts) > 2:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise AdaptError(f"bad LoRA method {method!r}: expected lora:R or lora:R:ALPHA") from None
+    if rank < 1 or not alpha > 0:
+        raise AdaptError(f"LoRA needs R >= 1 and ALPHA > 0, got {method!r}")
+    return rank, alpha
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is a known adaptation method, else AdaptError."""
+    if method not in STATE_METHODS and lora_spec(method) is None:
+        raise AdaptError(f"unknown adaptation method {method!r}; expected one of "
+                         f"{', '.join(STATE_METHODS)} or lora:R[:ALPHA]")
+    return method
+
+
+def _is_adapted(mixer: nn.Module) -> bool:
+    return isinstance(mixer, StateAdapter) or any(
+        isinstance(getattr(mixer, name, None), LoRALinear) for name in LORA_TARGETS)
+
+
+def _attach_lora(mixer: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:
+    if type(mixer) is not Mamba:
+        raise AdaptError(f"LoRA supports Mamba layers, not {type(mixer).__name__}")
+    params = []
+    for name in LORA_TARGETS:
+        wrapped = LoRALinear(getattr(mixer, name), rank, alpha)
+        setattr(mixer, name, wrapped)
+        params += [wrapped.lora_A, wrapped.lora_B]
+    return params
+
+
+def attach(model: nn.Module, method: str) -> list[nn.Parameter]:
+    """Freeze every parameter of ``model`` and add the adapter of ``method`` to each block (in
+    place): wrap the mixer (state tuning) or its linears (LoRA). Returns the trainable tensors."""
+    check_method(method)
+    lora = lora_spec(method)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for block in model.blocks:
+        if _is_adapted(block.mixer):
+            raise AdaptError("this model already carries an adapter")
+        if lora is not None:
+            params += _attach_lora(block.mixer, *lora)
+        else:
+            block.mixer = state_adapter(block.mixer, method)
+            params.append(block.mixer.tensor)
+    return params
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors of an adapted model: ``blocks.{i}.{h0|h_offset|y_offset}`` or
+    ``blocks.{i}.{in_proj|x_proj|out_proj}.lora_{A|B}`` -> tensor."""
+    out = {}
+    for i, block in enumerate(model.blocks):
+        if isinstance(block.mixer, StateAdapter):
+            out[f"blocks.{i}.{PARAM_OF[block.mixer.method]}"] = block.mixer.tensor
+        for name in LORA_TARGETS:
+            layer = getattr(block.mixer, name, None)
+            if isinstance(layer, LoRALinear):
+                out[f"blocks.{i}.{name}.lora_A"] = layer.lora_A
+                out[f"blocks.{i}.{name}.lora_B"] = layer.lora_B
+    return out
+
+
+def apply_adapter(model: nn.Module, method: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Attach the adapter ``method`` to ``model`` and load ``tensors`` into it (frozen).
+
+    AdaptError when the tensors do not fit the model (names or shapes).
+    """
+    attach(model, method)
+    own = adapter_tensors(model)
+    if set(own) != set(tensors):
+        raise AdaptError(f"adapter does not fit this model: it holds {sorted(tensors)[:3]}, the "
+                         f"model needs {sorted(own)[:3]} ({len(model.blocks)} layers)")
+    for name, param in own.items():
+        if tuple(tensors[name].shape) != tuple(param.shape):
+            raise AdaptError(f"adapter tensor {name} has shape {tuple(tensors[name].shape)}, "
+                             f"the model expects {tuple(param.shape)}")
+    with torch.no_grad():
+        for name, param in own.items():
+            param.copy_(tensors[name])
+    for param in own.values():
+        param.requires_grad_(False)

@@ -1,0 +1,95 @@
+"""Adapted runs on disk: read ``adapter.safetensors`` + ``adapter.json``, rebuild base + adapter.
+
+An adapted run ``RUN2/`` (``longssm adapt ... --out RUN2``) holds
+    adapter.safetensors   the method's tensors (``longssm.models.adapters.adapter_tensors`` names)
+    adapter.json          base checkpoint path, its model.safetensors SHA-256, method, shapes,
+                          trainable-parameter count, training settings and losses
+``load_adapted(RUN2)`` rebuilds the base model (``checkpoint.load_model``), checks the adapter fits
+it (names and shapes, then the base's SHA-256) and returns base + adapter. ``load_source`` calls it
+for such a directory, so ``longssm eval RUN2`` / ``generate RUN2`` read it like any run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from longssm.checkpoint import load_model
+from longssm.models.adapters import AdaptError, apply_adapter
+
+ADAPTER_FORMAT = 1
+TENSORS, META = "adapter.safetensors", "adapter.json"
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory holding ``adapter.json`` (an adapted run)."""
+    return (Path(path) / META).is_file()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of an adapted run directory; AdaptError when it is not one."""
+    path = Path(path)
+    if not (path / META).is_file() or not (path / TENSORS).is_file():
+        raise AdaptError(f"{path} is not an adapted run ({META} + {TENSORS})")
+    try:
+        with open(path / META) as f:
+            meta = json.load(f)
+        tensors = load_file(str(path / TENSORS))
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+        raise AdaptError(f"corrupt adapter in {path}: {exc}") from exc
+    if not isinstance(meta, dict) or "method" not in meta or "base" not in meta:
+        raise AdaptError(f"{path / META} is not adapter metadata (no method/base)")
+    return meta, tensors
+
+
+def load_adapted(path: str | os.PathLike, base: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu", check_base: bool = True):
+    """Base model + adapter of the adapted run ``path``.
+
+    Args:
+        path: the adapted run directory (``longssm adapt ... --out``).
+        base: the base run or checkpoint (default: the one recorded in the metadata).
+        device: where the model lives.
+        check_base: require the base's model.safetensors to have the recorded SHA-256.
+
+    Returns: (model in eval mode, adapter metadata, base checkpoint metadata).
+    """
+    meta, tensors = read_adapter(path)
+    base = meta["base"] if base is None else base
+    if not Path(base).exists():
+        raise AdaptError(f"the base checkpoint of adapter {path} is gone: {base}")
+    model, ckpt, base_meta = load_model(base, device=device)
+    apply_adapter(model, meta["method"], tensors)
+    if check_base and file_sha256(Path(ckpt) / "model.safetensors") != meta.get("base_sha256"):
+        raise AdaptError(f"base checkpoint {ckpt} is not the one adapter {path} was trained on "
+                         "(SHA-256 differs)")
+    return model.to(device).eval(), meta, base_meta
+
+
+def load_adapted_source(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model, path, meta)`` of an adapted run, as ``load_source`` returns for any source:
+    ``meta`` is the base checkpoint's (tokenizer, step, config) plus an ``adapter`` record, with
+    ``config.data.corpus`` the corpus the adapter was trained on (the run's own corpus)."""
+    model, meta, base_meta = load_adapted(path, device=device)
+    base_meta = dict(base_meta)
+    if meta.get("corpus"):
+        config = dict(base_meta["config"])
+        config["data"] = dict(config.get("data", {}), corpus=meta["corpus"])
+        base_meta["config"] = config
+    base_meta["adapter"] = {k: meta.get(k) for k in (
+        "method", "base", "base_sha256", "corpus", "trainable_parameters")}
+    return model, Path(path), base_meta
