@@ -15,7 +15,6 @@ Score: normalised MSE (MSE / Var x) on 64 test sequences; mean ± std over 3 see
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def train(family: str, smr: int, seed: int, steps: int = 400) -> Regressor:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     T = round(SPAN / DT)
     x, y = dataset(rng, 512, np.full(T, DT))
-    for i in range(steps):
+    for _i in range(steps):
         idx = torch.randint(0, 512, (32,))
         loss = ((model(x[idx]) - y[idx]) ** 2).mean()
         opt.zero_grad()

@@ -3,8 +3,9 @@
     longssm eval RUN_OR_CHECKPOINT --lengths 16:32768 --protocol all --split test --out DIR
     longssm plot RESULTS... --kind lengths|sweep|heatmap|size-heatmap|positions --out FILE
 
-Argument parsing and one call each: ``eval`` loads the model (``longssm.checkpoint.load_model``)
-and calls ``longssm.eval.evaluate.evaluate_run``, which scores the held-out split with 95%
+Argument parsing and one call each: ``eval`` loads the model
+(``longssm.interop.pretrained.load_source``: a run, a checkpoint, a Hugging Face Mamba directory
+or an adapted run) and calls ``longssm.eval.evaluate.evaluate_run``, which scores the held-out split with 95%
 intervals, classifies each protocol's curve and writes ``results-<checkpoint>.json`` and ``.csv``
 into ``--out`` (default ``<run>/eval/``), never replacing an existing file unless ``--force``. Bad
 input raises ``EvalError`` (a ``ValueError``) with a one-line message; the top-level CLI maps it
