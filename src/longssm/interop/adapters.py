@@ -11,7 +11,6 @@ for such a directory, so ``longssm eval RUN2`` / ``generate RUN2`` read it like 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from longssm.checkpoint import load_model
+from longssm.checkpoint import file_sha256, load_model
 from longssm.models.adapters import AdaptError, apply_adapter
 
 ADAPTER_FORMAT = 1
@@ -30,14 +29,6 @@ TENSORS, META = "adapter.safetensors", "adapter.json"
 def is_adapter_dir(path: str | os.PathLike) -> bool:
     """True when ``path`` is a directory holding ``adapter.json`` (an adapted run)."""
     return (Path(path) / META).is_file()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
