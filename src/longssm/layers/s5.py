@@ -312,8 +312,6 @@ class S5(nn.Module):
         batch = x_t.shape[0]
         h0, history = self._state_tensors(state, batch, x_t)
         if self.smr_gate is not None:
-            if history is None:
-                history = x_t.new_zeros(batch, self.d_model, self.smr_gate.width)
             x_t, history = self.smr_gate.step(x_t, history)  # (B, H), (B, H, m-1)
         if isinstance(self.step_rescale, torch.Tensor):
             raise ValueError("S5: step() needs a scalar step_rescale")

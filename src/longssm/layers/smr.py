@@ -58,8 +58,12 @@ class SMRGate(nn.Module):
             return u, history
         return u * torch.sigmoid(pre), history
 
-    def step(self, u_t: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """u_t (batch, C), history (batch, C, m−1) -> ũ_t (batch, C), new history."""
+    def step(
+        self, u_t: torch.Tensor, history: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """u_t (batch, C), history (batch, C, m−1) or None (zeros) -> ũ_t (batch, C), history."""
+        if history is None:
+            history = u_t.new_zeros(u_t.shape[0], self.channels, self.width)
         pre, history = causal_conv_step(self.conv1d, u_t, history)  # (B, C), (B, C, m-1)
         if self.conv1d is None:
             return u_t, history
