@@ -123,3 +123,11 @@ def test_a_plain_tuple_is_not_a_layer_state(name):
     plain = tuple(layer.initial_state(2))
     with pytest.raises(TypeError, match=f"state must be a {type(layer.initial_state(2)).__name__}"):
         layer(torch.randn(2, 3, 16), plain)
+
+
+def test_the_config_docs_name_every_registered_mixer():
+    # docs/configuration.md is generated from ModelConfig's field docstrings
+    docs = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    row = next(line for line in docs.read_text().splitlines() if line.startswith("| `mixer`"))
+    missing = [name for name in MIXER_NAMES if name not in row]
+    assert not missing, f"ModelConfig.mixer's docstring does not name {missing}"

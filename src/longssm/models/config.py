@@ -28,7 +28,8 @@ class ModelConfig:
     """Everything needed to build an ``SSMLanguageModel``; validated on construction."""
 
     mixer: str = "mamba"
-    """Sequence mixer of every block: one of s4d, s5, mamba, mamba2, longhorn, lru, gru, lstm."""
+    """Sequence mixer of every block: a name in the registry ``longssm.models.mixers.MIXERS``
+    (s4d, s5, mamba, mamba2, longhorn, lru, ids4, bst, block-attention, gru, lstm; docs/models.md)."""
     d_model: int = 128
     """Residual stream width."""
     n_layers: int = 4
