@@ -117,6 +117,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ABORT = "terminate called without an active exception"
+
+
 def torchrun(args: list[str], nproc: int = 2):
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=f"{SRC}{os.pathsep}"
                + os.environ.get("PYTHONPATH", ""))
@@ -124,6 +127,22 @@ def torchrun(args: list[str], nproc: int = 2):
            f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
            *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def torchrun_once_more(args: list[str], reset) -> subprocess.CompletedProcess:
+    """``torchrun(args)`` after ``reset()``; relaunched once when a rank hit the gloo abort.
+
+    A rank of these 2-process gloo jobs on 2 busy cores has been seen to abort with
+    "terminate called without an active exception" (std::terminate in native code; about 2 in
+    12 full-suite runs, also before this project's own changes). That abort, and only it, earns
+    one clean relaunch; any other failure is reported as it is.
+    """
+    for attempt in range(2):
+        reset()
+        proc = torchrun(args)
+        if proc.returncode == 0 or ABORT not in proc.stderr or attempt == 1:
+            return proc
+    return proc
 
 
 def train_cli(out: Path, cfg: dict, *extra: str, launcher: list[str] = ("-m", "longssm.cli")):
@@ -190,7 +209,6 @@ def crashed(root, single):
 def worker(root, single, crashed):
     """The 2-rank script; its runs land in ``root / name``."""
     run, _ = crashed
-    shutil.copytree(run, root / "resumed2")
     gen = torch.Generator().manual_seed(0)
     runs = {"ddp": config(root / "cache"), "resumed2": config(root / "cache")}
     runs.update({f"w-{k}": config(root / "cache", steps=3, **v) for k, v in POLICY_RUNS.items()})
@@ -204,7 +222,12 @@ def worker(root, single, crashed):
     }
     (root / "spec.json").write_text(json.dumps(spec))
     (root / "worker.py").write_text(WORKER)
-    proc = torchrun([str(root / "worker.py"), str(root / "spec.json")])
+    def reset():
+        for name in [*runs, "resumed2"]:
+            shutil.rmtree(root / name, ignore_errors=True)
+        shutil.copytree(run, root / "resumed2")
+
+    proc = torchrun_once_more([str(root / "worker.py"), str(root / "spec.json")], reset)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return spec
 
@@ -300,7 +323,8 @@ def test_sharded_evaluation_equals_one_process(root, worker):
 def test_eval_cli_under_torchrun_equals_one_process(single, tmp_path):
     args = ["eval", str(single), "--lengths", "8,16,24", "--protocol", "all", "--n-tokens", "64",
             "--batch-size", "2", "--chunk-size", "8", "--no-progress"]  # fmt: skip
-    proc = torchrun(["-m", "longssm.cli", *args, "--out", str(tmp_path / "two")])
+    proc = torchrun_once_more(["-m", "longssm.cli", *args, "--out", str(tmp_path / "two")],
+                              lambda: shutil.rmtree(tmp_path / "two", ignore_errors=True))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
