@@ -62,3 +62,27 @@ def assert_states_close(a, b):
     for la, lb in zip(a, b):
         for ta, tb in zip(la, lb):
             assert_close(ta, tb, name="state")
+
+
+def assert_pieces_equal_one_pass(model, tokens, cut: int, name: str):
+    """``model`` on ``tokens`` (batch, T) in one pass == the two pieces [:cut], [cut:] with the
+    state carried (logits and final state). Returns (the second piece's logits, the state at cut)."""
+    full, final = model(tokens)
+    first, state = model(tokens[:, :cut])
+    rest, carried = model(tokens[:, cut:], state)
+    assert_close(torch.cat([first, rest], 1), full, name=f"{name}: pieces == one pass")
+    assert_states_close(carried, final)
+    return rest, state
+
+
+def gradcheck_with_initial_state(layer, x) -> None:
+    """``torch.autograd.gradcheck`` of a float64 layer's output and final state with respect to
+    x and every field of a random initial state (complex fields as real pairs)."""
+    init = layer.initial_state(x.shape[0], dtype=torch.float64)
+    init = type(init)(*(torch.randn_like(t).requires_grad_() for t in init))
+
+    def f(x, *fields):
+        y, s = layer(x, type(init)(*fields))
+        return (y, *(torch.view_as_real(t) if t.is_complex() else t for t in s))
+
+    assert torch.autograd.gradcheck(f, (x, *init))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import assert_close, gradcheck_with_initial_state
 from longssm.layers.mamba import Mamba
 from longssm.layers.s4d import S4D, S4DSMRState
 from longssm.layers.s5 import S5, S5SMRState
@@ -102,11 +102,4 @@ def test_layer_with_smr_pieces_and_steps_equal_one_pass(name):
 def test_layer_with_smr_gradcheck_including_initial_state(name):
     layer = layers()[name]
     x = torch.randn(1, 5, 6, dtype=torch.float64, requires_grad=True)
-    init = layer.initial_state(1, dtype=torch.float64)
-    init = type(init)(*(torch.randn_like(t).requires_grad_() for t in init))
-
-    def f(x, *fields):
-        y, s = layer(x, type(init)(*fields))
-        return (y, *(torch.view_as_real(t) if t.is_complex() else t for t in s))
-
-    assert torch.autograd.gradcheck(f, (x, *init))
+    gradcheck_with_initial_state(layer, x)

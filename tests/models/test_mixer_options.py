@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close, assert_states_close
+from helpers import assert_close, assert_pieces_equal_one_pass, gradcheck_with_initial_state
 from longssm.models import ModelConfig, SSMLanguageModel
 from longssm.models.mixers import build_mixer
 
@@ -40,11 +40,7 @@ def test_model_pieces_and_steps_equal_one_pass(name):
     torch.manual_seed(0)
     model = SSMLanguageModel(config(name)).double()
     tokens = torch.randint(0, 40, (2, 13))
-    full, final = model(tokens)
-    first, state = model(tokens[:, :6])
-    rest, carried = model(tokens[:, 6:], state)
-    assert_close(torch.cat([first, rest], 1), full, name=f"{name}: pieces == one pass")
-    assert_states_close(carried, final)
+    rest, state = assert_pieces_equal_one_pass(model, tokens, 6, name)
     steps = []
     for t in range(6, 13):
         logits, state = model.step(tokens[:, t], state)
@@ -59,11 +55,4 @@ def test_layer_gradcheck_including_initial_state(name):
     cfg.d_model = 6
     layer = build_mixer(cfg, 0).double()
     x = torch.randn(1, 5, 6, dtype=torch.float64, requires_grad=True)
-    init = layer.initial_state(1, dtype=torch.float64)
-    init = type(init)(*(torch.randn_like(t).requires_grad_() for t in init))
-
-    def f(x, *fields):
-        y, s = layer(x, type(init)(*fields))
-        return (y, *(torch.view_as_real(t) if t.is_complex() else t for t in s))
-
-    assert torch.autograd.gradcheck(f, (x, *init))
+    gradcheck_with_initial_state(layer, x)

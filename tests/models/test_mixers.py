@@ -15,7 +15,12 @@ import torch
 
 import longssm
 import longssm.layers
-from helpers import assert_close, assert_states_close, small_mixer_fields
+from helpers import (
+    assert_close,
+    assert_pieces_equal_one_pass,
+    assert_states_close,
+    small_mixer_fields,
+)
 from longssm.models import ModelConfig, SSMLanguageModel
 from longssm.models.config import MIXERS as CONFIG_MIXERS
 from longssm.models.mixers import MIXER_NAMES, MIXERS, MixerSpec, build_mixer, get_mixer, register
@@ -46,11 +51,7 @@ def test_model_forward_step_and_carried_state(name):
     torch.manual_seed(0)
     model = SSMLanguageModel(small_config(name)).double()
     tokens = torch.randint(0, 40, (2, 13))
-    full, final = model(tokens)
-    first, state = model(tokens[:, :6])
-    rest, carried = model(tokens[:, 6:], state)
-    assert_close(torch.cat([first, rest], 1), full, name=f"{name}: pieces == one pass")
-    assert_states_close(carried, final)
+    rest, state = assert_pieces_equal_one_pass(model, tokens, 6, name)
     logits, stepped = model.step(tokens[:, 6], state)
     assert_close(logits, rest[:, 0], name=f"{name}: step == forward")
     assert all(type(s) is MIXERS[name].state for s in stepped)
