@@ -50,6 +50,20 @@ def cell(run: dict, L: int) -> str:
     return f"{value:.3f} ± {(high - low) / 2:.3f}"
 
 
+def table_rows(runs: list[dict], policy: str, evidence: str, L_max: int) -> list[str]:
+    """One Markdown row per run of ``policy``: size, T, verdict, loss at 16 and L_max, and the
+    verdict's ``evidence`` (change or gap) with its interval."""
+    rows = []
+    for r in runs:
+        if r["policy"] == policy:
+            v = r["extension"]["reset"]
+            rows.append(
+                f"| {r['d_model']} | {r['seq_len']} | {v['kind']} | {cell(r, 16)} | {cell(r, L_max)} "
+                f"| {v[evidence]:+.3f} [{v[evidence + '_low']:+.3f}, {v[evidence + '_high']:+.3f}] |"
+            )
+    return rows
+
+
 def page(summary: dict, timing: str) -> str:
     runs = summary["runs"]
     lengths = summary["lengths"]
@@ -70,12 +84,7 @@ def page(summary: dict, timing: str) -> str:
         "| d_model | T | verdict | loss at L=16 | loss at L_max | change from T to L_max [95%] |",
         "|---|---|---|---|---|---|",
     ]
-    for r in runs:
-        if r["policy"] != "previous":
-            continue
-        v = r["extension"]["reset"]
-        lines.append(f"| {r['d_model']} | {r['seq_len']} | {v['kind']} | {cell(r, 16)} | {cell(r, L_max)} | "
-                     f"{v['change']:+.3f} [{v['change_low']:+.3f}, {v['change_high']:+.3f}] |")
+    lines += table_rows(runs, "previous", "change", L_max)
     lines += [
         "",
         "## Figure 9: zero-initialised loss at L = 16 and at L_max over (size, T)",
@@ -85,12 +94,7 @@ def page(summary: dict, timing: str) -> str:
         f"| d_model | T | verdict | loss at L=16 | loss at L={L_max} | rise from best [95%] |",
         "|---|---|---|---|---|---|",
     ]
-    for r in runs:
-        if r["policy"] != "zero":
-            continue
-        v = r["extension"]["reset"]
-        lines.append(f"| {r['d_model']} | {r['seq_len']} | {v['kind']} | {cell(r, 16)} | {cell(r, L_max)} | "
-                     f"{v['gap']:+.3f} [{v['gap_low']:+.3f}, {v['gap_high']:+.3f}] |")
+    lines += table_rows(runs, "zero", "gap", L_max)
     lines += [
         "",
         "The paper's Figure 9 (S5 on WikiText-103, zero-initialised; loss at L=16 vs L=32768):",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file, save_model
 
 FORMAT_VERSION = 2
@@ -389,6 +390,20 @@ def read_tensors(checkpoint: str | os.PathLike, name: str, required: bool = True
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"corrupt checkpoint file {path}: {exc}") from exc
+
+
+def parameter_count(checkpoint: str | os.PathLike) -> int:
+    """Weights stored in a checkpoint's ``model.safetensors``, read from its header only.
+
+    Equals ``model.num_parameters()``: the file holds every parameter once (tied weights are
+    saved once) and longssm models register no buffers.
+    """
+    path = Path(checkpoint) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
 
 
 def load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:

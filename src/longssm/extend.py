@@ -241,11 +241,10 @@ def run_extend(args: argparse.Namespace, extra_overrides: list[str] | None = Non
 
 def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, args) -> dict:
     """Train (or reuse) one run and evaluate it (or reuse its results). Returns its outcome."""
-    from longssm.checkpoint import checkpoint_dirs, load_model
+    from longssm.checkpoint import checkpoint_dirs, load_model, parameter_count, resolve_checkpoint
     from longssm.dist import resolve_device
     from longssm.eval.evaluate import EvalSettings, evaluate_run, format_table
     from longssm.eval.results import load_results
-    from longssm.models import ModelConfig, SSMLanguageModel
     from longssm.train.loop import train
 
     cfg, run_dir = combo.config, out / "runs" / combo.name
@@ -273,9 +272,8 @@ def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, ar
         results, _ = evaluate_run(model, ckpt, meta, settings, out / "results", combo.name,
                                   force=True, run_name=combo.name)
         print(format_table(results["records"], results["settings"]["bytes_per_token"] is not None))
-    model_config = ModelConfig.from_dict(results["model_config"])
     return {"combo": combo, "run_dir": run_dir, "results": results,
-            "parameters": SSMLanguageModel(model_config).num_parameters(),
+            "parameters": parameter_count(resolve_checkpoint(run_dir)),
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
 
 

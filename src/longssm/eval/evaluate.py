@@ -11,7 +11,7 @@ per-position curves and Effective Remembrance, and writes ``NAME.json`` and ``NA
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from longssm.dist import DistContext
@@ -51,7 +51,6 @@ class EvalSettings:
     effrem_length: int | None = None
     effrem_sequences: int = 8
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def load_split(meta: dict, split: str):
@@ -147,7 +146,7 @@ def evaluate_run(
         "chunk_size": s.chunk_size, "bytes_per_token": bytes_per_token, "seed": s.seed,
         "confidence": s.confidence, "interval": "paired block bootstrap (longssm.eval.intervals)",
         "corpus": config.get("data", {}).get("corpus"), "device": str(parameter.device),
-        "dtype": str(parameter.dtype).replace("torch.", ""), **s.extra,
+        "dtype": str(parameter.dtype).replace("torch.", ""),
     }
     results = make_results(
         records, run=run_name or run_dir_of(checkpoint).name, checkpoint=str(checkpoint),
