@@ -1,6 +1,6 @@
 """CPU benchmarks of longssm's scans and models beside the peers a user would otherwise pick.
 
-    PYTHONPATH=src python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6] \\
+    PYTHONPATH=src python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6,7] \\
         --out benchmarks/results/latest.json
 
 Cases (every row of a case is measured in the same run; see benchmarks/README.md):
@@ -12,6 +12,9 @@ Cases (every row of a case is measured in the same run; see benchmarks/README.md
     4  evaluation of one sequence of 2^16 and 2^20 tokens (runs benchmarks/eval_memory.py)
     5  roofline floor of case 1 (bytes / measured bandwidth, FLOPs / measured matmul peak)
     6  Longhorn scan forward + backward, float32: longhorn_fused vs longhorn_chunk (and naive)
+    7  whole-model training of every family (d_model 256, 4 layers, 1.8-2.4M parameters, T=256 x
+       16): tokens/s, tokens/s at Mamba's parameter count, and the matmul-floor ratio
+       (benchmarks/family_step.py)
 
 Every row runs in a fresh subprocess (``--child``): it builds its inputs, runs one untimed warm-up
 (numba compiles or loads its cache there), resets the kernel's peak-RSS counter (writing 5 to
@@ -298,7 +301,33 @@ def child_train(spec: dict) -> dict:
     result = timed(step, spec["repeats"])
     result["tokens_per_s"] = spec["steps"] * batch * T / result["seconds"]
     result["parameters"] = sum(p.numel() for p in model.parameters())
+    if spec["impl"] != "hf_torch":  # its Python loop over time makes counting a long extra step
+        from family_step import matmul_rate
+
+        flops = model_step_flops(logits_of, tokens)
+        model.zero_grad(set_to_none=True)
+        result["step_gflop"] = flops / 1e9
+        result["matmul_gflop_s"] = matmul_rate()
+        step_s = result["seconds"] / spec["steps"]
+        result["floor_ratio"] = flops / step_s / 1e9 / result["matmul_gflop_s"]
     return result
+
+
+def model_step_flops(logits_of, tokens) -> int:
+    """Matmul + convolution FLOPs of one forward + backward on ``tokens`` (B, T + 1)."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        logits = logits_of(tokens[:, :-1])
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
+    return int(counter.get_total_flops())
+
+
+def child_family(spec: dict) -> dict:
+    from family_step import measure
+
+    return measure(spec["mixer"], spec["batch"], spec["T"], spec["repeats"])
 
 
 def child_roofline(spec: dict) -> dict:
@@ -329,9 +358,10 @@ def child(spec: dict) -> dict:
         "train": child_train,
         "roofline": child_roofline,
         "longhorn": child_longhorn,
+        "family": child_family,
     }[kind](spec)
     result["torch_threads"] = torch.get_num_threads()
-    if spec.get("impl", "").startswith(("fused", "ours", "longhorn_fused")):
+    if spec.get("impl", "").startswith(("fused", "ours", "longhorn_fused")) or kind == "family":
         import numba
 
         result["numba_threads"] = numba.get_num_threads()
@@ -559,8 +589,52 @@ def case3(args) -> list[dict]:
                 ("tokens/s", "tokens_per_s", ".0f"),
                 ("s per timed run", "seconds", ".2f"),
                 ("peak extra MiB", "peak_extra_mib", ".0f"),
+                ("matmul-floor ratio", "floor_ratio", ".2f"),
             ],
         )
+    return rows
+
+
+def case7(args) -> list[dict]:
+    from family_step import FAMILY_SIZES
+
+    T, batch = (64, 4) if args.quick else (256, 16)
+    rows = [
+        run_child(
+            {
+                "case": 7,
+                "kind": "family",
+                "mixer": mixer,
+                "T": T,
+                "batch": batch,
+                "repeats": 3,
+                "threads": args.threads,
+                "label": f"{mixer} T={T} B={batch}",
+            }
+        )
+        for mixer in FAMILY_SIZES
+    ]
+    mamba = next((r for r in rows if r.get("mixer") == "mamba" and "tokens_per_s" in r), None)
+    for r in rows:
+        if mamba is not None and "tokens_per_s" in r:
+            # Step cost grows ~linearly with parameters: scale to the Mamba model's count.
+            r["tokens_per_s_at_mamba_params"] = (
+                r["tokens_per_s"] * r["parameters"] / mamba["parameters"]
+            )
+            r["vs_mamba"] = r["tokens_per_s_at_mamba_params"] / mamba["tokens_per_s"]
+    print_rows(
+        "case 7: whole-model training step per family (fwd + bwd + AdamW), float32",
+        rows,
+        [
+            ("family", "label", ""),
+            ("params", "parameters", ".0f"),
+            ("tokens/s", "tokens_per_s", ".0f"),
+            ("tok/s at Mamba params", "tokens_per_s_at_mamba_params", ".0f"),
+            ("vs Mamba", "vs_mamba", ".2f"),
+            ("GFLOP/step", "step_gflop", ".2f"),
+            ("matmul-floor ratio", "floor_ratio", ".2f"),
+        ],
+    )
     return rows
 
 
@@ -708,9 +782,19 @@ def ratios(rows: list[dict]) -> dict:
     for T in sorted({r["T"] for r in rows if r.get("case") == 3}):
         ours = get(3, "ours_auto", "tokens_per_s", T=T)
         hf = get(3, "hf_torch", "tokens_per_s", T=T)
+        mambapy = get(3, "mambapy", "tokens_per_s", T=T)
         out[f"case3 T={T}"] = {
-            "ours_over_hf_torch (target >= 3)": ours / hf if ours and hf else None
+            "ours_over_hf_torch (target >= 3)": ours / hf if ours and hf else None,
+            "ours_over_mambapy (target >= 10)": ours / mambapy if ours and mambapy else None,
+            "ours_matmul_floor_ratio (target >= 0.40)": get(3, "ours_auto", "floor_ratio", T=T),
         }
+    for r in rows:
+        if r.get("case") == 7 and "vs_mamba" in r:
+            out.setdefault("case7 (tokens/s at Mamba's parameter count / Mamba's)", {})[
+                f"{r['mixer']} (target >= 0.5)"
+            ] = r["vs_mamba"]
+        if r.get("case") == 7 and "error" in r:
+            out.setdefault("case7 errors", {})[r["mixer"]] = None
     fused4 = [
         r for r in rows if r.get("case") == 4 and r.get("scan") == "auto" and "peak_rss_mib" in r
     ]
@@ -726,7 +810,7 @@ def ratios(rows: list[dict]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to iterate")
-    parser.add_argument("--cases", default="1,2,3,4,5,6")
+    parser.add_argument("--cases", default="1,2,3,4,5,6,7")
     # Measured on the 2-core shared machine: torch with 2 threads was 4-5x slower than with 1 on
     # the small models (OpenMP barriers when the other core is busy); numba keeps its default.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -757,6 +841,8 @@ def main(argv=None) -> int:
         rows += case5(args, case1_rows)
     if 6 in cases:
         rows += case6(args)
+    if 7 in cases:
+        rows += case7(args)
     summary = ratios(rows)
     print("\ntarget ratios (this run):")
     for key, value in summary.items():

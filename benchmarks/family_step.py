@@ -1,0 +1,161 @@
+"""One training step of every mixer family at a realistic size: throughput, FLOPs, profile.
+
+Used by ``benchmarks/run.py`` case 7 (tokens/s and the matmul-floor ratio per family, each row in a
+fresh process) and on its own to profile one family's step:
+
+    PYTHONPATH=src python benchmarks/family_step.py --mixer s5 [--threads 1] [--out prof.json]
+
+Sizes (``FAMILY_SIZES``): d_model 256, 4 layers, byte vocabulary (257), each family's state and
+MLP chosen so that every model has 1.8-2.4M parameters (the Mamba LM has 1.82M), trained on
+random tokens at T = 256 x batch 16 (``--quick``: T = 64 x 4) with AdamW, zero initial states.
+
+The matmul floor: model FLOPs of one forward + backward step (counted by
+``torch.utils.flop_counter.FlopCounterMode``: matrix multiplies and convolutions only, so the
+scans' element-wise work is not in the numerator) divided by the fp32 matmul rate measured in the
+same process with the same thread count (2048 x 2048, best of 5). The ratio is the fraction of
+the machine's matmul rate the step achieves; 1.0 would be a step made only of large matmuls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+D_MODEL, N_LAYERS, VOCAB = 256, 4, 257
+
+# ModelConfig fields per family (d_model, n_layers, vocab added).
+FAMILY_SIZES = {
+    "mamba": dict(d_state=16, d_conv=4),
+    "mamba2": dict(d_state=64, d_conv=4, mixer_options={"headdim": 64}),
+    "longhorn": dict(d_state=16, d_conv=4),
+    "s4d": dict(d_state=64, mlp_ratio=2),
+    "s5": dict(d_state=128, mlp_ratio=2),
+    "lru": dict(d_state=128, mlp_ratio=1),
+    "gru": dict(d_state=16),
+    "lstm": dict(d_state=16),
+}
+
+
+def build(mixer: str):
+    """The family's SSMLanguageModel at its benchmark size."""
+    from longssm.models import ModelConfig, SSMLanguageModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        mixer=mixer, d_model=D_MODEL, n_layers=N_LAYERS, vocab_size=VOCAB, **FAMILY_SIZES[mixer]
+    )
+    return SSMLanguageModel(cfg).train()
+
+
+def make_step(model, batch: int, T: int):
+    """A closure running forward + backward + AdamW on fixed random tokens (batch, T + 1)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, VOCAB, (batch, T + 1), generator=torch.Generator().manual_seed(0))
+
+    def step():
+        logits, _ = model(tokens[:, :-1])  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def step_flops(model, batch: int, T: int) -> int:
+    """Matmul + convolution FLOPs of one forward + backward (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens = torch.randint(0, VOCAB, (batch, T + 1), generator=torch.Generator().manual_seed(1))
+    with FlopCounterMode(display=False) as counter:
+        logits, _ = model(tokens[:, :-1])
+        F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1)).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 matmul GFLOP/s, best of ``repeats`` (n x n times n x n)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(mixer: str, batch: int, T: int, repeats: int = 3) -> dict:
+    """tokens/s (best of ``repeats`` steps after one warm-up), FLOPs and the matmul-floor ratio."""
+    model = build(mixer)
+    flops = step_flops(model, batch, T)
+    step = make_step(model, batch, T)
+    step()
+    times = [_seconds(step) for _ in range(repeats)]
+    rate = matmul_rate()
+    best = min(times)
+    return {
+        "mixer": mixer,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "step_s": best,
+        "all_s": times,
+        "tokens_per_s": batch * T / best,
+        "step_gflop": flops / 1e9,
+        "matmul_gflop_s": rate,
+        "floor_ratio": flops / best / 1e9 / rate,
+    }
+
+
+def profile(mixer: str, batch: int, T: int, top: int = 15) -> list[dict]:
+    """The ``top`` operators of one step by self CPU time (after a warm-up step)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = build(mixer)
+    step = make_step(model, batch, T)
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {
+            "op": e.key,
+            "self_ms": e.self_cpu_time_total / 1e3,
+            "share": e.self_cpu_time_total / total,
+            "calls": e.count,
+        }
+        for e in events[:top]
+    ]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="profile one training step of a family")
+    parser.add_argument("--mixer", default="mamba", choices=sorted(FAMILY_SIZES))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batch, T = (4, 64) if args.quick else (16, 256)
+    rows = profile(args.mixer, batch, T)
+    total = sum(r["self_ms"] for r in rows)
+    print(f"{args.mixer}: one step at T={T} x {batch}, torch threads {args.threads}")
+    for r in rows:
+        print(f"  {r['self_ms']:9.1f} ms {100 * r['share']:5.1f}%  x{r['calls']:<5} {r['op']}")
+    print(f"  (top {len(rows)}: {total:.1f} ms)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"mixer": args.mixer, "batch": batch, "T": T, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
