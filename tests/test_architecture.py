@@ -2,7 +2,7 @@
 
 Floors, top to bottom (docs/architecture.md):
 
-    cli → extend → train | eval → dist → interop → checkpoint | config → models → layers
+    cli → extend → train | eval → dist | policies → interop → checkpoint | config → models → layers
         → ops | hippo | reparam;   data beside them (imports only itself)
 
 A module may import its own room (package or module) and any room on a lower floor; rooms on
@@ -24,7 +24,7 @@ FLOORS = [
     {"cli"},
     {"extend"},
     {"train", "eval", "analysis", "tasks", "adapt"},
-    {"dist"},
+    {"dist", "policies"},
     {"interop"},
     {"checkpoint", "config"},
     {"models"},

@@ -13,7 +13,7 @@ from longssm.layers.s4d import S4D
 from longssm.layers.s5 import S5
 from longssm.models.config import ModelConfig
 from longssm.models.mixers import build_mixer
-from longssm.reparam import EIGEN_PARAMS, eigen_real, eigen_real_inverse
+from longssm.reparam import DIRECT_EPS, EIGEN_PARAMS, eigen_real, eigen_real_inverse
 
 B_TEST = 0.2
 
@@ -128,3 +128,21 @@ def test_hf_interop_refuses_maps_other_than_exp():
     cfg = ModelConfig(d_model=4, d_state=2, eigen_param="softplus")
     with pytest.raises(ValueError, match="eigen_param='exp'"):
         state_dict_from_hf_mamba({}, cfg)
+
+
+def test_s4d_unclipped_direct_lets_an_eigenvalue_cross_zero():
+    """``clip_eigs=False`` (the StableSSM experiment): Re λ = w exactly, also for w >= 0, so the
+    recurrence can grow; the default clips at -DIRECT_EPS with no gradient through the clip."""
+    clipped = S4D(4, 4, eigen_param="direct").double()
+    free = S4D(4, 4, eigen_param="direct", clip_eigs=False).double()
+    free.load_state_dict(clipped.state_dict())
+    with torch.no_grad():
+        for layer in (clipped, free):
+            layer.A_re_raw[0, 0] = 0.05
+    assert clipped.eigenvalues().real.max().item() == -DIRECT_EPS
+    assert free.eigenvalues().real[0, 0].item() == 0.05
+    torch.testing.assert_close(free.eigenvalues().real[1:], clipped.eigenvalues().real[1:])
+    free.eigenvalues().real[0, 0].backward()
+    assert free.A_re_raw.grad[0, 0] == 1.0
+    lam_bar = free.discretize(torch.complex128)[0]
+    assert lam_bar.abs().max() > 1  # |exp(Δλ)| > 1: unstable

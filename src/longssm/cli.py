@@ -278,6 +278,19 @@ def _add_task(sub) -> None:
     p.add_argument("--out", default=None, help="JSON file (suite: a directory, default "
                    "docs/results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--policy", default="zero", help="state policy of each training segment "
+                   "(zero, previous, passing, noise, fitted-noise, learned, p-reset:P)")
+    p.add_argument("--segments", type=int, default=1, help="pieces per training sequence, one "
+                   "optimiser step each (the policy sets each piece's initial state)")
+    p.add_argument("--no-reset", action="store_true", help="carry the state across sequences "
+                   "too (no reset at a new sequence)")
+    p.add_argument("--protocol", default="reset", choices=["reset", "carried", "both"],
+                   help="evaluate in one pass from zeros, in segments of the training length with "
+                   "the state carried, or both")
+    p.add_argument("--run-dir", default=None, help="write checkpoints here (safetensors + JSON)")
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from --run-dir's latest "
+                   "checkpoint")
 
 
 def _run_task(args) -> int:
@@ -290,7 +303,10 @@ def _run_task(args) -> int:
         return 0
     run_task(args.name, mixer=args.mixer, layers=args.layers, train_lengths=args.train_lengths,
              test_lengths=args.test_lengths, quick=args.quick, steps=args.steps, seed=args.seed,
-             out=args.out, progress=not args.quiet)
+             out=args.out, progress=not args.quiet, policy=args.policy, segments=args.segments,
+             reset_between_sequences=not args.no_reset,
+             protocols=("reset", "carried") if args.protocol == "both" else (args.protocol,),
+             run_dir=args.run_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
     return 0
 
 

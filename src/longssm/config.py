@@ -41,9 +41,9 @@ class PolicyArgument:
 
 
 # The state-initialisation policies ``train.policy`` accepts: name -> its argument (None: none).
-# This table is the one list of policy names. It lives here, not in ``longssm.train.policies``,
-# because config validates ``train.policy`` on construction and sits below train/, which it must
-# not import. ``longssm.train.policies`` maps each name to the class implementing it, each class
+# This table is the one list of policy names. It lives here, not in ``longssm.policies``,
+# because config validates ``train.policy`` on construction and sits below that room, which it must
+# not import. ``longssm.policies`` maps each name to the class implementing it, each class
 # declares the name and argument letter it implements, and that module refuses to import when the
 # classes and this table disagree; so a name is valid here exactly when a class builds it there.
 POLICY_GRAMMAR: dict[str, PolicyArgument | None] = {

@@ -7,7 +7,7 @@ from longssm.config import POLICY_GRAMMAR, parse_policy
 from longssm.models import ModelConfig, SSMLanguageModel
 from longssm.models.state import select_rows
 from longssm.train.distributed import ShardedPolicy
-from longssm.train.policies import POLICY_CLASSES, StatePolicy, make_policy
+from longssm.policies import POLICY_CLASSES, StatePolicy, make_policy
 
 
 def tiny_model(**kw):

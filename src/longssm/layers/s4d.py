@@ -28,7 +28,10 @@ which then runs a time-varying recurrence), ``mode`` conv|recurrent (default con
 ``dt_max`` (log-uniform init range of Δ, default 1e-3 / 0.1), ``chunk_size`` of the recurrent scan
 (default 32). ``ModelConfig.expand`` and ``d_conv`` are not used by S4D. ``ModelConfig.eigen_param``
 picks the StableSSM map Re λ = f(w) (``longssm.reparam``): "exp" stores w as A_log_re (as above),
-the others as A_re_<map>; the initial λ is the same under every map.
+the others as A_re_<map>; the initial λ is the same under every map. ``clip_eigs`` (default true)
+keeps "direct"'s clip Re λ <= −1e-4; false uses Re λ = w unclipped, so training may push an
+eigenvalue to Re λ >= 0 (an unstable recurrence): only for the StableSSM experiment
+(docs/tasks.md), which needs the direct map's failure to be visible.
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ class S4D(nn.Module):
         imag_scale: float = 1.0,
         smr: int = 0,
         step_rescale: float = 1.0,
+        clip_eigs: bool = True,
     ) -> None:
         super().__init__()
         if d_state < 2 or d_state % 2:
@@ -177,6 +181,7 @@ class S4D(nn.Module):
         self.log_dt = tag_ssm_param(nn.Parameter(log_uniform_dt(H, dt_min, dt_max).to(dtype)))
         check_eigen_param(eigen_param, eigen_param_b)
         self.eigen_param, self.eigen_param_b = eigen_param, eigen_param_b
+        self.clip_eigs = bool(clip_eigs)
         w_re = eigen_real_inverse(lam.real, eigen_param, eigen_param_b)  # (H, n)
         self.register_parameter(
             A_RE_PARAM_NAMES[eigen_param], tag_ssm_param(nn.Parameter(w_re.to(dtype)))
@@ -198,7 +203,10 @@ class S4D(nn.Module):
         return f"d_model={self.d_model}, d_state={self.d_state}, init={self.init}, mode={self.mode}"
 
     def eigenvalues(self) -> torch.Tensor:
-        """Continuous-time λ = f(w) + i A_im (f = -exp for "exp"), (H, N/2) complex."""
+        """Continuous-time λ = f(w) + i A_im (f = -exp for "exp"), (H, N/2) complex; "direct"
+        without ``clip_eigs`` is Re λ = w, unclipped."""
+        if self.eigen_param == "direct" and not self.clip_eigs:
+            return torch.complex(self.A_re_raw, self.A_im)
         re = eigen_real(self.A_re_raw, self.eigen_param, self.eigen_param_b)  # (H, n)
         return torch.complex(re, self.A_im)
 

@@ -143,6 +143,7 @@ register(
             "imag_scale": 1.0,
             "smr": 0,
             "step_rescale": 1.0,
+            "clip_eigs": True,
         },
         construct=lambda cfg, opts, i: S4D(cfg.d_model, cfg.d_state, **opts, **_eigen(cfg)),
         unknown_option="S4D: unknown mixer option(s)",

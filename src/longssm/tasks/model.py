@@ -33,6 +33,15 @@ class TaggingModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def initial_state(self, batch_size: int, device=None, dtype=None):
+        """Zero state for every block (the policies' ``model.initial_state``)."""
+        param = self.head.weight
+        device = param.device if device is None else device
+        dtype = param.dtype if dtype is None else dtype
+        return tuple(
+            b.mixer.initial_state(batch_size, device=device, dtype=dtype) for b in self.blocks
+        )
+
     def forward(self, inputs: torch.Tensor, state=None):
         """Returns outputs (B, L, n_out) and the final state (one entry per block)."""
         x = self.embed(inputs if self.continuous else inputs.long())  # (B, L, D)

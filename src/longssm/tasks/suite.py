@@ -19,6 +19,7 @@ from longssm.tasks.registry import get_task
 from longssm.tasks.report import heatmap, min_depth_table, per_length_table, seed_table, table
 from longssm.tasks.trainer import (
     TaskRunConfig,
+    check_config,
     check_lengths,
     default_bins,
     parse_mixer,
@@ -54,8 +55,11 @@ QUICK_MATRIX = [
 
 def run_task(name: str, mixer: str = "mamba", layers: int = 2, train_lengths: str = "1:50",
              test_lengths: str | None = None, quick: bool = False, steps: int | None = None,
-             seed: int = 0, out: str | None = None, progress: bool = True) -> dict:
-    """Train and evaluate one task; print its table; write the record to ``out`` (JSON)."""
+             seed: int = 0, out: str | None = None, progress: bool = True,
+             **training) -> dict:
+    """Train and evaluate one task; print its table; write the record to ``out`` (JSON).
+
+    ``training``: further ``TaskRunConfig`` fields (policy, segments, protocols, run_dir, ...)."""
     task = get_task(name)
     train = parse_range(train_lengths, "--train-lengths")
     bins = ([parse_range(b, "--test-lengths bin") for b in test_lengths.split(",")]
@@ -67,12 +71,16 @@ def run_task(name: str, mixer: str = "mamba", layers: int = 2, train_lengths: st
         raise ValueError(f"{path} exists; choose another --out (nothing is overwritten)")
     cfg = TaskRunConfig(task=name, mixer=mixer, layers=layers, train_lengths=train,
                         test_bins=bins, seed=seed, progress=progress,
-                        **(QUICK if quick else {}))
+                        **(QUICK if quick else {}), **training)
     cfg.steps = steps or (500 if quick else cfg.steps)
+    check_config(task, cfg)
     record = run(cfg)
-    print(f"{name} ({record['metric']}, 95% interval; train loss {record['train']['final_loss']:.4f},"
-          f" {record['train']['seconds']:.0f} s)")
+    print(f"{name} ({record['metric']}, {cfg.protocols[0]} protocol, 95% interval; train loss "
+          f"{record['train']['final_loss']:.4f}, {record['train']['seconds']:.0f} s)")
     print(table([record]))
+    for protocol, bins in list(record["protocols"].items())[1:]:
+        print(f"{protocol} protocol (segments of {cfg.eval_segment or train[1]}):")
+        print(table([{**record, "bins": bins}]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=_json))
     return record

@@ -1,11 +1,14 @@
-"""The tagging trainer: train on lengths in [min, max], evaluate per length bin (reset protocol).
+"""The tagging trainer: train on lengths in [min, max], evaluate per length bin (reset / carried).
 
-One readable loop: each step draws one length uniformly from the task's lengths in the training
-range, a batch of fresh sequences of that length, and takes an AdamW step on the masked loss
-(binary cross-entropy for next-set tasks, cross-entropy for class tasks, MSE for regression).
+The loop (``tasks.training``): each episode draws one length uniformly from the task's lengths in
+the training range and a batch of fresh sequences of that length, and takes AdamW steps on the
+masked loss (binary cross-entropy for next-set tasks, cross-entropy for class tasks, MSE for
+regression), one per segment, the state policy of ``longssm.policies`` choosing each segment's
+initial state; checkpoints are the training floor's (``longssm.checkpoint``).
 Evaluation draws ``eval_samples`` fresh sequences per bin, with lengths spread evenly over the
 bin (stratified: every length of the bin when there are enough samples), in batches of at most
-``eval_batch`` sequences of one length, and scores each from a zero state (the reset protocol).
+``eval_batch`` sequences of one length, and scores each from a zero state in one pass (the reset
+protocol) and/or in segments of the training length with the state carried (the carried protocol).
 Prefix-scored tasks (word problems) are scored on words of the bin's top length at every position
 of the bin, which gives each length k its own accuracy.
 
@@ -17,19 +20,18 @@ declares), so a mixer registered later plugs in without edits here.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from longssm.config import parse_policy
 from longssm.models import ModelConfig
 from longssm.models.mixers import get_mixer
 from longssm.tasks.metrics import per_length, position_scores, sequence_scores, summarise
 from longssm.tasks.model import TaggingModel
 from longssm.tasks.registry import Task, get_task
+from longssm.tasks.training import train_model
 
 
 @dataclass
@@ -54,6 +56,28 @@ class TaskRunConfig:
     threads: int = 1
     """torch and numba threads (1 is fastest for these small models on a shared machine)."""
     progress: bool = True
+    policy: str = "zero"
+    """State-initialisation policy of every training segment (``longssm.config.POLICY_GRAMMAR``:
+    zero, previous, passing, noise, fitted-noise, learned, p-reset:P; see ``tasks.training``)."""
+    noise_std: float = 1.0
+    """Standard deviation of the ``noise`` policy."""
+    segments: int = 1
+    """Each training sequence is processed in this many consecutive pieces, one optimiser step
+    each, the policy choosing each piece's initial state (at most the shortest training length)."""
+    reset_between_sequences: bool = True
+    """Rows reset (policy ``resets``) at the first piece of each new sequence; False: the carried
+    state runs on from the previous, unrelated sequence."""
+    protocols: tuple[str, ...] = ("reset",)
+    """Evaluation protocols: ``reset`` (one pass from the zero state) and/or ``carried`` (the
+    same sequences in segments of ``eval_segment`` with the state carried between them)."""
+    eval_segment: int = 0
+    """Segment length of the carried protocol; 0: the longest training length."""
+    run_dir: str | None = None
+    """Where checkpoints go (``run_dir/checkpoints/ckpt-NNNNNNNN``); None: no checkpoints."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0: only at the end; needs ``run_dir``)."""
+    resume: bool = False
+    """Continue from the latest checkpoint under ``run_dir``."""
 
 
 def parse_value(text: str):
@@ -137,46 +161,6 @@ def _tensors(batch):
             torch.from_numpy(batch.mask), torch.from_numpy(batch.score))
 
 
-def task_loss(kind: str, outputs, targets, mask) -> torch.Tensor:
-    """Masked mean loss: BCE (set), cross-entropy (class) or MSE (regression)."""
-    if kind == "set":
-        per = F.binary_cross_entropy_with_logits(outputs, targets, reduction="none").mean(-1)
-    elif kind == "class":
-        per = F.cross_entropy(outputs.transpose(1, 2), targets, reduction="none")  # (B, L)
-    else:
-        per = ((outputs - targets) ** 2).mean(-1)
-    return (per * mask).sum() / mask.sum().clamp_min(1)
-
-
-def train_model(task: Task, model: TaggingModel, cfg: TaskRunConfig) -> dict:
-    """Train in place; returns the loss history summary."""
-    from tqdm.auto import tqdm
-
-    rng = np.random.default_rng(cfg.seed)
-    lengths = task.lengths(*cfg.train_lengths)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    losses, start = [], time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"{task.name} {cfg.mixer} x{cfg.layers}",
-               disable=not cfg.progress, leave=False)
-    for _ in bar:
-        n = int(rng.choice(lengths))
-        inputs, targets, mask, _ = _tensors(task.batch(cfg.batch_size, n, rng))
-        outputs, _ = model(inputs)  # (B, L, n_out)
-        loss = task_loss(task.kind, outputs, targets, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"final_loss": float(np.mean(tail)), "seconds": time.perf_counter() - start,
-            "finite": bool(np.isfinite(tail).all())}
-
-
 def eval_lengths(lengths: list[int], samples: int) -> np.ndarray:
     """``samples`` lengths spread evenly over ``lengths`` (stratified, sorted): every length of a
     bin is scored when samples >= len(lengths), evenly spaced ones otherwise."""
@@ -201,18 +185,38 @@ def _bin_batches(task: Task, lo: int, hi: int, cfg: TaskRunConfig, rng: np.rando
             yield batch
 
 
+PROTOCOLS = ("reset", "carried")
+
+
+def forward_segments(model, inputs: torch.Tensor, segment: int):
+    """The carried protocol: ``inputs`` (B, L[, d]) in consecutive pieces of ``segment``
+    positions, each piece starting from the previous piece's final state (the first from zeros).
+    In exact arithmetic this is one pass from the zero state (tests/tasks/test_training.py)."""
+    state, outputs = None, []
+    for start in range(0, inputs.shape[1], segment):
+        out, state = model(inputs[:, start:start + segment], state)  # (B, piece, n_out)
+        outputs.append(out)
+    return torch.cat(outputs, 1), state
+
+
 @torch.no_grad()
-def evaluate_bins(task: Task, model, cfg: TaskRunConfig) -> list[dict]:
-    """Per-bin metric with its 95% interval, every sequence started from the zero state; for
-    prefix-scored tasks also the accuracy at every length k of the bin (``per_length``)."""
+def evaluate_bins(task: Task, model, cfg: TaskRunConfig, protocol: str = "reset") -> list[dict]:
+    """Per-bin metric with its 95% interval; for prefix-scored tasks also the accuracy at every
+    length k of the bin (``per_length``). ``reset``: every sequence in one pass from the zero
+    state; ``carried``: in segments of ``eval_segment`` with the state carried. Both protocols
+    score the same sequences (one generator seed), so their difference is paired."""
     model.eval()
     rng = np.random.default_rng(10_000 + cfg.seed)
+    segment = cfg.eval_segment or cfg.train_lengths[1]
     rows = []
     for lo, hi in cfg.test_bins:
         scores, by_position = [], np.zeros(hi - lo + 1, dtype=np.int64)
         for batch in _bin_batches(task, lo, hi, cfg, rng):
             inputs, targets, _, score = _tensors(batch)
-            outputs, _ = model(inputs)
+            if protocol == "carried":
+                outputs, _ = forward_segments(model, inputs, segment)
+            else:
+                outputs, _ = model(inputs)
             outputs = outputs.float()
             scores.append(sequence_scores(task.kind, outputs, targets, score).numpy())
             if task.prefix_scored:
@@ -227,19 +231,43 @@ def evaluate_bins(task: Task, model, cfg: TaskRunConfig) -> list[dict]:
     return rows
 
 
+def check_config(task: Task, cfg: TaskRunConfig) -> None:
+    """ValueError (one line) for settings that do not fit together or this task."""
+    check_lengths(task, cfg.train_lengths, cfg.test_bins)
+    shortest = task.lengths(*cfg.train_lengths)[0]
+    if not 1 <= cfg.segments <= shortest:
+        raise ValueError(f"segments must lie in [1, {shortest}] (the shortest training sequence "
+                         f"of {task.name}), got {cfg.segments}")
+    bad = [p for p in cfg.protocols if p not in PROTOCOLS]
+    if bad or not cfg.protocols:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {bad or 'none'}")
+    if cfg.eval_segment < 0:
+        raise ValueError(f"eval segment must be >= 0 (0: the longest training length), got "
+                         f"{cfg.eval_segment}")
+    name, value = parse_policy(cfg.policy)  # ConfigError (a ValueError) for an unknown name
+    if name == "bptt" and value > 1:
+        raise ValueError(f"policy {cfg.policy!r}: the tagging trainer takes one optimiser step per "
+                         "segment, so the gradient cannot flow through several (use previous)")
+    if (cfg.checkpoint_every or cfg.resume) and not cfg.run_dir:
+        raise ValueError("checkpoints and --resume need a --run-dir")
+
+
 def run(cfg: TaskRunConfig) -> dict:
-    """Train and evaluate one (task, mixer, depth); the result record (JSON-ready)."""
+    """Train and evaluate one (task, mixer, depth); the result record (JSON-ready).
+
+    ``bins`` holds the first protocol's bins; ``protocols`` every protocol's."""
     task = get_task(cfg.task)
     cfg.test_bins = cfg.test_bins or default_bins(*cfg.train_lengths)
-    check_lengths(task, cfg.train_lengths, cfg.test_bins)
+    check_config(task, cfg)
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(task, cfg)
     history = train_model(task, model, cfg)
-    bins = evaluate_bins(task, model, cfg)
+    protocols = {p: evaluate_bins(task, model, cfg, p) for p in cfg.protocols}
     return {"task": task.name, "family": task.family, "kind": task.kind, "metric": task.metric,
             "label": task.label, "config": asdict(cfg), "parameters": model.num_parameters(),
-            "train": history, "eigenvalues": eigenvalue_summary(model), "bins": bins}
+            "train": history, "eigenvalues": eigenvalue_summary(model),
+            "bins": protocols[cfg.protocols[0]], "protocols": protocols}
 
 
 @torch.no_grad()

@@ -12,13 +12,13 @@ import torch
 
 from longssm.dist import DistContext
 from longssm.models.state import ModelState, detach_state, select_rows
-from longssm.train.policies import StatePolicy
+from longssm.policies import StatePolicy
 
 
 class ShardedPolicy:
     """One rank's view of a state policy: the initial states of its own rows of the global batch.
 
-    It reads only the policy's flags (``longssm.train.policies.StatePolicy``): a ``row_local``
+    It reads only the policy's flags (``longssm.policies.StatePolicy``): a ``row_local``
     policy (zero, previous, bptt:K) runs on the rank's rows directly. Any other builds the global
     batch's states, identical on every rank, from the resets of all ranks and, if it
     ``reads_carry`` (passing, p-reset), their carried states, gathered every segment; the rank keeps

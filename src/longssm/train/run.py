@@ -44,7 +44,7 @@ from longssm.train.metrics import (
     write_metrics,
 )
 from longssm.train.optim import param_groups
-from longssm.train.policies import StatePolicy, make_policy
+from longssm.policies import StatePolicy, make_policy
 from longssm.train.tensorboard import check_tensorboard
 
 # Config fields that may change when a run is resumed (they do not alter the trajectory).
