@@ -36,13 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state
+from longssm.layers.base import check_input, check_state, empty_sequence
 from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.layers.mamba import Mamba
+from longssm.layers.mamba2 import Mamba2, Mamba2State
 from longssm.layers.s4d import S4D, S4DState, complex_dtype_for
 from longssm.layers.s5 import S5, S5State
 from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re, s4d_conv
 from longssm.ops.selective_scan import resolve_path, selective_scan, selective_scan_step
+from longssm.ops.ssd import resolve_path as ssd_path
+from longssm.ops.ssd import ssd, ssd_step
 
 
 class AdaptError(ValueError):
@@ -159,6 +162,71 @@ class MambaStateAdapter(StateAdapter):
         return b.out_proj(y * F.silu(z)), b.STATE(ssm=h, conv=conv_state)
 
 
+class Mamba2StateAdapter(StateAdapter):
+    """State tuning of a ``Mamba2`` layer: h_0, h′ per head (nheads, headdim, d_state), y′ (d_inner,).
+
+    y_t = h_t C_t + D x_t + h′ C_t (head h reads the C_t of its group), before the gated RMSNorm,
+    as the offset of Mamba sits inside its gate.
+    """
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        b = self.base
+        return {"h0": (b.nheads, b.headdim, b.d_state), "h_offset": (b.nheads, b.headdim, b.d_state),
+                "y_offset": (b.d_inner,)}
+
+    def _offset(self, C: torch.Tensor) -> torch.Tensor | float:
+        """h′ C_t (..., H, P) from C (..., G, N), or y′ (H, P), or 0."""
+        b = self.base
+        if self.method == "state-offset-h":
+            C = C.repeat_interleave(b.nheads // b.ngroups, dim=-2)  # (..., H, N)
+            return torch.einsum("...hn,hpn->...hp", C, self.h_offset.to(C.dtype))
+        if self.method == "state-offset-y":
+            return self.y_offset.to(C.dtype).view(b.nheads, b.headdim)
+        return 0.0
+
+    def _split(self, xBC: torch.Tensor):
+        """x (..., H, P), B and C (..., G, N) of the convolved xBC (..., conv_dim)."""
+        b = self.base
+        xs, B, C = xBC.split([b.d_inner, b.ngroups * b.d_state, b.ngroups * b.d_state], dim=-1)
+        lead = xBC.shape[:-1]
+        return (xs.reshape(*lead, b.nheads, b.headdim), B.reshape(*lead, b.ngroups, b.d_state),
+                C.reshape(*lead, b.ngroups, b.d_state))
+
+    def forward(self, x: torch.Tensor, state=None):
+        """As ``Mamba2.forward`` (x (batch, T, d_model)), with the method applied."""
+        b = self.base
+        check_input(x, b.d_model)
+        state = self._start(state, x.shape[0], x)
+        if x.shape[1] == 0:
+            return empty_sequence(b, x, state)
+        batch, T, _ = x.shape
+        z, xBC, dt_raw = b.in_proj(x).split([b.d_inner, b.conv_dim, b.nheads], dim=-1)
+        xBC, conv_state = causal_conv(b.conv1d, xBC, None if state is None else state.conv)
+        xs, B, C = self._split(F.silu(xBC))  # (b, T, H, P), (b, T, G, N), (b, T, G, N)
+        h0 = None if state is None else state.ssm
+        y, h = ssd(xs, b._dt(dt_raw), -torch.exp(b.A_log), B, C, b.D, initial_state=h0,
+                   output_final_state=True, chunk_size=b.chunk_size,
+                   path=ssd_path(b.scan, xs, h0))  # (b, T, H, P), (b, H, P, N)
+        y = y + self._offset(C)
+        y = b.norm(y.reshape(batch, T, b.d_inner), z)  # (b, T, d_inner)
+        return b.out_proj(y), Mamba2State(h, conv_state)
+
+    def step(self, x_t: torch.Tensor, state):
+        """As ``Mamba2.step`` (x_t (batch, d_model)), with the method applied."""
+        b = self.base
+        check_input(x_t, b.d_model, name="x_t", ndim=2)
+        state = self._start(state, x_t.shape[0], x_t)
+        if state is None:
+            state = b.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
+        z, xBC, dt_raw = b.in_proj(x_t).split([b.d_inner, b.conv_dim, b.nheads], dim=-1)
+        xBC, conv_state = causal_conv_step(b.conv1d, xBC, state.conv)
+        xs, B, C = self._split(F.silu(xBC))  # (b, H, P), (b, G, N), (b, G, N)
+        y, h = ssd_step(xs, b._dt(dt_raw), -torch.exp(b.A_log), B, C, b.D, state=state.ssm)
+        y = y + self._offset(C)
+        y = b.norm(y.reshape(x_t.shape[0], b.d_inner), z)  # (b, d_inner)
+        return b.out_proj(y), Mamba2State(h, conv_state)
+
+
 class LTIStateAdapter(StateAdapter):
     """State tuning of an ``S4D`` or ``S5`` layer (complex diagonal, time-invariant C)."""
 
@@ -216,7 +284,8 @@ class LTIStateAdapter(StateAdapter):
         return y[:, 0], state
 
 
-ADAPTERS = {Mamba: MambaStateAdapter, S4D: LTIStateAdapter, S5: LTIStateAdapter}
+ADAPTERS = {Mamba: MambaStateAdapter, Mamba2: Mamba2StateAdapter, S4D: LTIStateAdapter,
+            S5: LTIStateAdapter}
 """Layer class -> its state adapter."""
 
 
@@ -230,7 +299,10 @@ def state_adapter(layer: nn.Module, method: str) -> StateAdapter:
 
 
 LORA_TARGETS = ("in_proj", "x_proj", "out_proj")
-"""The linears of a Mamba layer that ``lora:R`` adapts."""
+"""The linears that ``lora:R`` adapts (those a layer has: Mamba all three, Mamba-2 has no x_proj)."""
+
+LORA_LAYERS = {Mamba: ("in_proj", "x_proj", "out_proj"), Mamba2: ("in_proj", "out_proj")}
+"""Layer class -> the linears of it that ``lora:R`` adapts."""
 
 
 class LoRALinear(nn.Module):
@@ -288,10 +360,10 @@ def _is_adapted(mixer: nn.Module) -> bool:
 
 
 def _attach_lora(mixer: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:
-    if type(mixer) is not Mamba:
-        raise AdaptError(f"LoRA supports Mamba layers, not {type(mixer).__name__}")
+    if type(mixer) not in LORA_LAYERS:
+        raise AdaptError(f"LoRA supports Mamba and Mamba-2 layers, not {type(mixer).__name__}")
     params = []
-    for name in LORA_TARGETS:
+    for name in LORA_LAYERS[type(mixer)]:
         wrapped = LoRALinear(getattr(mixer, name), rank, alpha)
         setattr(mixer, name, wrapped)
         params += [wrapped.lora_A, wrapped.lora_B]
