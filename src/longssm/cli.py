@@ -182,10 +182,11 @@ def _run_corpus(args, overrides: list[str]) -> int:
 
 
 def _add_adapt(sub) -> None:
-    p = sub.add_parser("adapt", help="state-tune or LoRA-tune a trained run on another corpus (PEFT)")
+    p = sub.add_parser("adapt", help="state-, prefix-, LoRA- or fully tune a trained run on another corpus")
     p.add_argument("run", help="base run directory or checkpoint directory")
     p.add_argument("--method", required=True,
-                   help="initial-state, state-offset-h, state-offset-y or lora:R[:ALPHA]")
+                   help="initial-state, state-offset-h, state-offset-y, prefix:K, "
+                   "lora:R[:ALPHA] or full")
     p.add_argument("--corpus", required=True, help="corpus spec to adapt to")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", required=True, help="new directory for the adapter (never overwritten)")

@@ -95,8 +95,12 @@ def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
 @pytest.mark.parametrize("args,message", [
     (["prune", "{base}", "--method", "wanda", "--ratio", "1.0", "--out", "{out}"], "[0, 1)"),
     (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
-    (["adapt", "{base}", "--method", "prefix:4", "--corpus", TARGET, "--out", "{out}"],
+    (["adapt", "{base}", "--method", "prefix", "--corpus", TARGET, "--out", "{out}"],
      "unknown adaptation method"),
+    (["adapt", "{base}", "--method", "prefix:x", "--corpus", TARGET, "--out", "{out}"],
+     "expected prefix:K"),
+    (["adapt", "{base}", "--method", "prefix:0", "--corpus", TARGET, "--out", "{out}"],
+     "K >= 1"),
     (["adapt", "{base}/missing", "--method", "initial-state", "--corpus", TARGET, "--out", "{out}"],
      "no such run"),
     (["adapt", "{base}", "--method", "initial-state", "--corpus", TARGET, "--steps", "0",
@@ -113,14 +117,15 @@ def test_bad_input_one_line_exit_2(base, capsys, args, message):
 
 def _adapt(base, capsys, method="state-offset-h", name="adapted"):
     out = base / name
+    lr = ["--lr", "1e-3"] if method == "full" else []
     code, _, err = run_cli(["adapt", str(base / "base"), "--method", method, "--corpus", TARGET,
                             "--steps", "3", "--out", str(out), "--eval-windows", "2",
-                            "--batch-size", "4", "--quiet"], capsys)
+                            "--batch-size", "4", "--quiet", *lr], capsys)
     assert code == 0, err
     return out
 
 
-@pytest.mark.parametrize("method", ["state-offset-h", "lora:2"])
+@pytest.mark.parametrize("method", ["state-offset-h", "lora:2", "prefix:3", "full"])
 def test_eval_and_generate_read_an_adapted_run(base, capsys, method):
     from longssm.eval.evaluate import load_split
     from longssm.eval.lengths import evaluate_lengths

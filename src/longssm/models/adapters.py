@@ -24,6 +24,15 @@ LoRA (Hu et al. 2021), ``lora:R[:ALPHA]``: every Mamba layer's in_proj, x_proj a
 W x + (α/R)·B·A x with A (R, in) ~ Kaiming-uniform, B (out, R) = 0 (so a fresh adapter is bitwise
 the base model); α defaults to R.
 
+Prefix tuning (Li & Liang 2021, the paper's prefix baseline), ``prefix:K``: every layer learns K
+mixer inputs P_l (K, d_model), zero at the start (the prefix's activations at that layer, as in
+Li & Liang's deep prefix; for an SSM the prefix acts only through the state it leaves). A sequence
+started with ``state=None`` first runs the mixer over P_l and starts from the state that leaves:
+h_start = mixer(P_l).state, a restricted initial-state tuning. Works for every registered mixer.
+
+Full fine-tuning, ``full``: every parameter trains; the "adapter" is the whole weights file
+(``model.<parameter or buffer name>``), and a loaded one replaces the base's weights.
+
 A sequence given an explicit state (a carried one, or ``model.initial_state`` zeros) starts from
 it: only ``state=None`` means "the adapter's start".
 """
@@ -328,6 +337,58 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
 
+class PrefixAdapter(nn.Module):
+    """A frozen trained mixer plus K learned inputs P (K, d_model) it reads before a fresh sequence.
+
+    ``forward(x, None)`` runs the mixer over P (broadcast over the batch) and then over x from the
+    state P left; an explicit state is used as given (the prefix only replaces the zero start).
+    """
+
+    def __init__(self, base: nn.Module, length: int):
+        super().__init__()
+        self.base, self.length = base, length
+        for p in base.parameters():
+            p.requires_grad_(False)
+        ref = next(base.parameters())
+        self.prefix = nn.Parameter(torch.zeros(length, base.d_model, dtype=ref.dtype,
+                                               device=ref.device))
+        self.d_model = base.d_model
+
+    def initial_state(self, batch_size: int, device=None, dtype=None):
+        """Zeros, as the base layer (the state protocol); ``state=None`` means the prefix's state."""
+        return self.base.initial_state(batch_size, device=device, dtype=dtype)
+
+    def prefix_state(self, batch: int, x: torch.Tensor):
+        """The state the mixer holds after reading P, for ``batch`` rows."""
+        prefix = self.prefix.to(x.dtype).expand(batch, -1, -1)  # (B, K, d_model)
+        return self.base(prefix)[1]
+
+    def forward(self, x: torch.Tensor, state=None):
+        """x (batch, T, d_model) -> (y, state), from the prefix's state when ``state`` is None."""
+        if state is None:
+            state = self.prefix_state(x.shape[0], x)
+        return self.base(x, state)
+
+    def step(self, x_t: torch.Tensor, state):
+        """One token (batch, d_model), from the prefix's state when ``state`` is None."""
+        if state is None:
+            state = self.prefix_state(x_t.shape[0], x_t)
+        return self.base.step(x_t, state)
+
+
+def prefix_spec(method: str) -> int | None:
+    """K of ``prefix:K``; None for another method; AdaptError when K is not an integer >= 1."""
+    if not method.startswith("prefix:"):
+        return None
+    try:
+        length = int(method.split(":", 1)[1])
+    except ValueError:
+        raise AdaptError(f"bad prefix method {method!r}: expected prefix:K") from None
+    if length < 1:
+        raise AdaptError(f"prefix tuning needs K >= 1, got {method!r}")
+    return length
+
+
 def lora_spec(method: str) -> tuple[int, float] | None:
     """(R, α) of ``lora:R[:ALPHA]`` (α defaults to R); None for another method; AdaptError when
     the numbers are bad."""
@@ -346,16 +407,21 @@ def lora_spec(method: str) -> tuple[int, float] | None:
     return rank, alpha
 
 
+FULL = "full"
+"""Full fine-tuning: every parameter trains (the adapter is the whole weights file)."""
+
+
 def check_method(method: str) -> str:
     """``method`` if it is a known adaptation method, else AdaptError."""
-    if method not in STATE_METHODS and lora_spec(method) is None:
+    if (method not in STATE_METHODS and method != FULL and lora_spec(method) is None
+            and prefix_spec(method) is None):
         raise AdaptError(f"unknown adaptation method {method!r}; expected one of "
-                         f"{', '.join(STATE_METHODS)} or lora:R[:ALPHA]")
+                         f"{', '.join(STATE_METHODS)}, prefix:K, lora:R[:ALPHA] or full")
     return method
 
 
 def _is_adapted(mixer: nn.Module) -> bool:
-    return isinstance(mixer, StateAdapter) or any(
+    return isinstance(mixer, (StateAdapter, PrefixAdapter)) or any(
         isinstance(getattr(mixer, name, None), LoRALinear) for name in LORA_TARGETS)
 
 
@@ -374,15 +440,22 @@ def attach(model: nn.Module, method: str) -> list[nn.Parameter]:
     """Freeze every parameter of ``model`` and add the adapter of ``method`` to each block (in
     place): wrap the mixer (state tuning) or its linears (LoRA). Returns the trainable tensors."""
     check_method(method)
-    lora = lora_spec(method)
+    lora, prefix = lora_spec(method), prefix_spec(method)
+    if getattr(model, "adapter_method", None) is not None or any(
+            _is_adapted(block.mixer) for block in model.blocks):
+        raise AdaptError("this model already carries an adapter")
+    model.adapter_method = method
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(method == FULL)
+    if method == FULL:
+        return list(model.parameters())
     params = []
     for block in model.blocks:
-        if _is_adapted(block.mixer):
-            raise AdaptError("this model already carries an adapter")
         if lora is not None:
             params += _attach_lora(block.mixer, *lora)
+        elif prefix is not None:
+            block.mixer = PrefixAdapter(block.mixer, prefix)
+            params.append(block.mixer.prefix)
         else:
             block.mixer = state_adapter(block.mixer, method)
             params.append(block.mixer.tensor)
@@ -391,11 +464,17 @@ def attach(model: nn.Module, method: str) -> list[nn.Parameter]:
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors of an adapted model: ``blocks.{i}.{h0|h_offset|y_offset}`` or
-    ``blocks.{i}.{in_proj|x_proj|out_proj}.lora_{A|B}`` -> tensor."""
+    ``blocks.{i}.{in_proj|x_proj|out_proj}.lora_{A|B}`` or ``blocks.{i}.prefix`` -> tensor; for
+    full fine-tuning ``model.<name>`` of every parameter (tied ones once) and buffer."""
+    if getattr(model, "adapter_method", None) == FULL:
+        named = [*model.named_parameters(), *model.named_buffers()]
+        return {f"model.{name}": t for name, t in named}
     out = {}
     for i, block in enumerate(model.blocks):
         if isinstance(block.mixer, StateAdapter):
             out[f"blocks.{i}.{PARAM_OF[block.mixer.method]}"] = block.mixer.tensor
+        if isinstance(block.mixer, PrefixAdapter):
+            out[f"blocks.{i}.prefix"] = block.mixer.prefix
         for name in LORA_TARGETS:
             layer = getattr(block.mixer, name, None)
             if isinstance(layer, LoRALinear):
