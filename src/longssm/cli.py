@@ -221,7 +221,7 @@ def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="prune a trained run (unstructured or d_state)")
     p.add_argument("run", help="run directory or checkpoint directory")
     p.add_argument("--method", required=True,
-                   help="magnitude, wanda, dstate-magnitude or dstate-taylor1")
+                   help="magnitude, wanda, dstate-magnitude, dstate-taylor1 or dstate-taylor2")
     p.add_argument("--ratio", type=float, required=True, help="fraction pruned, in [0, 1)")
     p.add_argument("--calibration", type=int, default=32, help="calibration windows of T tokens")
     p.add_argument("--out", required=True, help="new run directory (never overwritten)")

@@ -73,7 +73,7 @@ def test_adapter_on_another_shape_is_refused(base, capsys):
         load_adapted(out, base=same_shape)
 
 
-@pytest.mark.parametrize("method", ["wanda", "dstate-taylor1"])
+@pytest.mark.parametrize("method", ["wanda", "dstate-taylor2"])
 def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
     out = base / "pruned"
     code, stdout, err = run_cli(["prune", str(base / "base"), "--method", method, "--ratio", "0.5",
