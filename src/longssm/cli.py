@@ -246,6 +246,34 @@ def _run_prune(args) -> int:
     return 0
 
 
+def _run_eval_reduce(args) -> int:
+    """``longssm eval RUN --reduce ...``: token reduction lives in ``adapt`` (eval may not import
+    it), so the command line calls it directly."""
+    from longssm.adapt import parse_reduce, reduce_eval
+    from longssm.dist import resolve_device
+    from longssm.eval.lengths import parse_lengths
+
+    if args.protocol != "reset":
+        raise ValueError("--reduce scores the reset protocol only (each window from zero state)")
+    if args.n_tokens < 1:
+        raise ValueError(f"--n-tokens must be >= 1, got {args.n_tokens}")
+    spec = parse_reduce(args.reduce, args.reduce_beyond)
+    out = args.out or os.path.join(args.run, "eval")
+    report, path = reduce_eval(args.run, spec, parse_lengths(args.lengths), out,
+                               corpus=args.corpus, split=args.split, n_tokens=args.n_tokens,
+                               name=args.name, force=args.force,
+                               device=resolve_device(args.device, "--device"),
+                               progress=not args.no_progress)
+    print(f"{'L':>7} {'kept':>6} {'plain (kept)':>26} {'reduced':>26} {'increase':>28}")
+    for r in report["records"]:
+        p, q = r["plain_at_kept"], r["reduced"]
+        print(f"{r['length']:>7} {r['kept_positions']:>6} {p['loss']:>8.4f} [{p['loss_low']:.4f}, "
+              f"{p['loss_high']:.4f}] {q['loss']:>8.4f} [{q['loss_low']:.4f}, {q['loss_high']:.4f}] "
+              f"{r['increase']:>+8.4f} [{r['increase_low']:+.4f}, {r['increase_high']:+.4f}]")
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a run's model as a Hugging Face directory")
     p.add_argument("run", help="run directory or checkpoint directory (mamba or mamba2)")
@@ -400,6 +428,8 @@ def run_command(args, overrides: list[str]) -> int:
         return run_extend(args, overrides)
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    if args.command == "eval" and args.reduce is not None:
+        return _run_eval_reduce(args)
     if args.command == "eval":
         from longssm.eval.cli import run_eval
 

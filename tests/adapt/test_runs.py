@@ -175,3 +175,39 @@ def test_adapter_whose_base_changed_is_one_line_exit_2(base, capsys):
         assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
         assert "SHA-256 differs" in err
     assert not (out / "eval").exists()
+
+
+def test_eval_reduce_keep_one_is_plain_and_beyond_keeps_the_prefix(base, capsys):
+    run = str(base / "base")
+    common = ["--lengths", "32,48", "--n-tokens", "96", "--device", "cpu", "--no-progress"]
+    code, stdout, err = run_cli(["eval", run, "--reduce", "hybrid:1", *common], capsys)
+    assert code == 0, err
+    report = json.loads((base / "base" / "eval" / "reduce-hybrid-1.json").read_text())
+    for r in report["records"]:
+        assert r["kept_positions"] == r["length"]
+        assert r["reduced"]["loss"] == r["plain"]["loss"] == r["plain_at_kept"]["loss"]
+        assert r["increase"] == 0
+    code, stdout, err = run_cli(["eval", run, "--reduce", "evit:0.5:0,1", "--reduce-beyond", "16",
+                                 *common], capsys)
+    assert code == 0, err
+    path = base / "base" / "eval" / "reduce-evit-0.5.json"
+    report = json.loads(path.read_text())
+    assert [r["kept_positions"] for r in report["records"]] == [16 + 4, 16 + 8]  # halved twice past 16
+    assert report["records"][0]["increase_low"] <= report["records"][0]["increase"]
+    # the same again: one line, exit 2, the file untouched
+    before = path.read_bytes()
+    code, _, err = run_cli(["eval", run, "--reduce", "evit:0.5:0,1", "--reduce-beyond", "16",
+                            *common], capsys)
+    assert code == 2 and err.count("\n") == 1 and "exists" in err
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("spec,message", [("bogus:0.5", "unknown reduction method"),
+                                          ("evit:1.5", "(0, 1]"), ("evit", "METHOD:KEEP"),
+                                          ("evit:0.5:7", "outside")])
+def test_eval_reduce_bad_input(base, capsys, spec, message):
+    code, _, err = run_cli(["eval", str(base / "base"), "--reduce", spec, "--lengths", "32",
+                            "--n-tokens", "64", "--device", "cpu", "--no-progress"], capsys)
+    assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
+    assert message in err
+    assert not (base / "base" / "eval").exists()
