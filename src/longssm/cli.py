@@ -182,10 +182,11 @@ def _run_corpus(args, overrides: list[str]) -> int:
 
 
 def _add_adapt(sub) -> None:
-    p = sub.add_parser("adapt", help="state-tune or LoRA-tune a trained run on another corpus (PEFT)")
+    p = sub.add_parser("adapt", help="state-, prefix-, LoRA- or fully tune a trained run on another corpus")
     p.add_argument("run", help="base run directory or checkpoint directory")
     p.add_argument("--method", required=True,
-                   help="initial-state, state-offset-h, state-offset-y or lora:R[:ALPHA]")
+                   help="initial-state, state-offset-h, state-offset-y, prefix:K, "
+                   "lora:R[:ALPHA] or full")
     p.add_argument("--corpus", required=True, help="corpus spec to adapt to")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", required=True, help="new directory for the adapter (never overwritten)")
@@ -220,7 +221,7 @@ def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="prune a trained run (unstructured or d_state)")
     p.add_argument("run", help="run directory or checkpoint directory")
     p.add_argument("--method", required=True,
-                   help="magnitude, wanda, dstate-magnitude or dstate-taylor1")
+                   help="magnitude, wanda, dstate-magnitude, dstate-taylor1 or dstate-taylor2")
     p.add_argument("--ratio", type=float, required=True, help="fraction pruned, in [0, 1)")
     p.add_argument("--calibration", type=int, default=32, help="calibration windows of T tokens")
     p.add_argument("--out", required=True, help="new run directory (never overwritten)")
@@ -242,6 +243,34 @@ def _run_prune(args) -> int:
               f"{x['loss']:.4f} [{x['loss_low']:.4f}, {x['loss_high']:.4f}], "
               f"{x['tokens_per_second']:,.0f} tokens/s")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _run_eval_reduce(args) -> int:
+    """``longssm eval RUN --reduce ...``: token reduction lives in ``adapt`` (eval may not import
+    it), so the command line calls it directly."""
+    from longssm.adapt import parse_reduce, reduce_eval
+    from longssm.dist import resolve_device
+    from longssm.eval.lengths import parse_lengths
+
+    if args.protocol != "reset":
+        raise ValueError("--reduce scores the reset protocol only (each window from zero state)")
+    if args.n_tokens < 1:
+        raise ValueError(f"--n-tokens must be >= 1, got {args.n_tokens}")
+    spec = parse_reduce(args.reduce, args.reduce_beyond)
+    out = args.out or os.path.join(args.run, "eval")
+    report, path = reduce_eval(args.run, spec, parse_lengths(args.lengths), out,
+                               corpus=args.corpus, split=args.split, n_tokens=args.n_tokens,
+                               name=args.name, force=args.force,
+                               device=resolve_device(args.device, "--device"),
+                               progress=not args.no_progress)
+    print(f"{'L':>7} {'kept':>6} {'plain (kept)':>26} {'reduced':>26} {'increase':>28}")
+    for r in report["records"]:
+        p, q = r["plain_at_kept"], r["reduced"]
+        print(f"{r['length']:>7} {r['kept_positions']:>6} {p['loss']:>8.4f} [{p['loss_low']:.4f}, "
+              f"{p['loss_high']:.4f}] {q['loss']:>8.4f} [{q['loss_low']:.4f}, {q['loss_high']:.4f}] "
+              f"{r['increase']:>+8.4f} [{r['increase_low']:+.4f}, {r['increase_high']:+.4f}]")
+    print(f"wrote {path}")
     return 0
 
 
@@ -415,6 +444,8 @@ def run_command(args, overrides: list[str]) -> int:
         return run_extend(args, overrides)
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    if args.command == "eval" and args.reduce is not None:
+        return _run_eval_reduce(args)
     if args.command == "eval":
         from longssm.eval.cli import run_eval
 

@@ -83,7 +83,7 @@ def test_magnitude_drops_smallest_per_matrix():
     np.testing.assert_array_equal(got.numpy(), np.where(np.abs(W.numpy()) >= threshold, W, 0))
 
 
-@pytest.mark.parametrize("method", ["dstate-magnitude", "dstate-taylor1"])
+@pytest.mark.parametrize("method", ["dstate-magnitude", "dstate-taylor1", "dstate-taylor2"])
 @pytest.mark.parametrize("d_conv", [0, 4])
 def test_dstate_pruning_equals_zeroed_rows_with_smaller_state(method, d_conv):
     model = mamba_model(d_conv=d_conv)
@@ -120,7 +120,8 @@ def test_dstate_magnitude_scores_are_bc_row_norms():
     assert kept_states([expected], 0.25)[0].tolist() == order.tolist()
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "dstate-magnitude", "dstate-taylor1"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "dstate-magnitude", "dstate-taylor1",
+                                    "dstate-taylor2"])
 def test_ratio_zero_is_identity(method):
     model = mamba_model()
     tokens = torch.randint(0, 13, (2, 11))
@@ -143,3 +144,37 @@ def test_dstate_needs_mamba():
                                          d_state=4))
     with pytest.raises(AdaptError, match="mamba models only"):
         prune_model(model, "dstate-magnitude", 0.5)
+
+
+def numpy_taylor_scores(model, calib, order):
+    """Independent Taylor scores: per-window gradients from plain ``.backward()`` on a copy, then
+    NumPy: g = mean g_i, F = mean g_i²; element importance |W g| (order 1) or |−g W + ½ F W²|
+    (order 2); state n scored by the mean over its B row plus the mean over its C row."""
+    grads = []
+    for row in calib:
+        m = copy.deepcopy(model)
+        logits, _ = m(row[None, :-1])
+        torch.nn.functional.cross_entropy(logits.transpose(1, 2), row[None, 1:]).backward()
+        grads.append([b.mixer.x_proj.weight.grad.numpy() for b in m.blocks])
+    scores = []
+    for i, block in enumerate(model.blocks):
+        W = block.mixer.x_proj.weight.detach().numpy()
+        G = np.stack([g[i] for g in grads])  # (windows, rows, cols)
+        g, F = G.mean(0), (G ** 2).mean(0)
+        E = np.abs(W * g) if order == 1 else np.abs(-g * W + 0.5 * F * W ** 2)
+        R, N = block.mixer.dt_rank, block.mixer.d_state
+        scores.append(E[R:R + N].mean(1) + E[R + N:R + 2 * N].mean(1))
+    return scores
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_taylor_scores_match_numpy(order):
+    model = mamba_model()
+    calib = torch.randint(0, 13, (3, 10))
+    got = dstate_scores(model, f"dstate-taylor{order}", calib)
+    want = numpy_taylor_scores(model, calib, order)
+    for g, w in zip(got, want):
+        assert_close(g, torch.from_numpy(w), name=f"taylor{order} scores")
+    if order == 2:  # the second-order term matters: taylor2 differs from taylor1
+        t1 = dstate_scores(model, "dstate-taylor1", calib)
+        assert any((a - b).abs().max() > 1e-8 for a, b in zip(got, t1))

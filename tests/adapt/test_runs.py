@@ -73,7 +73,7 @@ def test_adapter_on_another_shape_is_refused(base, capsys):
         load_adapted(out, base=same_shape)
 
 
-@pytest.mark.parametrize("method", ["wanda", "dstate-taylor1"])
+@pytest.mark.parametrize("method", ["wanda", "dstate-taylor2"])
 def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
     out = base / "pruned"
     code, stdout, err = run_cli(["prune", str(base / "base"), "--method", method, "--ratio", "0.5",
@@ -95,8 +95,12 @@ def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
 @pytest.mark.parametrize("args,message", [
     (["prune", "{base}", "--method", "wanda", "--ratio", "1.0", "--out", "{out}"], "[0, 1)"),
     (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
-    (["adapt", "{base}", "--method", "prefix:4", "--corpus", TARGET, "--out", "{out}"],
+    (["adapt", "{base}", "--method", "prefix", "--corpus", TARGET, "--out", "{out}"],
      "unknown adaptation method"),
+    (["adapt", "{base}", "--method", "prefix:x", "--corpus", TARGET, "--out", "{out}"],
+     "expected prefix:K"),
+    (["adapt", "{base}", "--method", "prefix:0", "--corpus", TARGET, "--out", "{out}"],
+     "K >= 1"),
     (["adapt", "{base}/missing", "--method", "initial-state", "--corpus", TARGET, "--out", "{out}"],
      "no such run"),
     (["adapt", "{base}", "--method", "initial-state", "--corpus", TARGET, "--steps", "0",
@@ -113,14 +117,15 @@ def test_bad_input_one_line_exit_2(base, capsys, args, message):
 
 def _adapt(base, capsys, method="state-offset-h", name="adapted"):
     out = base / name
+    lr = ["--lr", "1e-3"] if method == "full" else []
     code, _, err = run_cli(["adapt", str(base / "base"), "--method", method, "--corpus", TARGET,
                             "--steps", "3", "--out", str(out), "--eval-windows", "2",
-                            "--batch-size", "4", "--quiet"], capsys)
+                            "--batch-size", "4", "--quiet", *lr], capsys)
     assert code == 0, err
     return out
 
 
-@pytest.mark.parametrize("method", ["state-offset-h", "lora:2"])
+@pytest.mark.parametrize("method", ["state-offset-h", "lora:2", "prefix:3", "full"])
 def test_eval_and_generate_read_an_adapted_run(base, capsys, method):
     from longssm.eval.evaluate import load_split
     from longssm.eval.lengths import evaluate_lengths
@@ -170,3 +175,39 @@ def test_adapter_whose_base_changed_is_one_line_exit_2(base, capsys):
         assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
         assert "SHA-256 differs" in err
     assert not (out / "eval").exists()
+
+
+def test_eval_reduce_keep_one_is_plain_and_beyond_keeps_the_prefix(base, capsys):
+    run = str(base / "base")
+    common = ["--lengths", "32,48", "--n-tokens", "96", "--device", "cpu", "--no-progress"]
+    code, stdout, err = run_cli(["eval", run, "--reduce", "hybrid:1", *common], capsys)
+    assert code == 0, err
+    report = json.loads((base / "base" / "eval" / "reduce-hybrid-1.json").read_text())
+    for r in report["records"]:
+        assert r["kept_positions"] == r["length"]
+        assert r["reduced"]["loss"] == r["plain"]["loss"] == r["plain_at_kept"]["loss"]
+        assert r["increase"] == 0
+    code, stdout, err = run_cli(["eval", run, "--reduce", "evit:0.5:0,1", "--reduce-beyond", "16",
+                                 *common], capsys)
+    assert code == 0, err
+    path = base / "base" / "eval" / "reduce-evit-0.5.json"
+    report = json.loads(path.read_text())
+    assert [r["kept_positions"] for r in report["records"]] == [16 + 4, 16 + 8]  # halved twice past 16
+    assert report["records"][0]["increase_low"] <= report["records"][0]["increase"]
+    # the same again: one line, exit 2, the file untouched
+    before = path.read_bytes()
+    code, _, err = run_cli(["eval", run, "--reduce", "evit:0.5:0,1", "--reduce-beyond", "16",
+                            *common], capsys)
+    assert code == 2 and err.count("\n") == 1 and "exists" in err
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("spec,message", [("bogus:0.5", "unknown reduction method"),
+                                          ("evit:1.5", "(0, 1]"), ("evit", "METHOD:KEEP"),
+                                          ("evit:0.5:7", "outside")])
+def test_eval_reduce_bad_input(base, capsys, spec, message):
+    code, _, err = run_cli(["eval", str(base / "base"), "--reduce", spec, "--lengths", "32",
+                            "--n-tokens", "64", "--device", "cpu", "--no-progress"], capsys)
+    assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
+    assert message in err
+    assert not (base / "base" / "eval").exists()

@@ -26,6 +26,7 @@ from longssm.adapt.reduce import (
     reduced_forward,
     reduced_nll,
 )
+from longssm.adapt.reduce_eval import reduce_eval
 from longssm.adapt.score import paired_gain, position_gain, summarise, window_nll
 from longssm.adapt.tune import AdaptSettings, adapt_run
 from longssm.models.adapters import (
@@ -42,6 +43,7 @@ __all__ = [
     "parse_reduce",
     "reduced_forward",
     "reduced_nll",
+    "reduce_eval",
     "PRUNE_METHODS",
     "prune_model",
     "prune_run",

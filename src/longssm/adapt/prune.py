@@ -13,6 +13,10 @@ model with the dropped B/C rows zeroed (tested in float64). Importance of state 
     dstate-magnitude   Σ_j |W_B[n, j]| + |W_C[n, j]|
     dstate-taylor1     mean over the B/C row entries of |W ⊙ ∂L/∂W|, the gradient of the
                        calibration loss (first-order Taylor estimate of the loss change)
+    dstate-taylor2     mean over the B/C row entries of |−g W + ½ F W²|, the second-order Taylor
+                       estimate of the loss change when W → 0, with the Hessian diagonal
+                       approximated by the empirical Fisher F = mean_i g_i² over the calibration
+                       windows i (g = mean_i g_i, g_i the gradient of window i's mean loss)
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from longssm.adapt.errors import AdaptError
 from longssm.layers.mamba import Mamba
 
 UNSTRUCTURED = ("magnitude", "wanda")
-STRUCTURED = ("dstate-magnitude", "dstate-taylor1")
+STRUCTURED = ("dstate-magnitude", "dstate-taylor1", "dstate-taylor2")
 PRUNE_METHODS = UNSTRUCTURED + STRUCTURED
 
 
@@ -119,37 +123,42 @@ def bc_rows(layer: Mamba) -> tuple[slice, slice]:
     return slice(R, R + N), slice(R + N, R + 2 * N)
 
 
-def calibration_grads(model, calibration: torch.Tensor, batch_size: int = 8) -> list[torch.Tensor]:
-    """∂L/∂(x_proj.weight) of every Mamba layer, L the mean next-token loss of the calibration."""
+def calibration_grads(model, calibration: torch.Tensor) -> tuple[list, list]:
+    """Per Mamba layer, g = mean_i g_i and F = mean_i g_i² of ∂L_i/∂(x_proj.weight), L_i the mean
+    next-token loss of calibration window i (one backward pass per window)."""
     layers = mamba_layers(model)
     weights = [layer.x_proj.weight for layer in layers]
     flags = [w.requires_grad for w in weights]
     grads = [torch.zeros_like(w) for w in weights]
+    squares = [torch.zeros_like(w) for w in weights]
+    n = len(calibration)
     try:
         for w in weights:
             w.requires_grad_(True)
-        for i in range(0, len(calibration), batch_size):
-            rows = calibration[i : i + batch_size]
-            logits, _ = model(rows[:, :-1])
-            loss = F.cross_entropy(logits.transpose(1, 2), rows[:, 1:]) * len(rows) / len(calibration)
-            for g, gi in zip(grads, torch.autograd.grad(loss, weights)):
-                g += gi
+        for row in calibration:
+            logits, _ = model(row[None, :-1])
+            loss = F.cross_entropy(logits.transpose(1, 2), row[None, 1:])
+            for g, g2, gi in zip(grads, squares, torch.autograd.grad(loss, weights)):
+                g += gi / n
+                g2 += gi.square() / n
     finally:
         for w, flag in zip(weights, flags):
             w.requires_grad_(flag)
-    return grads
+    return grads, squares
 
 
 def dstate_scores(model, method: str, calibration=None) -> list[torch.Tensor]:
     """Importance (N,) of each state of each Mamba layer."""
     layers = mamba_layers(model)
-    if method == "dstate-taylor1":
-        grads = calibration_grads(model, calibration)
+    if method in ("dstate-taylor1", "dstate-taylor2"):
+        grads, fisher = calibration_grads(model, calibration)
     scores = []
     for i, layer in enumerate(layers):
         W = layer.x_proj.weight.detach()
         if method == "dstate-taylor1":
             W = W * grads[i]
+        elif method == "dstate-taylor2":
+            W = -grads[i] * W + 0.5 * fisher[i] * W.square()
         b, c = bc_rows(layer)
         scores.append((W[b].abs().mean(1) + W[c].abs().mean(1)).double().cpu())
     return scores
@@ -197,7 +206,7 @@ def prune_model(model, method: str, ratio: float, calibration: torch.Tensor | No
     """The pruned model (``model`` itself, masked in place, for unstructured methods; a new,
     smaller model for d_state methods) and a description of what was dropped."""
     check_prune(method, ratio)
-    if method in ("wanda", "dstate-taylor1") and calibration is None:
+    if method in ("wanda", "dstate-taylor1", "dstate-taylor2") and calibration is None:
         raise AdaptError(f"{method} needs calibration tokens")
     if method in UNSTRUCTURED:
         masks = unstructured_masks(model, method, ratio, calibration)

@@ -1,4 +1,5 @@
-"""``longssm adapt``: train only an adaptation method's tensors (state tuning, LoRA) of a trained run on a new corpus.
+"""``longssm adapt``: train only an adaptation method's tensors (state tuning, prefix, LoRA; or
+every parameter with ``full``) of a trained run on a new corpus.
 
     summary = adapt_run("runs/base", "state-offset-h", "../shared/corpora/austen", steps=200,
                         out="runs/base-austen-offh")
@@ -109,6 +110,7 @@ def adapt_run(run, method: str, corpus: str, out, settings: AdaptSettings | None
     train_tokens = target_corpus(meta, corpus, "train", model.cfg.vocab_size).tokens
     held_out = target_corpus(meta, corpus, "validation", model.cfg.vocab_size).tokens
     before = window_nll(model, held_out, eval_length, s.eval_windows)
+    base_parameters = sum(p.numel() for p in model.parameters())
     params = attach(model, method)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     start = time.perf_counter()
@@ -118,7 +120,7 @@ def adapt_run(run, method: str, corpus: str, out, settings: AdaptSettings | None
     summary = {
         "base": str(Path(ckpt).resolve()), "base_sha256": file_sha256(Path(ckpt) / "model.safetensors"),
         "method": method, "corpus": corpus, "trainable_parameters": n_trainable,
-        "base_parameters": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+        "base_parameters": base_parameters,
         "settings": {**asdict(s), "seq_len": seq_len, "eval_length": eval_length},
         "train_loss_first": losses[0], "train_loss_last": losses[-1], "seconds": seconds,
         "heldout_before": summarise(before), "heldout_after": summarise(after),

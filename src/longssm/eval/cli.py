@@ -59,6 +59,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled permutation")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--reduce", default=None, metavar="METHOD:KEEP[:LAYERS]",
+                        help="token reduction (random, evit, tome, hybrid) after blocks LAYERS "
+                        "(default 0); scores plain vs reduced at the kept positions "
+                        "(docs/adapt.md)")
+    parser.add_argument("--reduce-beyond", type=int, default=0, metavar="T",
+                        help="with --reduce: only positions >= T are candidates")
 
 
 def _positive(name: str, value) -> None:

@@ -24,6 +24,15 @@ LoRA (Hu et al. 2021), ``lora:R[:ALPHA]``: every Mamba layer's in_proj, x_proj a
 W x + (α/R)·B·A x with A (R, in) ~ Kaiming-uniform, B (out, R) = 0 (so a fresh adapter is bitwise
 the base model); α defaults to R.
 
+Prefix tuning (Li & Liang 2021, the paper's prefix baseline), ``prefix:K``: every layer learns K
+mixer inputs P_l (K, d_model), zero at the start (the prefix's activations at that layer, as in
+Li & Liang's deep prefix; for an SSM the prefix acts only through the state it leaves). A sequence
+started with ``state=None`` first runs the mixer over P_l and starts from the state that leaves:
+h_start = mixer(P_l).state, a restricted initial-state tuning. Works for every registered mixer.
+
+Full fine-tuning, ``full``: every parameter trains; the "adapter" is the whole weights file
+(``model.<parameter or buffer name>``), and a loaded one replaces the base's weights.
+
 A sequence given an explicit state (a carried one, or ``model.initial_state`` zeros) starts from
 it: only ``state=None`` means "the adapter's start".
 """
@@ -36,13 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state
+from longssm.layers.base import check_input, check_state, empty_sequence
 from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.layers.mamba import Mamba
+from longssm.layers.mamba2 import Mamba2, Mamba2State
 from longssm.layers.s4d import S4D, S4DState, complex_dtype_for
 from longssm.layers.s5 import S5, S5State
 from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re, s4d_conv
 from longssm.ops.selective_scan import resolve_path, selective_scan, selective_scan_step
+from longssm.ops.ssd import resolve_path as ssd_path
+from longssm.ops.ssd import ssd, ssd_step
 
 
 class AdaptError(ValueError):
@@ -159,6 +171,71 @@ class MambaStateAdapter(StateAdapter):
         return b.out_proj(y * F.silu(z)), b.STATE(ssm=h, conv=conv_state)
 
 
+class Mamba2StateAdapter(StateAdapter):
+    """State tuning of a ``Mamba2`` layer: h_0, h′ per head (nheads, headdim, d_state), y′ (d_inner,).
+
+    y_t = h_t C_t + D x_t + h′ C_t (head h reads the C_t of its group), before the gated RMSNorm,
+    as the offset of Mamba sits inside its gate.
+    """
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        b = self.base
+        return {"h0": (b.nheads, b.headdim, b.d_state), "h_offset": (b.nheads, b.headdim, b.d_state),
+                "y_offset": (b.d_inner,)}
+
+    def _offset(self, C: torch.Tensor) -> torch.Tensor | float:
+        """h′ C_t (..., H, P) from C (..., G, N), or y′ (H, P), or 0."""
+        b = self.base
+        if self.method == "state-offset-h":
+            C = C.repeat_interleave(b.nheads // b.ngroups, dim=-2)  # (..., H, N)
+            return torch.einsum("...hn,hpn->...hp", C, self.h_offset.to(C.dtype))
+        if self.method == "state-offset-y":
+            return self.y_offset.to(C.dtype).view(b.nheads, b.headdim)
+        return 0.0
+
+    def _split(self, xBC: torch.Tensor):
+        """x (..., H, P), B and C (..., G, N) of the convolved xBC (..., conv_dim)."""
+        b = self.base
+        xs, B, C = xBC.split([b.d_inner, b.ngroups * b.d_state, b.ngroups * b.d_state], dim=-1)
+        lead = xBC.shape[:-1]
+        return (xs.reshape(*lead, b.nheads, b.headdim), B.reshape(*lead, b.ngroups, b.d_state),
+                C.reshape(*lead, b.ngroups, b.d_state))
+
+    def forward(self, x: torch.Tensor, state=None):
+        """As ``Mamba2.forward`` (x (batch, T, d_model)), with the method applied."""
+        b = self.base
+        check_input(x, b.d_model)
+        state = self._start(state, x.shape[0], x)
+        if x.shape[1] == 0:
+            return empty_sequence(b, x, state)
+        batch, T, _ = x.shape
+        z, xBC, dt_raw = b.in_proj(x).split([b.d_inner, b.conv_dim, b.nheads], dim=-1)
+        xBC, conv_state = causal_conv(b.conv1d, xBC, None if state is None else state.conv)
+        xs, B, C = self._split(F.silu(xBC))  # (b, T, H, P), (b, T, G, N), (b, T, G, N)
+        h0 = None if state is None else state.ssm
+        y, h = ssd(xs, b._dt(dt_raw), -torch.exp(b.A_log), B, C, b.D, initial_state=h0,
+                   output_final_state=True, chunk_size=b.chunk_size,
+                   path=ssd_path(b.scan, xs, h0))  # (b, T, H, P), (b, H, P, N)
+        y = y + self._offset(C)
+        y = b.norm(y.reshape(batch, T, b.d_inner), z)  # (b, T, d_inner)
+        return b.out_proj(y), Mamba2State(h, conv_state)
+
+    def step(self, x_t: torch.Tensor, state):
+        """As ``Mamba2.step`` (x_t (batch, d_model)), with the method applied."""
+        b = self.base
+        check_input(x_t, b.d_model, name="x_t", ndim=2)
+        state = self._start(state, x_t.shape[0], x_t)
+        if state is None:
+            state = b.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
+        z, xBC, dt_raw = b.in_proj(x_t).split([b.d_inner, b.conv_dim, b.nheads], dim=-1)
+        xBC, conv_state = causal_conv_step(b.conv1d, xBC, state.conv)
+        xs, B, C = self._split(F.silu(xBC))  # (b, H, P), (b, G, N), (b, G, N)
+        y, h = ssd_step(xs, b._dt(dt_raw), -torch.exp(b.A_log), B, C, b.D, state=state.ssm)
+        y = y + self._offset(C)
+        y = b.norm(y.reshape(x_t.shape[0], b.d_inner), z)  # (b, d_inner)
+        return b.out_proj(y), Mamba2State(h, conv_state)
+
+
 class LTIStateAdapter(StateAdapter):
     """State tuning of an ``S4D`` or ``S5`` layer (complex diagonal, time-invariant C)."""
 
@@ -216,7 +293,8 @@ class LTIStateAdapter(StateAdapter):
         return y[:, 0], state
 
 
-ADAPTERS = {Mamba: MambaStateAdapter, S4D: LTIStateAdapter, S5: LTIStateAdapter}
+ADAPTERS = {Mamba: MambaStateAdapter, Mamba2: Mamba2StateAdapter, S4D: LTIStateAdapter,
+            S5: LTIStateAdapter}
 """Layer class -> its state adapter."""
 
 
@@ -230,7 +308,10 @@ def state_adapter(layer: nn.Module, method: str) -> StateAdapter:
 
 
 LORA_TARGETS = ("in_proj", "x_proj", "out_proj")
-"""The linears of a Mamba layer that ``lora:R`` adapts."""
+"""The linears that ``lora:R`` adapts (those a layer has: Mamba all three, Mamba-2 has no x_proj)."""
+
+LORA_LAYERS = {Mamba: ("in_proj", "x_proj", "out_proj"), Mamba2: ("in_proj", "out_proj")}
+"""Layer class -> the linears of it that ``lora:R`` adapts."""
 
 
 class LoRALinear(nn.Module):
@@ -256,6 +337,58 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
 
+class PrefixAdapter(nn.Module):
+    """A frozen trained mixer plus K learned inputs P (K, d_model) it reads before a fresh sequence.
+
+    ``forward(x, None)`` runs the mixer over P (broadcast over the batch) and then over x from the
+    state P left; an explicit state is used as given (the prefix only replaces the zero start).
+    """
+
+    def __init__(self, base: nn.Module, length: int):
+        super().__init__()
+        self.base, self.length = base, length
+        for p in base.parameters():
+            p.requires_grad_(False)
+        ref = next(base.parameters())
+        self.prefix = nn.Parameter(torch.zeros(length, base.d_model, dtype=ref.dtype,
+                                               device=ref.device))
+        self.d_model = base.d_model
+
+    def initial_state(self, batch_size: int, device=None, dtype=None):
+        """Zeros, as the base layer (the state protocol); ``state=None`` means the prefix's state."""
+        return self.base.initial_state(batch_size, device=device, dtype=dtype)
+
+    def prefix_state(self, batch: int, x: torch.Tensor):
+        """The state the mixer holds after reading P, for ``batch`` rows."""
+        prefix = self.prefix.to(x.dtype).expand(batch, -1, -1)  # (B, K, d_model)
+        return self.base(prefix)[1]
+
+    def forward(self, x: torch.Tensor, state=None):
+        """x (batch, T, d_model) -> (y, state), from the prefix's state when ``state`` is None."""
+        if state is None:
+            state = self.prefix_state(x.shape[0], x)
+        return self.base(x, state)
+
+    def step(self, x_t: torch.Tensor, state):
+        """One token (batch, d_model), from the prefix's state when ``state`` is None."""
+        if state is None:
+            state = self.prefix_state(x_t.shape[0], x_t)
+        return self.base.step(x_t, state)
+
+
+def prefix_spec(method: str) -> int | None:
+    """K of ``prefix:K``; None for another method; AdaptError when K is not an integer >= 1."""
+    if not method.startswith("prefix:"):
+        return None
+    try:
+        length = int(method.split(":", 1)[1])
+    except ValueError:
+        raise AdaptError(f"bad prefix method {method!r}: expected prefix:K") from None
+    if length < 1:
+        raise AdaptError(f"prefix tuning needs K >= 1, got {method!r}")
+    return length
+
+
 def lora_spec(method: str) -> tuple[int, float] | None:
     """(R, α) of ``lora:R[:ALPHA]`` (α defaults to R); None for another method; AdaptError when
     the numbers are bad."""
@@ -274,24 +407,29 @@ def lora_spec(method: str) -> tuple[int, float] | None:
     return rank, alpha
 
 
+FULL = "full"
+"""Full fine-tuning: every parameter trains (the adapter is the whole weights file)."""
+
+
 def check_method(method: str) -> str:
     """``method`` if it is a known adaptation method, else AdaptError."""
-    if method not in STATE_METHODS and lora_spec(method) is None:
+    if (method not in STATE_METHODS and method != FULL and lora_spec(method) is None
+            and prefix_spec(method) is None):
         raise AdaptError(f"unknown adaptation method {method!r}; expected one of "
-                         f"{', '.join(STATE_METHODS)} or lora:R[:ALPHA]")
+                         f"{', '.join(STATE_METHODS)}, prefix:K, lora:R[:ALPHA] or full")
     return method
 
 
 def _is_adapted(mixer: nn.Module) -> bool:
-    return isinstance(mixer, StateAdapter) or any(
+    return isinstance(mixer, (StateAdapter, PrefixAdapter)) or any(
         isinstance(getattr(mixer, name, None), LoRALinear) for name in LORA_TARGETS)
 
 
 def _attach_lora(mixer: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:
-    if type(mixer) is not Mamba:
-        raise AdaptError(f"LoRA supports Mamba layers, not {type(mixer).__name__}")
+    if type(mixer) not in LORA_LAYERS:
+        raise AdaptError(f"LoRA supports Mamba and Mamba-2 layers, not {type(mixer).__name__}")
     params = []
-    for name in LORA_TARGETS:
+    for name in LORA_LAYERS[type(mixer)]:
         wrapped = LoRALinear(getattr(mixer, name), rank, alpha)
         setattr(mixer, name, wrapped)
         params += [wrapped.lora_A, wrapped.lora_B]
@@ -302,15 +440,22 @@ def attach(model: nn.Module, method: str) -> list[nn.Parameter]:
     """Freeze every parameter of ``model`` and add the adapter of ``method`` to each block (in
     place): wrap the mixer (state tuning) or its linears (LoRA). Returns the trainable tensors."""
     check_method(method)
-    lora = lora_spec(method)
+    lora, prefix = lora_spec(method), prefix_spec(method)
+    if getattr(model, "adapter_method", None) is not None or any(
+            _is_adapted(block.mixer) for block in model.blocks):
+        raise AdaptError("this model already carries an adapter")
+    model.adapter_method = method
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(method == FULL)
+    if method == FULL:
+        return list(model.parameters())
     params = []
     for block in model.blocks:
-        if _is_adapted(block.mixer):
-            raise AdaptError("this model already carries an adapter")
         if lora is not None:
             params += _attach_lora(block.mixer, *lora)
+        elif prefix is not None:
+            block.mixer = PrefixAdapter(block.mixer, prefix)
+            params.append(block.mixer.prefix)
         else:
             block.mixer = state_adapter(block.mixer, method)
             params.append(block.mixer.tensor)
@@ -319,11 +464,17 @@ def attach(model: nn.Module, method: str) -> list[nn.Parameter]:
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors of an adapted model: ``blocks.{i}.{h0|h_offset|y_offset}`` or
-    ``blocks.{i}.{in_proj|x_proj|out_proj}.lora_{A|B}`` -> tensor."""
+    ``blocks.{i}.{in_proj|x_proj|out_proj}.lora_{A|B}`` or ``blocks.{i}.prefix`` -> tensor; for
+    full fine-tuning ``model.<name>`` of every parameter (tied ones once) and buffer."""
+    if getattr(model, "adapter_method", None) == FULL:
+        named = [*model.named_parameters(), *model.named_buffers()]
+        return {f"model.{name}": t for name, t in named}
     out = {}
     for i, block in enumerate(model.blocks):
         if isinstance(block.mixer, StateAdapter):
             out[f"blocks.{i}.{PARAM_OF[block.mixer.method]}"] = block.mixer.tensor
+        if isinstance(block.mixer, PrefixAdapter):
+            out[f"blocks.{i}.prefix"] = block.mixer.prefix
         for name in LORA_TARGETS:
             layer = getattr(block.mixer, name, None)
             if isinstance(layer, LoRALinear):
