@@ -467,20 +467,27 @@ def load_tokenizer(meta: dict, ckpt: str | os.PathLike):
         raise CheckpointError(f"checkpoint {ckpt} holds a damaged tokenizer: {message}") from exc
 
 
+def model_config_of(meta: dict, ckpt: str | os.PathLike):
+    """The ``ModelConfig`` of a checkpoint's (validated) meta; CheckpointError when invalid."""
+    from longssm.models import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(meta["config"]["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {ckpt} has an invalid model config: {exc}") from exc
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the trained model of a run or checkpoint, verified (``verify_checkpoint``).
 
     Returns ``(model, checkpoint_dir, meta)``; ``meta["config"]`` is the resolved run config
     (a mapping with ``model``, ``data`` and ``train`` tables) and ``meta["tokenizer"]`` the tokenizer.
     """
-    from longssm.models import ModelConfig, SSMLanguageModel
+    from longssm.models import SSMLanguageModel
 
     ckpt = resolve_checkpoint(path)
     meta = verify_checkpoint(ckpt)
-    try:
-        cfg = ModelConfig.from_dict(meta["config"]["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {ckpt} has an invalid model config: {exc}") from exc
+    cfg = model_config_of(meta, ckpt)
     dtype = getattr(torch, meta["config"].get("train", {}).get("dtype", "float32"))
     model = SSMLanguageModel(cfg).to(dtype=dtype)
     load_weights(model, ckpt)

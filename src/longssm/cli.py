@@ -52,9 +52,9 @@ def _add_train(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML or YAML run config (default: built-in defaults)")
     p.add_argument("--out", help="run directory (default: runs/<mixer>-<policy>-T<seq_len>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--init-from", default=None, metavar="DIR",
-                   help="start from a local Hugging Face Mamba/Mamba-2 directory (architecture and "
-                   "tokenizer from it)")
+    p.add_argument("--init-from", default=None, metavar="SRC",
+                   help="start from a longssm run or checkpoint, or a local Hugging Face "
+                   "Mamba/Mamba-2 directory (architecture, weights and tokenizer from it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

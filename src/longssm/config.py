@@ -91,8 +91,9 @@ class DataConfig:
     text_field: str = "text"
     """Text column of table corpora (.parquet, .jsonl/.json, .arrow, save_to_disk folders)."""
     tokenizer: str = "bytes"
-    """bytes (vocabulary 257), bpe:VOCAB (byte-level BPE trained locally on the train split) or
-    hf:PATH (a tokenizer.json, or a directory holding one, read with ``tokenizers``)."""
+    """bytes (vocabulary 257), bpe:VOCAB (byte-level BPE trained locally on the train split),
+    hf:PATH (a tokenizer.json, or a directory holding one, read with ``tokenizers``) or run:PATH
+    (the tokenizer stored in a longssm run's latest checkpoint; set by ``--init-from RUN``)."""
     seq_len: int = 32
     """Training segment length T."""
     batch_size: int = 16
@@ -111,9 +112,10 @@ class DataConfig:
         _non_negative(self, "tokens_per_step", "max_tokens")
         if not isinstance(self.corpus, str) or not self.corpus.strip():
             raise ConfigError("data.corpus must be a non-empty corpus spec")
-        if not re.fullmatch(r"bytes|bpe:[1-9][0-9]*|hf:.+", str(self.tokenizer)):
+        if not re.fullmatch(r"bytes|bpe:[1-9][0-9]*|hf:.+|run:.+", str(self.tokenizer)):
             raise ConfigError(
-                f"data.tokenizer must be 'bytes', 'bpe:VOCAB' or 'hf:PATH', got {self.tokenizer!r}"
+                "data.tokenizer must be 'bytes', 'bpe:VOCAB', 'hf:PATH' or 'run:PATH', got "
+                f"{self.tokenizer!r}"
             )
         if self.tokens_per_step and self.tokens_per_step < self.seq_len:
             raise ConfigError(
@@ -178,8 +180,9 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write TensorBoard event files under RUN/tb/ (needs the tensorboard package)."""
     init_from: str = ""
-    """Start from the weights of a local Hugging Face Mamba / Mamba-2 directory ('' = random
-    init); the model table is then that directory's architecture (``longssm train --init-from``)."""
+    """Start from the weights of a longssm run or checkpoint, or of a local Hugging Face Mamba /
+    Mamba-2 directory ('' = random init); the model table is then that source's architecture
+    (``longssm train --init-from``)."""
 
     def __post_init__(self) -> None:
         parse_policy(self.policy)

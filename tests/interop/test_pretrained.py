@@ -162,7 +162,7 @@ def _llama_dir(path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing", "no such Hugging Face checkpoint directory"),
+        ("missing", "no such run or checkpoint (nor Hugging Face directory)"),
         ("llama", "holds a 'llama' model"),
         ("contradiction", "--model.d_model=32 contradicts"),
         ("tokenizer-too-big", "the tokenizer has 290 ids but the model"),

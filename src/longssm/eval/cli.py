@@ -7,7 +7,8 @@ Argument parsing and one call each: ``eval`` loads the model
 (``longssm.interop.pretrained.load_source``: a run, a checkpoint, a Hugging Face Mamba directory
 or an adapted run) and calls ``longssm.eval.evaluate.evaluate_run``, which scores the held-out split with 95%
 intervals, classifies each protocol's curve and writes ``results-<checkpoint>.json`` and ``.csv``
-into ``--out`` (default ``<run>/eval/``), never replacing an existing file unless ``--force``. Bad
+into ``--out`` (default ``<run>/eval/``), never replacing an existing file unless ``--force``
+(``--tensorboard``: also the curves as TensorBoard scalars, ``longssm.eval.tensorboard``). Bad
 input raises ``EvalError`` (a ``ValueError``) with a one-line message; the top-level CLI maps it
 to exit code 2.
 """
@@ -65,6 +66,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "(docs/adapt.md)")
     parser.add_argument("--reduce-beyond", type=int, default=0, metavar="T",
                         help="with --reduce: only positions >= T are candidates")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the length curves as TensorBoard scalars under "
+                        "RUN/tb/eval/<name> (with --out: OUT/tb/<name>)")
 
 
 def _positive(name: str, value) -> None:
@@ -113,6 +117,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise EvalError("--out must name a folder, got an empty string")
     if not Path(args.run).exists():
         raise EvalError(f"no such run or checkpoint: {args.run}")
+    if args.tensorboard:
+        from longssm.eval.tensorboard import check_tensorboard
+
+        check_tensorboard()
     settings = EvalSettings(
         lengths, protocols, split=args.split, n_tokens=args.n_tokens, batch_size=args.batch_size,
         chunk_size=args.chunk_size, seed=args.seed, confidence=args.confidence,
@@ -127,8 +135,10 @@ def run_eval(args: argparse.Namespace) -> int:
         model, ckpt, meta = load_source(args.run, device=device)
         _use_corpus(meta, args.corpus, ckpt)
         out = Path(args.out) if args.out else run_dir_of(ckpt) / "eval"
+        tb = (Path(args.out) / "tb" if args.out else run_dir_of(ckpt) / "tb" / "eval")
         results, paths = evaluate_run(model, ckpt, meta, settings, out,
-                                      args.name or f"results-{ckpt.name}", args.force, ctx)
+                                      args.name or f"results-{ckpt.name}", args.force, ctx,
+                                      tensorboard=tb if args.tensorboard else None)
     except BaseException:
         if ctx is not None:
             ctx.close(sync=False)
@@ -147,6 +157,8 @@ def run_eval(args: argparse.Namespace) -> int:
         pairs = ", ".join(f"t={t}: {v:.3f}" for t, v in zip(effrem["t"], effrem["effrem"]))
         print(f"EffRem_T={effrem['length']}: {pairs}")
     print(f"wrote {paths[0]} and {paths[1]}")
+    if results.get("tensorboard"):
+        print(f"wrote TensorBoard scalars to {results['tensorboard']}")
     return 0
 
 

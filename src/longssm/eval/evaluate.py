@@ -21,7 +21,7 @@ from longssm.eval.errors import EvalError
 from longssm.eval.intervals import DEFAULT_CONFIDENCE, half_width
 from longssm.eval.lengths import evaluate_lengths, evaluate_lengths_sharded
 from longssm.eval.positions import position_curve
-from longssm.eval.results import make_results, records_of, save_results
+from longssm.eval.results import free_stem, make_results, records_of, save_results
 
 
 @dataclass
@@ -99,6 +99,7 @@ def evaluate_run(
     force: bool = False,
     ctx: DistContext | None = None,
     run_name: str | None = None,
+    tensorboard: Path | None = None,
 ) -> tuple[dict, tuple[Path, Path] | None]:
     """Score, classify and (with ``out_dir``) save; see the module docstring.
 
@@ -111,6 +112,8 @@ def evaluate_run(
         ctx: a ``DistContext`` with world_size > 1 to spread the (protocol, L) pairs over ranks;
             only rank 0 then classifies and writes (the others return ``({}, None)``).
         run_name: the run's name in the results (default: the run directory's name).
+        tensorboard: also write the length curves as TensorBoard scalars into
+            ``tensorboard/<stem>`` (``longssm.eval.tensorboard``; needs ``out_dir``).
 
     Returns:
         (results document, (json path, csv path) or None).
@@ -154,8 +157,23 @@ def evaluate_run(
         policy=config.get("train", {}).get("policy"), settings=recorded,
         classification=classification, positions=positions, effrem=effrem,
     )
-    paths = save_results(results, out_dir, name, force) if out_dir is not None else None
+    paths = _save(results, out_dir, name, force, tensorboard) if out_dir is not None else None
     return results, paths
+
+
+def _save(results: dict, out_dir: Path, name: str, force: bool, tensorboard: Path | None):
+    """``save_results``; with ``tensorboard`` the curves too, in a folder named like the files
+    (its path is recorded in the results as ``tensorboard``)."""
+    if tensorboard is None:
+        return save_results(results, out_dir, name, force)
+    from longssm.eval.tensorboard import curves_dir, write_length_curves
+
+    stem = free_stem(Path(out_dir), name, force).name
+    directory = curves_dir(Path(tensorboard), stem, force)
+    results["tensorboard"] = str(directory)
+    paths = save_results(results, out_dir, name, force)
+    write_length_curves(results, directory, describe_verdict)
+    return paths
 
 
 def format_loss(record: dict, digits: int = 4) -> str:

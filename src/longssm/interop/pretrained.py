@@ -6,11 +6,19 @@ A Hugging Face directory is what ``save_pretrained`` writes for ``MambaForCausal
 ``tokenizer.json`` (+ ``tokenizer_config.json`` naming its ``eos_token``). It is read from disk
 only; nothing is ever downloaded, and pickled ``pytorch_model.bin`` weights are refused.
 
+    source_kind(path)                 -> "run" | "hf" | "adapter" (one-line error: neither)
     load_source(path)                 -> (model, path, meta) for ``eval``/``generate``, any kind
                                          (a run, an adapted run ``adapter.json``, an HF directory)
-    pretrained_run_config(cfg, overrides, DIR) -> the RunConfig of ``train --init-from DIR``
-    load_pretrained_weights(model, DIR)   copy DIR's weights into a model built from that config
+    source_model_config(SRC)          -> the ModelConfig of a run/checkpoint or an HF directory
+    source_tokenizer(SRC)             -> its tokenizer (``data.tokenizer = run:SRC`` reads it)
+    pretrained_run_config(cfg, overrides, SRC) -> the RunConfig of ``train --init-from SRC``
+    load_pretrained_weights(model, SRC)   copy SRC's weights into a model built from that config
     export_hf(run, out)               a run's model as an HF directory transformers loads
+
+``--init-from SRC`` takes a longssm run or checkpoint as well as an HF directory: the same
+functions serve both kinds, dispatching on ``source_kind``. A run's weights are read from its
+latest checkpoint's ``model.safetensors`` after ``checkpoint.verify_checkpoint`` (schema and
+SHA-256 of every file); nothing is unpickled.
 
 ``meta`` of an HF directory mimics a checkpoint's: ``config`` (``model`` from ``config.json``;
 ``data``/``train`` from ``longssm.json`` when the directory was written by ``export_hf``, else
@@ -115,6 +123,15 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def load_pretrained_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
+    """Copy the weights of model source ``path`` (a longssm run or checkpoint, or an HF directory)
+    into ``model``, built from ``source_model_config(path)``."""
+    if _init_kind(path) == "hf":
+        load_hf_weights(model, path)
+    else:
+        ckpt_io.load_weights(model, _run_checkpoint(path)[0])
+
+
+def load_hf_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
     """Copy the weights of HF directory ``path`` into ``model`` (built from its config)."""
     from longssm.interop.hf_mamba import state_dict_from_hf_mamba
     from longssm.interop.hf_mamba2 import state_dict_from_hf_mamba2
@@ -169,7 +186,7 @@ def load_hf_dir(path: str | os.PathLike, device: str | torch.device = "cpu"):
     path = Path(path)
     cfg = hf_model_config(path)
     model = SSMLanguageModel(cfg)
-    load_pretrained_weights(model, path)
+    load_hf_weights(model, path)
     side = _sidecar(path)
     config = side.get("config") if isinstance(side.get("config"), dict) else {}
     meta = {
@@ -185,27 +202,84 @@ def load_hf_dir(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return model.to(device).eval(), path, meta
 
 
-def load_source(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """``(model, directory, meta)`` of a longssm run/checkpoint, an adapted run (base + adapter,
-    ``longssm adapt --out``; ``meta["adapter"]`` describes it) or a local HF directory."""
+def source_kind(path: str | os.PathLike) -> str:
+    """``"hf"`` (a local HF directory), ``"adapter"`` (an adapted run) or ``"run"`` (a longssm run
+    or checkpoint directory); CheckpointError (one line) for a missing path or anything else."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no such run or checkpoint (nor Hugging Face directory): {p}")
     if is_hf_dir(p):
-        return load_hf_dir(p, device)
+        return "hf"
     if is_adapter_dir(p):
-        return load_adapted_source(p, device)
+        return "adapter"
     if p.is_dir() and not (p / "meta.json").exists() and not (p / "checkpoints").is_dir():
         raise CheckpointError(
             f"{p} is neither a longssm run or checkpoint (checkpoints/ckpt-*, meta.json) nor a "
             "Hugging Face Mamba directory (config.json + model.safetensors)"
         )
-    return ckpt_io.load_model(p, device=device)
+    return "run"
+
+
+def load_source(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model, directory, meta)`` of a longssm run/checkpoint, an adapted run (base + adapter,
+    ``longssm adapt --out``; ``meta["adapter"]`` describes it) or a local HF directory."""
+    kind = source_kind(path)
+    if kind == "hf":
+        return load_hf_dir(path, device)
+    if kind == "adapter":
+        return load_adapted_source(path, device)
+    return ckpt_io.load_model(path, device=device)
+
+
+def _init_kind(path: str | os.PathLike) -> str:
+    """``source_kind`` of an ``--init-from`` source; an adapted run is refused (one line)."""
+    kind = source_kind(path)
+    if kind == "adapter":
+        raise ConfigError(
+            f"{path} is an adapted run (base + adapter); --init-from takes a longssm run or "
+            "checkpoint or a Hugging Face Mamba directory"
+        )
+    return kind
+
+
+def _run_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
+    """The latest checkpoint of run ``path`` (or the checkpoint itself) and its verified meta."""
+    ckpt = ckpt_io.resolve_checkpoint(path)
+    return ckpt, ckpt_io.verify_checkpoint(ckpt)
+
+
+def source_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The architecture of model source ``path``: an HF directory's ``config.json`` or the
+    ``model`` table of a run's (verified) latest checkpoint."""
+    if _init_kind(path) == "hf":
+        return hf_model_config(path)
+    ckpt, meta = _run_checkpoint(path)
+    return ckpt_io.model_config_of(meta, ckpt)
+
+
+def source_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer of model source ``path``: a run's stored one (its latest checkpoint's), an HF
+    directory's ``tokenizer.json`` (or an export's own); ConfigError when it has none."""
+    if _init_kind(path) == "hf":
+        tokenizer = hf_tokenizer(path)
+        if tokenizer is None:
+            raise ConfigError(f"{path} has no tokenizer.json; give --data.tokenizer")
+        return tokenizer
+    ckpt, meta = _run_checkpoint(path)
+    return ckpt_io.load_tokenizer(meta, ckpt)
 
 
 def tokenizer_spec(path: str | os.PathLike) -> str | None:
-    """The ``data.tokenizer`` spec of HF directory ``path``'s own tokenizer (None: it has none)."""
+    """The ``data.tokenizer`` spec of model source ``path``'s own tokenizer (None: it has none):
+    ``bytes`` for a byte tokenizer, ``hf:DIR`` for an HF directory's tokenizer.json, ``run:RUN``
+    for the tokenizer stored in a run's checkpoint (BPE or HF; it is not retrained)."""
     path = Path(path)
+    if _init_kind(path) == "run":
+        ckpt, meta = _run_checkpoint(path)
+        saved = meta.get("tokenizer")
+        if not isinstance(saved, dict):
+            return None
+        return "bytes" if saved.get("kind") == "byte" else f"run:{path}"
     saved = _sidecar(path).get("tokenizer")
     if isinstance(saved, dict) and saved.get("kind") == "byte":
         return "bytes"
@@ -215,13 +289,15 @@ def tokenizer_spec(path: str | os.PathLike) -> str | None:
 
 
 def apply_init_from(raw: dict, init_from: str | os.PathLike) -> dict:
-    """A raw run config (file + overrides) started from HF directory ``init_from``.
+    """A raw run config (file + overrides) started from model source ``init_from`` (a longssm run
+    or checkpoint, or an HF directory).
 
-    The model table becomes the directory's architecture; a given ``model.*`` value that differs
-    is a ConfigError naming both values. ``data.tokenizer`` defaults to the directory's own.
+    The model table becomes the source's architecture; a given ``model.*`` value that differs
+    is a ConfigError naming both values. ``data.tokenizer`` defaults to the source's own.
     """
     path = Path(init_from)
-    theirs = hf_model_config(path).to_dict()
+    theirs = source_model_config(path).to_dict()
+    where = f"{path}/config.json" if source_kind(path) == "hf" else f"the model of run {path}"
     given = raw.get("model", {}) if isinstance(raw.get("model", {}), dict) else {}
     for key, value in given.items():
         if key not in theirs:
@@ -231,12 +307,12 @@ def apply_init_from(raw: dict, init_from: str | os.PathLike) -> dict:
             if bad:
                 k = next(iter(bad))
                 raise ConfigError(
-                    f"--model.mixer_options {k}={bad[k]!r} contradicts {path}/config.json "
+                    f"--model.mixer_options {k}={bad[k]!r} contradicts {where} "
                     f"({k}={theirs[key].get(k)!r}); the architecture comes from --init-from"
                 )
         elif value != theirs[key]:
             raise ConfigError(
-                f"--model.{key}={value!r} contradicts {path}/config.json ({key}={theirs[key]!r}); "
+                f"--model.{key}={value!r} contradicts {where} ({key}={theirs[key]!r}); "
                 "the architecture comes from --init-from"
             )
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
@@ -251,7 +327,8 @@ def apply_init_from(raw: dict, init_from: str | os.PathLike) -> dict:
 
 def pretrained_run_config(config: str | None, overrides: list[str],
                           init_from: str | os.PathLike) -> RunConfig:  # fmt: skip
-    """The RunConfig of ``longssm train [CONFIG] --init-from DIR [overrides]``."""
+    """The RunConfig of ``longssm train [CONFIG] --init-from SRC [overrides]`` (SRC a longssm run
+    or checkpoint, or an HF directory)."""
     raw = apply_overrides(read_config_file(config) if config else {}, overrides)
     return RunConfig.from_dict(apply_init_from(raw, init_from))
 

@@ -33,7 +33,7 @@ from longssm.config import ConfigError, DataConfig, RunConfig
 from longssm.data import ContiguousStreams, load_corpus
 from longssm.data.tokenizers import ByteTokenizer
 from longssm.dist import DistContext, env_world, init_distributed, owned_streams, wrap_model
-from longssm.interop.pretrained import load_pretrained_weights
+from longssm.interop.pretrained import load_pretrained_weights, source_tokenizer
 from longssm.models import SSMLanguageModel
 from longssm.models.state import ModelState, flatten_state, unflatten_state
 from longssm.train.distributed import ShardedPolicy
@@ -256,7 +256,7 @@ def check_vocab_fits(vocab_size: int, embedding_rows: int, source: str) -> None:
     if vocab_size > embedding_rows:
         raise ConfigError(
             f"the tokenizer has {vocab_size} ids but the model of {source} embeds {embedding_rows}; "
-            "give a data.tokenizer that fits (default: the tokenizer.json of --init-from)"
+            "give a data.tokenizer that fits (default: the tokenizer of --init-from)"
         )
 
 
@@ -432,10 +432,12 @@ def _check_resume_config(saved: dict, cfg: RunConfig, source: Path) -> None:
 
 
 def build_tokenizer(spec: str, corpus: str, cache_dir: str | None, text_field: str = "text"):
-    """The run's tokenizer: bytes, a tokenizer.json (``hf:PATH``), or a byte-level BPE trained
-    locally on the training split."""
+    """The run's tokenizer: bytes, a tokenizer.json (``hf:PATH``), the tokenizer stored in a run's
+    checkpoint (``run:PATH``), or a byte-level BPE trained locally on the training split."""
     if spec == "bytes":
         return ByteTokenizer()
+    if spec.startswith("run:"):
+        return source_tokenizer(spec[4:])
     if spec.startswith("hf:"):
         from longssm.data import HFTokenizer
 

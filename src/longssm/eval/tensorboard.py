@@ -1,0 +1,70 @@
+"""The length curves of ``longssm eval --tensorboard`` as TensorBoard scalars.
+
+One TensorBoard run per results file, in ``BASE/<stem>`` (``stem`` the results file's stem, e.g.
+``results-ckpt-00000300`` or the ``--name``; ``BASE`` is ``RUN/tb/eval`` by default, so
+``tensorboard --logdir RUN/tb`` shows the training curves and the evaluations together, and
+``OUT/tb`` with ``--out OUT``, so several models evaluated into one folder overlay). The x-axis
+(TensorBoard's step) is the evaluation length L:
+
+    eval/<protocol>/loss            mean loss in nats per token at L
+    eval/<protocol>/loss_low        lower end of its interval (``settings.confidence``, 95%)
+    eval/<protocol>/loss_high       upper end
+    eval/<protocol>/bits_per_byte
+    eval/<protocol>/verdict         (text) the Definition 2.1 verdict and its evidence
+
+The JSON/CSV stay the data; this is a view of them. Needs the ``tensorboard`` package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from longssm.eval.errors import EvalError
+
+INSTALL_HINT = "--tensorboard needs the tensorboard package: pip install 'longssm[tensorboard]'"
+EVENTS = "events.out.tfevents.*"
+SCALARS = ("loss", "loss_low", "loss_high", "bits_per_byte")
+
+
+def check_tensorboard() -> None:
+    """EvalError (one line) when TensorBoard event files cannot be written."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise EvalError(INSTALL_HINT) from None
+
+
+def curves_dir(base: Path, stem: str, force: bool = False) -> Path:
+    """``base/stem``, or the first ``base/stem-2``, ``-3``, ... holding no event files; with
+    ``force`` the event files of ``base/stem`` are removed instead (like the results files)."""
+    directory = base / stem
+    if force:
+        for old in directory.glob(EVENTS):
+            old.unlink()
+        return directory
+    i = 2
+    while any(directory.glob(EVENTS)):
+        directory = base / f"{stem}-{i}"
+        i += 1
+    return directory
+
+
+def write_length_curves(results: dict, directory: Path, describe=None) -> Path:
+    """Write the records of one results document as scalars into ``directory``; with
+    ``describe`` (verdict -> one line, ``evaluate.describe_verdict``) the verdicts as text."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(directory))
+    try:
+        for record in sorted(results["records"], key=lambda r: (r["protocol"], r["length"])):
+            for key in SCALARS:
+                if record.get(key) is not None:
+                    writer.add_scalar(f"eval/{record['protocol']}/{key}", float(record[key]),
+                                      int(record["length"]))  # fmt: skip
+        for protocol, verdict in results.get("classification", {}).items():
+            if verdict and describe is not None:
+                writer.add_text(f"eval/{protocol}/verdict", describe(verdict))
+    finally:
+        writer.close()
+    return directory
