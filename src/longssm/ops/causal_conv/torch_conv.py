@@ -31,6 +31,8 @@ def causal_conv_torch(
         if initial_state is None
         else initial_state.to(dtype)
     )
+    if T == 0:
+        return x.new_zeros(batch, 0, channels), (prev if output_final_state else None)
     window = torch.cat([prev, x.to(dtype).transpose(1, 2)], dim=-1)  # (B, C, K-1+T)
     b = None if bias is None else bias.to(dtype)
     v = F.conv1d(window, weight.to(dtype)[:, None, :], b, groups=channels)  # (B, C, T)
