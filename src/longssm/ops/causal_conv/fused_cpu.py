@@ -6,7 +6,8 @@ plus the kernels' channels-last copies wT (K, C) and hist (batch, K-1, C).
 The forward writes y_t = act(b + Σ_k w_k ⊙ u_{t-K+1+k}) row by row, parallel over (batch row,
 block of 32 steps); the backward recomputes v_t where the SiLU needs it and writes ∂L/∂x, ∂L/∂hist
 and per-task partial sums of ∂L/∂w, ∂L/∂b (reduced here in float64). The final state (the last K-1
-inputs) is a slice of the inputs taken in torch, so autograd carries its gradient. Derivation and
+inputs) is copied out in the forward; its gradient is added to the last rows of ∂L/∂x (and to
+∂L/∂history when T < K-1) in the backward, without a (batch, T, C) zero tensor. Derivation and
 timings in README.md.
 
 The kernels live in ``_fused_kernels.py``, imported (with numba) on the first call; numba compiles
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import compute_dtype, numba_available, numpy_view
-from longssm.ops.causal_conv.naive import check_conv_inputs, new_history
+from longssm.ops.causal_conv.naive import check_conv_inputs
 
 
 def _kernels():
@@ -40,15 +41,18 @@ class _FusedConv(torch.autograd.Function):
         _kernels().conv_forward(*(numpy_view(t) for t in (x, wT, bias, hist, y)), silu)
         ctx.silu = silu
         ctx.save_for_backward(x, wT, bias, hist)
-        return y
+        width = hist.shape[1]
+        window_end = torch.cat([hist, x[:, max(x.shape[1] - width, 0) :]], dim=1)  # (B, <2K-2, C)
+        final = window_end[:, window_end.shape[1] - width :]  # (B, K-1, C)
+        return y, final.transpose(1, 2).contiguous()  # (B, T, C), (B, C, K-1)
 
     @staticmethod
-    def backward(ctx, gy):
+    def backward(ctx, gy, gh):
         kern = _kernels()
         x, wT, bias, hist = ctx.saved_tensors
         batch, T, _ = x.shape
         n_tasks = batch * -(-T // kern.ROWS)
-        gy = gy.to(x.dtype).contiguous()
+        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
         dx = torch.empty_like(x)  # (B, T, C)
         dhist = torch.empty_like(hist)  # (B, K-1, C)
         dw_part = torch.empty(n_tasks, *wT.shape, dtype=x.dtype)  # (tasks, K, C)
@@ -58,6 +62,13 @@ class _FusedConv(torch.autograd.Function):
             ctx.silu,
             *(numpy_view(t) for t in (dx, dhist, dw_part, db_part)),
         )
+        if gh is not None:
+            # the final state is inputs T-K+1 .. T-1 of [history, x]: its first max(K-1-T, 0)
+            # columns are history columns T.., the rest the last inputs of x
+            ghT = gh.to(x.dtype).transpose(1, 2)  # (B, K-1, C)
+            split = max(hist.shape[1] - T, 0)
+            dhist[:, T : T + split] += ghT[:, :split]
+            dx[:, T - hist.shape[1] + split :] += ghT[:, split:]
         dwT = dw_part.sum(0, dtype=torch.float64).to(x.dtype)  # (K, C)
         db = db_part.sum(0, dtype=torch.float64).to(x.dtype)  # (C,)
         return dx, dwT, db, dhist, None
@@ -92,16 +103,14 @@ def causal_conv_fused(
         if initial_state is None
         else initial_state.to(dtype)
     )  # (B, C, K-1)
-    u = x.to(dtype)
-    final = new_history(u, hist) if output_final_state else None
     if T == 0:
-        return x.new_zeros(batch, 0, channels), final
+        return x.new_zeros(batch, 0, channels), (hist if output_final_state else None)
     b = x.new_zeros(channels, dtype=dtype) if bias is None else bias.to(dtype)
-    y = _FusedConv.apply(
-        u.contiguous(),
+    y, final = _FusedConv.apply(
+        x.to(dtype).contiguous(),
         weight.to(dtype).t().contiguous(),  # (K, C)
         b.contiguous(),
         hist.transpose(1, 2).contiguous(),  # (B, K-1, C)
         activation == "silu",
     )
-    return y.to(x.dtype), final
+    return y.to(x.dtype), (final if output_final_state else None)
