@@ -165,3 +165,24 @@ def test_auto_path_and_unavailable_fused(monkeypatch):
     assert conv_module.resolve_path("auto", x) == "torch"
     with pytest.raises(ValueError, match="numba is not installed"):
         causal_conv(x, torch.zeros(4, 2), path="fused")
+
+
+@needs_numba
+def test_fused_runs_on_its_thread_count_and_restores_the_callers():
+    import numba
+
+    from longssm.ops.causal_conv import fused_cpu
+
+    inp = make_inputs(2, 40, 5, 4)
+    before = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    try:
+        y, _ = run(causal_conv_fused, inp, "silu")
+        y.sum().backward()
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+        seen = []
+        with fused_cpu._numba_threads(fused_cpu.THREADS):
+            seen.append(numba.get_num_threads())
+        assert seen == [min(fused_cpu.THREADS, numba.config.NUMBA_NUM_THREADS)]
+    finally:
+        numba.set_num_threads(before)

@@ -18,10 +18,34 @@ back to the torch form on other devices or without numba.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from longssm.ops._common import compute_dtype, numba_available, numpy_view
 from longssm.ops.causal_conv.naive import check_conv_inputs
+
+
+# numba threads of the conv kernels (at most the caller's setting). The convolution is a few
+# FMAs per element, memory-bound and a few milliseconds long at training sizes: on the 2-core
+# machine, 2 threads lost to 1 at (64, 32, 256, K=4) fwd+bwd (12.3 ms vs 1.7 ms, best of 7, load
+# about 3) and won only the best-of-7 at (16, 256, 512, 4) (4.9 vs 7.4 ms) with a worse median
+# (14.4 vs 8.2 ms): a second worker waits for a core that torch or another process holds.
+# One thread also leaves no numba workers spinning beside torch's pool. README.md, "Threads".
+THREADS = 1
+
+
+@contextmanager
+def _numba_threads(n: int):
+    """Run the block with at most ``n`` numba threads, then restore the caller's setting."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, before)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _kernels():
@@ -38,7 +62,8 @@ class _FusedConv(torch.autograd.Function):
     def forward(ctx, x, wT, bias, hist, silu):
         # x: (B, T, C); wT: (K, C); bias: (C,); hist: (B, K-1, C)
         y = torch.empty_like(x)  # (B, T, C)
-        _kernels().conv_forward(*(numpy_view(t) for t in (x, wT, bias, hist, y)), silu)
+        with _numba_threads(THREADS):
+            _kernels().conv_forward(*(numpy_view(t) for t in (x, wT, bias, hist, y)), silu)
         ctx.silu = silu
         ctx.save_for_backward(x, wT, bias, hist)
         width = hist.shape[1]
@@ -57,11 +82,12 @@ class _FusedConv(torch.autograd.Function):
         dhist = torch.empty_like(hist)  # (B, K-1, C)
         dw_part = torch.empty(n_tasks, *wT.shape, dtype=x.dtype)  # (tasks, K, C)
         db_part = torch.empty(n_tasks, wT.shape[1], dtype=x.dtype)  # (tasks, C)
-        kern.conv_backward(
-            *(numpy_view(t) for t in (x, wT, bias, hist, gy)),
-            ctx.silu,
-            *(numpy_view(t) for t in (dx, dhist, dw_part, db_part)),
-        )
+        with _numba_threads(THREADS):
+            kern.conv_backward(
+                *(numpy_view(t) for t in (x, wT, bias, hist, gy)),
+                ctx.silu,
+                *(numpy_view(t) for t in (dx, dhist, dw_part, db_part)),
+            )
         if gh is not None:
             # the final state is inputs T-K+1 .. T-1 of [history, x]: its first max(K-1-T, 0)
             # columns are history columns T.., the rest the last inputs of x
