@@ -7,7 +7,7 @@ Glossary (symbol -> code name, shape; one task = one batch row b and a block of 
     u_t (input)                        x              (batch, T, C)
     w_k (taps, transposed)             wT             (K, C)
     b (bias; zeros when absent)        bias           (C,)
-    u_{1-K} .. u_0 (history, transposed)  hist        (batch, K-1, C)
+    u_{2-K} .. u_0 (history, transposed)  hist        (batch, K-1, C)
     v_t (pre-activation), y_t          y              (batch, T, C)
     g_t = ∂L/∂v_t                      g              (ROWS + K-1, C) per task
     ∂L/∂w, ∂L/∂b per task              dw_part, db_part  (n_tasks, K, C), (n_tasks, C)

@@ -4,7 +4,7 @@ Glossary (symbol -> code name, shape):
     u_t      input at step t                        x[:, t]          (batch, C)
     w_k      tap k of each channel's kernel         weight[:, k]     (C, K), k = 0 .. K-1
     b        bias                                   bias             (C,) or None (zero)
-    u_{1-K} .. u_0   the K-1 inputs before the segment (oldest first)
+    u_{2-K} .. u_0   the K-1 inputs before the segment (oldest first)
                                                     initial_state    (batch, C, K-1) or None (zeros)
     v_t      output before the activation           (batch, C)
     y_t      output: v_t, or silu(v_t)               y[:, t]          (batch, C)
