@@ -80,9 +80,15 @@ def measure(repeats: int) -> list[dict]:
         for (op, form, threads), ts in times.items():
             q = statistics.quantiles(ts, n=4)
             rows.append(
-                dict(shape=list(shape), op=op, form=form, numba_threads=threads,
-                     best_ms=min(ts) * 1e3, median_ms=statistics.median(ts) * 1e3,
-                     iqr_ms=[q[0] * 1e3, q[2] * 1e3])
+                dict(
+                    shape=list(shape),
+                    op=op,
+                    form=form,
+                    numba_threads=threads,
+                    best_ms=min(ts) * 1e3,
+                    median_ms=statistics.median(ts) * 1e3,
+                    iqr_ms=[q[0] * 1e3, q[2] * 1e3],
+                )
             )
     return rows
 
@@ -128,8 +134,13 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = measure(args.repeats)
     result = dict(
-        rows=rows, repeats=args.repeats, load_before=load_before, load_after=os.getloadavg(),
-        cpus=os.cpu_count(), torch=torch.__version__, numba=numba.__version__,
+        rows=rows,
+        repeats=args.repeats,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        cpus=os.cpu_count(),
+        torch=torch.__version__,
+        numba=numba.__version__,
         machine=platform.processor() or platform.machine(),
     )
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -83,7 +83,9 @@ def test_fused_matches_torch_form_in_float32(activation):
     assert_close(y, y_ref, name="y", atol=1e-5, rtol=1e-5)
     assert torch.equal(h, h_ref)
     leaves = list(t for t in inp.values())
-    for i, (g, g_ref) in enumerate(zip(linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves))):
+    for i, (g, g_ref) in enumerate(
+        zip(linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves))
+    ):
         assert_close(g, g_ref, name=f"grad {i}", atol=1e-4, rtol=1e-4)
 
 

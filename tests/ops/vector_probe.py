@@ -75,7 +75,11 @@ def conv_calls(dtype):
 
     B, T, C, K = 2, 5, 20, 4
     x, y, gy, dx = (np.ones((B, T, C), dtype) for _ in range(4))
-    wT, hist, dhist = np.ones((K, C), dtype), np.ones((B, K - 1, C), dtype), np.ones((B, K - 1, C), dtype)
+    wT, hist, dhist = (
+        np.ones((K, C), dtype),
+        np.ones((B, K - 1, C), dtype),
+        np.ones((B, K - 1, C), dtype),
+    )
     bias, dw, db = np.ones(C, dtype), np.ones((K, C), dtype), np.ones(C, dtype)
     k._forward_task(x, wT, bias, hist, y, True, 0, 0, T)
     k._backward_task(x, wT, bias, hist, gy, True, dx, dhist, dw, db, 0, 0, T)

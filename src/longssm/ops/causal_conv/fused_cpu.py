@@ -25,7 +25,6 @@ import torch
 from longssm.ops._common import compute_dtype, numba_available, numpy_view
 from longssm.ops.causal_conv.naive import check_conv_inputs
 
-
 # numba threads of the conv kernels (at most the caller's setting). The convolution is a few
 # FMAs per element, memory-bound and a few milliseconds long at training sizes: on the 2-core
 # machine, 2 threads lost to 1 at (64, 32, 256, K=4) fwd+bwd (12.3 ms vs 1.7 ms, best of 7, load

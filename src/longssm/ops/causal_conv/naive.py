@@ -39,9 +39,13 @@ def check_conv_inputs(
         raise ValueError(f"x must have shape (batch, T, C), got {tuple(x.shape)}")
     batch, _, channels = x.shape
     if weight.dim() != 2 or weight.shape[0] != channels or weight.shape[1] < 1:
-        raise ValueError(f"weight must have shape (C={channels}, K >= 1), got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape (C={channels}, K >= 1), got {tuple(weight.shape)}"
+        )
     width = weight.shape[1] - 1
-    check_shapes({"bias": (bias, (channels,)), "initial_state": (initial_state, (batch, channels, width))})
+    check_shapes(
+        {"bias": (bias, (channels,)), "initial_state": (initial_state, (batch, channels, width))}
+    )
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
