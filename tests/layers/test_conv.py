@@ -1,7 +1,5 @@
 """The causal depthwise convolution with carried history: pieces == one padded pass == steps."""
 
-from functools import partial
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,11 +54,32 @@ def test_layer_conv_paths_equal_padded_reference(path, activation):
     assert_close(history, x[:, -3:].transpose(1, 2), name="history")
 
 
-def torch_conv_layers(monkeypatch):
-    """Make the layers' convolution run the F.conv1d form (as before the fused kernels)."""
+def torch_conv_layers(monkeypatch) -> list[str]:
+    """Make the layers' convolution run the F.conv1d form (as before the fused kernels); returns
+    the list of the forms the patched op was asked for (to check that the patch took effect)."""
     import longssm.layers.conv as layer_conv
 
-    monkeypatch.setattr(layer_conv, "conv_op", partial(conv_ops.causal_conv, path="torch"))
+    asked = []
+
+    def torch_form(*args, path="auto", **kwargs):
+        asked.append(path)
+        return conv_ops.causal_conv(*args, path="torch", **kwargs)
+
+    monkeypatch.setattr(layer_conv, "conv_op", torch_form)
+    return asked
+
+
+def graph_nodes(fn) -> set[str]:
+    """The class names of every autograd node reachable from ``fn``."""
+    seen, stack, names = set(), [fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
 
 
 @pytest.mark.skipif(not conv_ops.numba_available(), reason="needs numba")
@@ -79,13 +98,16 @@ def test_models_with_fused_conv_match_the_torch_conv_in_float32(name, monkeypatc
     x = torch.randn(3, 37, 16)
     state = layer.initial_state(3)
     state = type(state)(*(torch.randn_like(t) for t in state))
-    results = []
+    results, asked = [], []
     for patch in (False, True):
         if patch:
-            torch_conv_layers(monkeypatch)
+            asked = torch_conv_layers(monkeypatch)
         layer.zero_grad()
         y, final = layer(x, state)
         (y.square().sum() + sum(t.square().sum() for t in final)).backward()
         results.append((y, *final, *(p.grad.clone() for p in layer.parameters())))
+        # the unpatched pass ran the fused kernels: its graph holds their autograd node
+        assert (not patch) == ("_FusedConvBackward" in graph_nodes(y.grad_fn)), name
+    assert asked == ["auto"], asked
     for i, (got, want) in enumerate(zip(*results)):
         assert_close(got, want, atol=1e-4, rtol=1e-4, name=f"{name} output/state/grad {i}")
