@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numba
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from longssm.ops.causal_conv import causal_conv_fused, causal_conv_torch, fused_cpu
 
 SHAPES = [(16, 256, 512, 4), (64, 32, 256, 4)]
+# then the benchmark LM's training step (its convolutions are (64, 32, 256, 4)) on each form
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,7 @@ def make_case(shape, form, activation, fuse_silu, threads):
     gy = torch.randn(B, T, C, generator=g)
 
     def step():
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         fused_cpu.THREADS = threads
         for t in (x, w, b, h):
             t.grad = None
@@ -65,10 +68,46 @@ def cases(shape):
     return out
 
 
+def lm_steps() -> dict:
+    """One training step (forward, backward, AdamW) of the issue's benchmark LM (Mamba, d_model
+    128, 4 layers, d_state 16, expand 2, d_conv 4, bytes; T = 32 x 64 rows) with the layers'
+    convolution on each form."""
+    import longssm.layers.conv as layer_conv
+    from longssm.models import ModelConfig, SSMLanguageModel
+    from longssm.ops.causal_conv import causal_conv
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(mixer="mamba", d_model=128, n_layers=4, d_state=16, d_conv=4, vocab_size=257)
+    model = SSMLanguageModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    tokens = torch.randint(0, 257, (64, 33))
+
+    def with_form(form):
+        def conv_op(*args, path="auto", **kwargs):
+            return causal_conv(*args, path=form, **kwargs)
+
+        def step():
+            numba.set_num_threads(1)
+            layer_conv.conv_op = conv_op
+            logits, _ = model(tokens[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, 257), tokens[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    return {
+        ("LM step", "torch F.conv1d", 1): with_form("torch"),
+        ("LM step", "fused", 1): with_form("fused"),
+    }
+
+
 def measure(repeats: int) -> list[dict]:
     rows = []
-    for shape in SHAPES:
-        steps = cases(shape)
+    groups = [(shape, partial(cases, shape)) for shape in SHAPES] + [((64, 32, 256, 4), lm_steps)]
+    for shape, make in groups:
+        steps = make()
         times = {key: [] for key in steps}
         for step in steps.values():
             step()
@@ -115,6 +154,10 @@ def page(result: dict) -> str:
         )
     lines += [
         "",
+        "`LM step`: one training step (forward, backward, AdamW; tokens/s = 2048 / time) of the "
+        "issue's benchmark LM (Mamba, d_model 128, 4 layers, d_state 16, d_conv 4, bytes, "
+        "T = 32 x 64 rows), its convolutions on each form; scan kernels on 1 numba thread.",
+        "",
         "There is no paper number for this kernel (Mamba's CUDA `causal_conv1d` is GPU-only); "
         "the comparison is with torch's generic grouped convolution, which the layers ran "
         "before. See `docs/kernels.md` for the method and what the numbers decide.",
@@ -130,7 +173,6 @@ def main() -> None:
     parser.add_argument("--page", default=str(ROOT / "docs/results/causal_conv.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     load_before = os.getloadavg()
     rows = measure(args.repeats)
     result = dict(
