@@ -7,6 +7,7 @@ from torch import nn
 
 from helpers import assert_close
 from longssm.layers.conv import causal_conv, causal_conv_step
+from longssm.ops import causal_conv as conv_ops
 
 
 @pytest.mark.parametrize("kernel", [2, 4], ids=["k2", "k4"])
@@ -36,3 +37,77 @@ def test_no_convolution_passes_through():
     x = torch.randn(2, 5, 3)
     y, history = causal_conv(None, x, None)
     assert torch.equal(y, x) and history.shape == (2, 3, 0)
+
+
+@pytest.mark.parametrize("path", ["fused", "torch", "naive"])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_layer_conv_paths_equal_padded_reference(path, activation):
+    if path == "fused" and not conv_ops.numba_available():
+        pytest.skip("needs numba")
+    torch.manual_seed(0)
+    conv = nn.Conv1d(5, 5, 4, groups=5).double()
+    x = torch.randn(3, 9, 5, dtype=torch.float64)
+    ref = F.conv1d(F.pad(x.transpose(1, 2), (3, 0)), conv.weight, conv.bias, groups=5)
+    ref = ref.transpose(1, 2)  # (B, T, C)
+    y, history = causal_conv(conv, x, None, activation=activation, path=path)
+    assert_close(y, F.silu(ref) if activation else ref, name=f"{path} {activation}")
+    assert_close(history, x[:, -3:].transpose(1, 2), name="history")
+
+
+def torch_conv_layers(monkeypatch) -> list[str]:
+    """Make the layers' convolution run the F.conv1d form (as before the fused kernels); returns
+    the list of the forms the patched op was asked for (to check that the patch took effect)."""
+    import longssm.layers.conv as layer_conv
+
+    asked = []
+
+    def torch_form(*args, path="auto", **kwargs):
+        asked.append(path)
+        return conv_ops.causal_conv(*args, path="torch", **kwargs)
+
+    monkeypatch.setattr(layer_conv, "conv_op", torch_form)
+    return asked
+
+
+def graph_nodes(fn) -> set[str]:
+    """The class names of every autograd node reachable from ``fn``."""
+    seen, stack, names = set(), [fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.skipif(not conv_ops.numba_available(), reason="needs numba")
+@pytest.mark.parametrize("name", ["mamba", "longhorn", "mamba2"])
+def test_models_with_fused_conv_match_the_torch_conv_in_float32(name, monkeypatch):
+    """Mamba, Longhorn and Mamba-2 blocks (convolution + fused SiLU on the fused kernels) give the
+    outputs, states and parameter gradients of the F.conv1d form within float32 round-off."""
+    from longssm.layers.longhorn import Longhorn
+    from longssm.layers.mamba import Mamba
+    from longssm.layers.mamba2 import Mamba2
+
+    torch.manual_seed(0)
+    cls = {"mamba": Mamba, "longhorn": Longhorn, "mamba2": Mamba2}[name]
+    kwargs = {"mamba2": {"headdim": 8, "chunk_size": 8}}.get(name, {})
+    layer = cls(d_model=16, d_state=4, d_conv=4, **kwargs)
+    x = torch.randn(3, 37, 16)
+    state = layer.initial_state(3)
+    state = type(state)(*(torch.randn_like(t) for t in state))
+    results, asked = [], []
+    for patch in (False, True):
+        if patch:
+            asked = torch_conv_layers(monkeypatch)
+        layer.zero_grad()
+        y, final = layer(x, state)
+        (y.square().sum() + sum(t.square().sum() for t in final)).backward()
+        results.append((y, *final, *(p.grad.clone() for p in layer.parameters())))
+        # the unpatched pass ran the fused kernels: its graph holds their autograd node
+        assert (not patch) == ("_FusedConvBackward" in graph_nodes(y.grad_fn)), name
+    assert asked == ["auto"], asked
+    for i, (got, want) in enumerate(zip(*results)):
+        assert_close(got, want, atol=1e-4, rtol=1e-4, name=f"{name} output/state/grad {i}")

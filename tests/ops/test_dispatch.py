@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from helpers import assert_close
+from longssm.ops import causal_conv as causal_conv_op
 from longssm.ops import diag_scan as diag_scan_op
 from longssm.ops import longhorn as longhorn_op
 from longssm.ops import selective_scan as selective_scan_op
 from longssm.ops import ssd as ssd_op
-from tests.ops import test_diag_scan, test_longhorn, test_selective_scan, test_ssd
+from tests.ops import test_causal_conv, test_diag_scan, test_longhorn, test_selective_scan, test_ssd
 
 
 def selective_scan_case(T):
@@ -35,6 +36,10 @@ def diag_scan_case(T):
     return [v, lam, h0], {"chunk_size": 8}
 
 
+def causal_conv_case(T):
+    return list(test_causal_conv.make_inputs(2, T, 3, 4).values()), {}
+
+
 # op name -> (package, dispatcher, naive form, inputs(T) -> (positional tensors, keyword args))
 OPS = {
     "selective_scan": (
@@ -55,6 +60,12 @@ OPS = {
         diag_scan_op.diag_scan,
         diag_scan_op.diag_scan_naive,
         diag_scan_case,
+    ),
+    "causal_conv": (
+        causal_conv_op,
+        causal_conv_op.causal_conv,
+        causal_conv_op.causal_conv_naive,
+        causal_conv_case,
     ),
 }
 CASES = [(op, path) for op, (pkg, *_) in OPS.items() for path in pkg.PATHS]

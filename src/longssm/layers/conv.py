@@ -1,7 +1,10 @@
 """The short causal depthwise convolution of Mamba-style mixers, with its input history as state.
 
 A kernel of width K needs the last K-1 inputs of the previous segment; carrying them (the ``conv``
-field of a layer state) makes a sequence processed in pieces equal to one pass.
+field of a layer state) makes a sequence processed in pieces equal to one pass. The arithmetic is
+the ``causal_conv`` op (``ops/causal_conv``): by default (``path="auto"``) fused numba kernels on
+CPU when numba is installed, ``F.conv1d`` otherwise; ``activation="silu"`` fuses the SiLU that
+follows the convolution in Mamba, Longhorn and Mamba-2 into those kernels.
 
 Glossary:
     K        kernel width (``d_conv``); history holds K-1 columns
@@ -11,12 +14,19 @@ Glossary:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from longssm.ops.causal_conv import activate
+from longssm.ops.causal_conv import causal_conv as conv_op
+from longssm.ops.causal_conv import causal_conv_step as conv_step_op
 
 
 def causal_conv(
-    conv1d: nn.Conv1d | None, x: torch.Tensor, history: torch.Tensor | None
+    conv1d: nn.Conv1d | None,
+    x: torch.Tensor,
+    history: torch.Tensor | None,
+    activation: str | None = None,
+    path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Convolve a segment, prepending the carried history.
 
@@ -24,19 +34,26 @@ def causal_conv(
         conv1d: depthwise ``nn.Conv1d`` (C, 1, K) without padding, or None (no convolution).
         x: (batch, time, C) inputs.
         history: (batch, C, K-1) last inputs of the previous segment, or None for zeros.
+        activation: None, or "silu" applied to the output.
+        path: the op's form (``ops.causal_conv.PATHS``): "auto", "fused", "torch" or "naive".
 
     Returns:
-        y: (batch, time, C) (``x`` itself without a convolution) and the new history
-        (batch, C, K-1) (zero-width without a convolution).
+        y: (batch, time, C) (``activation(x)`` without a convolution) and the new history
+        (batch, C, K-1) in x's dtype (zero-width without a convolution).
     """
     batch, _, channels = x.shape
     if conv1d is None:
-        return x, x.new_zeros(batch, channels, 0)
-    width = conv1d.kernel_size[0] - 1
-    prev = x.new_zeros(batch, channels, width) if history is None else history.to(x.dtype)
-    window = torch.cat([prev, x.transpose(1, 2)], dim=-1)  # (B, C, K-1+T)
-    y = F.conv1d(window, conv1d.weight, conv1d.bias, groups=channels)  # (B, C, T)
-    return y.transpose(1, 2), window[:, :, window.shape[-1] - width :]
+        return activate(x, activation), x.new_zeros(batch, channels, 0)
+    y, final = conv_op(
+        x,
+        conv1d.weight[:, 0, :],  # (C, K)
+        conv1d.bias,
+        None if history is None else history.to(x.dtype),
+        output_final_state=True,
+        activation=activation,
+        path=path,
+    )
+    return y, final.to(x.dtype)
 
 
 def causal_conv_step(
@@ -48,8 +65,4 @@ def causal_conv_step(
     """
     if conv1d is None:
         return x_t, history
-    window = torch.cat([history.to(x_t.dtype), x_t[:, :, None]], dim=-1)  # (B, C, K)
-    y_t = (window * conv1d.weight[:, 0, :]).sum(-1)  # (B, C)
-    if conv1d.bias is not None:
-        y_t = y_t + conv1d.bias
-    return y_t, window[:, :, 1:]
+    return conv_step_op(x_t, conv1d.weight[:, 0, :], conv1d.bias, history)

@@ -157,8 +157,8 @@ class GatedBlock(nn.Module):
             return empty_sequence(self, x, state)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
         conv_hist, smr_hist = self._histories(None if state is None else state.conv)
-        xs, conv_state = causal_conv(self.conv1d, xs, conv_hist)
-        xs, conv_state = self._replay(F.silu(xs), conv_state, smr_hist)  # (B, T, Di)
+        xs, conv_state = causal_conv(self.conv1d, xs, conv_hist, activation="silu")  # (B, T, Di)
+        xs, conv_state = self._replay(xs, conv_state, smr_hist)  # (B, T, Di)
         y, h = self._scan(xs, None if state is None else state.ssm)  # (B, T, Di)
         return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)
 

@@ -230,8 +230,8 @@ class Mamba2(nn.Module):
         proj = self.in_proj(x)  # (b, T, 2*d_inner + 2*G*N + H)
         z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
-        xBC, conv_state = causal_conv(self.conv1d, xBC, None if state is None else state.conv)
-        xBC = F.silu(xBC)  # (b, T, C)
+        conv_hist = None if state is None else state.conv
+        xBC, conv_state = causal_conv(self.conv1d, xBC, conv_hist, activation="silu")  # (b, T, C)
 
         xs, B, C = xBC.split(
             [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
