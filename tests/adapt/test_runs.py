@@ -92,9 +92,34 @@ def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
     assert report["after"]["loss_low"] <= report["after"]["loss"] <= report["after"]["loss_high"]
 
 
+def test_prune_heads_writes_a_smaller_mamba2_run_that_eval_reads(base, capsys):
+    tiny = [a for a in TINY if not a.startswith("--model.mixer=")]
+    run = base / "m2"
+    assert run_cli(["train", "--out", str(run), f"--data.corpus={BASE_CORPUS}", *tiny,
+                    "--model.mixer=mamba2", "--model.mixer_options.headdim=8",
+                    "--model.mixer_options.chunk_size=8"], capsys)[0] == 0
+    out = base / "m2-heads"
+    code, stdout, err = run_cli(["prune", str(run), "--method", "heads", "--ratio", "0.5",
+                                 "--calibration", "4", "--eval-windows", "4", "--out", str(out)],
+                                capsys)
+    assert code == 0, err
+    report = json.loads((out / "prune.json").read_text())
+    assert report["heads"] == [4, 2] and report["d_inner"] == [32, 16]
+    assert report["after"]["parameters"] < report["before"]["parameters"]
+    model, _, meta = load_model(out)
+    assert model.cfg.d_inner == 16 and meta["config"]["model"]["mixer_options"]["d_inner"] == 16
+    assert model.blocks[0].mixer.nheads == 2
+    code, _, err = run_cli(["eval", str(out), "--lengths", "16,32", "--n-tokens", "64",
+                            "--device", "cpu", "--no-progress", "--out", str(base / "ev")],
+                           capsys)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("args,message", [
     (["prune", "{base}", "--method", "wanda", "--ratio", "1.0", "--out", "{out}"], "[0, 1)"),
-    (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
+    (["prune", "{base}", "--method", "bogus", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
+    (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "mamba2 models only"),
+    (["prune", "{base}", "--method", "heads", "--ratio", "1.5", "--out", "{out}"], "[0, 1)"),
     (["adapt", "{base}", "--method", "prefix", "--corpus", TARGET, "--out", "{out}"],
      "unknown adaptation method"),
     (["adapt", "{base}", "--method", "prefix:x", "--corpus", TARGET, "--out", "{out}"],
