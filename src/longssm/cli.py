@@ -264,7 +264,8 @@ def _run_eval_reduce(args) -> int:
                                corpus=args.corpus, split=args.split, n_tokens=args.n_tokens,
                                name=args.name, force=args.force,
                                device=resolve_device(args.device, "--device"),
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, batch_size=args.batch_size,
+                               chunk_size=args.chunk_size)
     print(f"{'L':>7} {'kept':>6} {'plain (kept)':>26} {'reduced':>26} {'increase':>28}")
     for r in report["records"]:
         p, q = r["plain_at_kept"], r["reduced"]

@@ -227,6 +227,34 @@ def test_eval_reduce_keep_one_is_plain_and_beyond_keeps_the_prefix(base, capsys)
     assert path.read_bytes() == before
 
 
+def test_eval_reduce_keep_one_equals_the_plain_eval_records(base, capsys):
+    """Same windows as ``longssm eval`` (reset), run in chunks of 16 with the state carried."""
+    from longssm.eval.lengths import make_plans
+    from longssm.eval.evaluate import load_split
+    from longssm.adapt.reduce_eval import reset_starts
+
+    run = str(base / "base")
+    common = ["--lengths", "16,48", "--n-tokens", "200", "--batch-size", "3", "--chunk-size",
+              "16", "--device", "cpu", "--no-progress", "--out", str(base / "ev")]
+    assert run_cli(["eval", run, "--name", "plain", *common], capsys)[0] == 0
+    assert run_cli(["eval", run, "--reduce", "tome:1", "--name", "red", *common], capsys)[0] == 0
+    plain = json.loads((base / "ev" / "plain.json").read_text())["records"]
+    red = json.loads((base / "ev" / "red.json").read_text())["records"]
+    for p, r in zip(plain, red):
+        assert r["length"] == p["length"] and r["start"] == p["start"] == 48
+        assert r["plain"]["n_windows"] == p["n_windows"] and r["kept_positions"] == p["length"]
+        assert r["reduced"]["loss"] == pytest.approx(p["loss"], rel=1e-6, abs=0)
+        assert r["plain"]["loss"] == pytest.approx(p["loss"], rel=1e-6, abs=0)
+    # the restated window rule is eval's own
+    _, meta = load_model(base / "base")[1:]
+    tokens, _ = load_split(meta, "test")
+    for L in (16, 48, 7):
+        plan = make_plans(tokens, [L], ["reset"], 200, 3, start=48)[0]
+        want = [plan.window_start(row, j) for row in range(plan.rows)
+                for j in range(plan.windows_per_row)]
+        assert reset_starts(len(tokens), L, 200, 3, 48).tolist() == want
+
+
 @pytest.mark.parametrize("spec,message", [("bogus:0.5", "unknown reduction method"),
                                           ("evit:1.5", "(0, 1]"), ("evit", "METHOD:KEEP"),
                                           ("evit:0.5:7", "outside")])
