@@ -229,9 +229,9 @@ def test_eval_reduce_keep_one_is_plain_and_beyond_keeps_the_prefix(base, capsys)
 
 def test_eval_reduce_keep_one_equals_the_plain_eval_records(base, capsys):
     """Same windows as ``longssm eval`` (reset), run in chunks of 16 with the state carried."""
-    from longssm.eval.lengths import make_plans
-    from longssm.eval.evaluate import load_split
     from longssm.adapt.reduce_eval import reset_starts
+    from longssm.eval.evaluate import load_split
+    from longssm.eval.lengths import make_plans
 
     run = str(base / "base")
     common = ["--lengths", "16,48", "--n-tokens", "200", "--batch-size", "3", "--chunk-size",

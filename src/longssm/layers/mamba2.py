@@ -105,7 +105,8 @@ class Mamba2(nn.Module):
         scan: "auto" (fla's Triton kernels for CUDA inference when fla is importable, else
             chunk), "chunk" (matmul form, any device), "fla" (also for training; see
             ``longssm.ops.ssd.fla_gpu``) or "naive" (reference loop).
-        norm_eps: epsilon of the gated RMSNorm.
+        norm_eps: epsilon of the gated RMSNorm; None = 1e-5 (the registry passes the model's
+            norm_eps unless the ``norm_eps`` mixer option, set by head pruning, is given).
         layer_idx: position in the stack (informational).
     """
 
@@ -125,7 +126,7 @@ class Mamba2(nn.Module):
         conv_bias: bool = True,
         chunk_size: int = 64,
         scan: str = "auto",
-        norm_eps: float = 1e-5,
+        norm_eps: float | None = None,
         layer_idx: int | None = None,
         d_inner: int | None = None,
     ):
@@ -180,7 +181,8 @@ class Mamba2(nn.Module):
         self.dt_bias = tag_ssm_param(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))
         self.A_log = tag_ssm_param(nn.Parameter(torch.log(torch.empty(nheads).uniform_(1, 16))))
         self.D = tag_ssm_param(nn.Parameter(torch.ones(nheads)))
-        self.norm = RMSNormGated(d_inner, d_inner // ngroups, eps=norm_eps)
+        eps = 1e-5 if norm_eps is None else norm_eps
+        self.norm = RMSNormGated(d_inner, d_inner // ngroups, eps=eps)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         for module in (self.in_proj, self.conv1d, self.out_proj):
             if module is not None and module.bias is not None:
