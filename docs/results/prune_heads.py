@@ -1,6 +1,6 @@
 """Regenerate docs/results/prune-heads.md: Mamba-2 head pruning at CPU scale.
 
-    PYTHONPATH=src python docs/results/prune_heads.py        # about 3 minutes from scratch on 2 cores
+    PYTHONPATH=src python docs/results/prune_heads.py        # under a minute from scratch on 2 cores
 
 1. Pretrain a small byte-level Mamba-2 (8 heads of 16 channels per layer) on the Python standard
    library (the setup of adapt-prune.md, mixer mamba2).
