@@ -218,10 +218,11 @@ def _run_adapt(args) -> int:
 
 
 def _add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="prune a trained run (unstructured or d_state)")
+    p = sub.add_parser("prune", help="prune a trained run (unstructured, d_state or heads)")
     p.add_argument("run", help="run directory or checkpoint directory")
     p.add_argument("--method", required=True,
-                   help="magnitude, wanda, dstate-magnitude, dstate-taylor1 or dstate-taylor2")
+                   help="magnitude, wanda, dstate-magnitude, dstate-taylor1, dstate-taylor2 or "
+                   "heads (Mamba-2)")
     p.add_argument("--ratio", type=float, required=True, help="fraction pruned, in [0, 1)")
     p.add_argument("--calibration", type=int, default=32, help="calibration windows of T tokens")
     p.add_argument("--out", required=True, help="new run directory (never overwritten)")
@@ -263,7 +264,8 @@ def _run_eval_reduce(args) -> int:
                                corpus=args.corpus, split=args.split, n_tokens=args.n_tokens,
                                name=args.name, force=args.force,
                                device=resolve_device(args.device, "--device"),
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, batch_size=args.batch_size,
+                               chunk_size=args.chunk_size)
     print(f"{'L':>7} {'kept':>6} {'plain (kept)':>26} {'reduced':>26} {'increase':>28}")
     for r in report["records"]:
         p, q = r["plain_at_kept"], r["reduced"]

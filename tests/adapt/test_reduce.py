@@ -87,3 +87,58 @@ def test_bad_specs():
     assert parse_reduce("hybrid:0.5:1,2", beyond=64) == ReduceSpec("hybrid", 0.5, (1, 2), 64)
     with pytest.raises(AdaptError, match="at most half"):
         reduce_plan(torch.randn(1, 10, 4), ReduceSpec("tome", 0.2))
+
+
+@pytest.mark.parametrize("method", REDUCE_METHODS)
+def test_one_chunk_is_the_one_pass(method):
+    m = model()
+    tokens = torch.randint(0, 13, (2, 21))
+    spec = ReduceSpec(method, 0.5, (0, 1), 4)
+    one, pos = reduced_nll(m, tokens, spec)
+    chunked, cpos = reduced_nll(m, tokens, spec, chunk_size=20)
+    assert torch.equal(one, chunked) and torch.equal(pos, cpos)
+
+
+@pytest.mark.parametrize("method", ["evit", "hybrid", "tome"])
+@pytest.mark.parametrize("chunk", [5, 7, 32])
+def test_chunks_with_carried_state_equal_one_pass_over_the_reduced_stream(method, chunk):
+    """Reference: block 0 over the whole window in one pass; each chunk's part of its output
+    reduced by the plan of that part; blocks 1.. over the concatenated reduced stream in one pass
+    (no chunks, no carried state). Reduction after block 0 only; positions >= 3 are candidates."""
+    m = model()
+    tokens = torch.randint(0, 13, (2, 31))
+    spec = ReduceSpec(method, 0.5, (0,), 3)
+    got, pos = reduced_nll(m, tokens, spec, chunk_size=chunk)
+    with torch.no_grad():
+        x, _ = m.blocks[0](m.embedding(tokens[:, :-1]))  # (2, 30, D)
+        parts, kept_pos = [], []
+        for a in range(0, 30, chunk):
+            part = x[:, a : a + chunk]
+            kept, src, dst = reduce_plan(part, spec, max(0, 3 - a))
+            parts.append(apply_plan(part, kept, src, dst))
+            kept_pos.append(kept + a)
+        y = torch.cat(parts, 1)
+        for block in m.blocks[1:]:
+            y, _ = block(y)
+        logits = m.lm_head(m.norm_f(y))
+    want_pos = torch.cat(kept_pos, 1)
+    want = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), torch.gather(tokens[:, 1:], 1, want_pos), reduction="none")
+    assert torch.equal(pos, want_pos)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # the reduction acted in every chunk past position 3
+    n_keep = sum(min(3, a + chunk) - a if a < 3 else 0 for a in range(0, 30, chunk))
+    n_keep += sum(-(-(min(a + chunk, 30) - max(a, 3)) // 2) for a in range(0, 30, chunk)
+                  if min(a + chunk, 30) > max(a, 3))
+    assert pos.shape[1] == n_keep < 30
+
+
+def test_chunks_bound_the_forward_length():
+    m = model()
+    seen = []
+    handle = m.embedding.register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    try:
+        reduced_nll(m, torch.randint(0, 13, (1, 101)), ReduceSpec("evit", 0.5, (1,)), chunk_size=16)
+    finally:
+        handle.remove()
+    assert max(seen) == 16 and sum(seen) == 100

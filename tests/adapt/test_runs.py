@@ -92,9 +92,34 @@ def test_prune_writes_a_loadable_smaller_run(base, capsys, method):
     assert report["after"]["loss_low"] <= report["after"]["loss"] <= report["after"]["loss_high"]
 
 
+def test_prune_heads_writes_a_smaller_mamba2_run_that_eval_reads(base, capsys):
+    tiny = [a for a in TINY if not a.startswith("--model.mixer=")]
+    run = base / "m2"
+    assert run_cli(["train", "--out", str(run), f"--data.corpus={BASE_CORPUS}", *tiny,
+                    "--model.mixer=mamba2", "--model.mixer_options.headdim=8",
+                    "--model.mixer_options.chunk_size=8"], capsys)[0] == 0
+    out = base / "m2-heads"
+    code, stdout, err = run_cli(["prune", str(run), "--method", "heads", "--ratio", "0.5",
+                                 "--calibration", "4", "--eval-windows", "4", "--out", str(out)],
+                                capsys)
+    assert code == 0, err
+    report = json.loads((out / "prune.json").read_text())
+    assert report["heads"] == [4, 2] and report["d_inner"] == [32, 16]
+    assert report["after"]["parameters"] < report["before"]["parameters"]
+    model, _, meta = load_model(out)
+    assert model.cfg.d_inner == 16 and meta["config"]["model"]["mixer_options"]["d_inner"] == 16
+    assert model.blocks[0].mixer.nheads == 2
+    code, _, err = run_cli(["eval", str(out), "--lengths", "16,32", "--n-tokens", "64",
+                            "--device", "cpu", "--no-progress", "--out", str(base / "ev")],
+                           capsys)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("args,message", [
     (["prune", "{base}", "--method", "wanda", "--ratio", "1.0", "--out", "{out}"], "[0, 1)"),
-    (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
+    (["prune", "{base}", "--method", "bogus", "--ratio", "0.5", "--out", "{out}"], "unknown pruning"),
+    (["prune", "{base}", "--method", "heads", "--ratio", "0.5", "--out", "{out}"], "mamba2 models only"),
+    (["prune", "{base}", "--method", "heads", "--ratio", "1.5", "--out", "{out}"], "[0, 1)"),
     (["adapt", "{base}", "--method", "prefix", "--corpus", TARGET, "--out", "{out}"],
      "unknown adaptation method"),
     (["adapt", "{base}", "--method", "prefix:x", "--corpus", TARGET, "--out", "{out}"],
@@ -202,6 +227,34 @@ def test_eval_reduce_keep_one_is_plain_and_beyond_keeps_the_prefix(base, capsys)
     assert path.read_bytes() == before
 
 
+def test_eval_reduce_keep_one_equals_the_plain_eval_records(base, capsys):
+    """Same windows as ``longssm eval`` (reset), run in chunks of 16 with the state carried."""
+    from longssm.adapt.reduce_eval import reset_starts
+    from longssm.eval.evaluate import load_split
+    from longssm.eval.lengths import make_plans
+
+    run = str(base / "base")
+    common = ["--lengths", "16,48", "--n-tokens", "200", "--batch-size", "3", "--chunk-size",
+              "16", "--device", "cpu", "--no-progress", "--out", str(base / "ev")]
+    assert run_cli(["eval", run, "--name", "plain", *common], capsys)[0] == 0
+    assert run_cli(["eval", run, "--reduce", "tome:1", "--name", "red", *common], capsys)[0] == 0
+    plain = json.loads((base / "ev" / "plain.json").read_text())["records"]
+    red = json.loads((base / "ev" / "red.json").read_text())["records"]
+    for p, r in zip(plain, red):
+        assert r["length"] == p["length"] and r["start"] == p["start"] == 48
+        assert r["plain"]["n_windows"] == p["n_windows"] and r["kept_positions"] == p["length"]
+        assert r["reduced"]["loss"] == pytest.approx(p["loss"], rel=1e-6, abs=0)
+        assert r["plain"]["loss"] == pytest.approx(p["loss"], rel=1e-6, abs=0)
+    # the restated window rule is eval's own
+    _, meta = load_model(base / "base")[1:]
+    tokens, _ = load_split(meta, "test")
+    for L in (16, 48, 7):
+        plan = make_plans(tokens, [L], ["reset"], 200, 3, start=48)[0]
+        want = [plan.window_start(row, j) for row in range(plan.rows)
+                for j in range(plan.windows_per_row)]
+        assert reset_starts(len(tokens), L, 200, 3, 48).tolist() == want
+
+
 @pytest.mark.parametrize("spec,message", [("bogus:0.5", "unknown reduction method"),
                                           ("evit:1.5", "(0, 1]"), ("evit", "METHOD:KEEP"),
                                           ("evit:0.5:7", "outside")])
@@ -211,3 +264,17 @@ def test_eval_reduce_bad_input(base, capsys, spec, message):
     assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
     assert message in err
     assert not (base / "base" / "eval").exists()
+
+
+def test_extend_init_from_an_adapted_run_is_one_line_exit_2(base, capsys):
+    """``extend`` takes a run only as ``--init-from``, which reads Hugging Face weights: an
+    adapted run (or a plain longssm run) is refused by name, and nothing is written."""
+    adapted = _adapt(base, capsys, "lora:2")
+    for source, kind in ((adapted, "an adapted run"), (base / "base", "a longssm run")):
+        out = base / "ex"
+        code, _, err = run_cli(["extend", "--init-from", str(source), "--steps", "2", "--seq-len",
+                                "16", "--max-length", "32", "--n-tokens", "64", "--policies",
+                                "zero", "--out", str(out), "--quiet"], capsys)
+        assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
+        assert kind in err and "Hugging Face" in err
+        assert not out.exists()

@@ -6,6 +6,7 @@ the pruned weights are stored as zeros, shapes unchanged):
     wanda       score S_ij = |W_ij| · ‖X_j‖₂, X_j the j-th input feature of that linear over the
                 calibration tokens (the unpruned model's activations); drop the lowest R of each
                 output row i (Sun et al. 2024, as the SSM paper applies it).
+Structured, Mamba-2 heads: see ``longssm.adapt.prune_heads``.
 Structured, Mamba only: the state dimension n of layer l is read in by B_t[n] (row R+n of x_proj)
 and out by C_t[n] (row R+N+n) and decays with A[:, n]. Dropping state n removes those two rows and
 that column of A, so N -> N' = N - round(R·N) in every layer; the result is exactly the unpruned
@@ -23,14 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from longssm.adapt.errors import AdaptError
+from longssm.adapt.grads import weight_grads
+from longssm.adapt.prune_heads import prune_heads
 from longssm.layers.mamba import Mamba
 
 UNSTRUCTURED = ("magnitude", "wanda")
-STRUCTURED = ("dstate-magnitude", "dstate-taylor1", "dstate-taylor2")
+STRUCTURED = ("dstate-magnitude", "dstate-taylor1", "dstate-taylor2", "heads")
 PRUNE_METHODS = UNSTRUCTURED + STRUCTURED
 
 
@@ -124,27 +126,8 @@ def bc_rows(layer: Mamba) -> tuple[slice, slice]:
 
 
 def calibration_grads(model, calibration: torch.Tensor) -> tuple[list, list]:
-    """Per Mamba layer, g = mean_i g_i and F = mean_i g_i² of ∂L_i/∂(x_proj.weight), L_i the mean
-    next-token loss of calibration window i (one backward pass per window)."""
-    layers = mamba_layers(model)
-    weights = [layer.x_proj.weight for layer in layers]
-    flags = [w.requires_grad for w in weights]
-    grads = [torch.zeros_like(w) for w in weights]
-    squares = [torch.zeros_like(w) for w in weights]
-    n = len(calibration)
-    try:
-        for w in weights:
-            w.requires_grad_(True)
-        for row in calibration:
-            logits, _ = model(row[None, :-1])
-            loss = F.cross_entropy(logits.transpose(1, 2), row[None, 1:])
-            for g, g2, gi in zip(grads, squares, torch.autograd.grad(loss, weights)):
-                g += gi / n
-                g2 += gi.square() / n
-    finally:
-        for w, flag in zip(weights, flags):
-            w.requires_grad_(flag)
-    return grads, squares
+    """``weight_grads`` of every Mamba layer's x_proj.weight."""
+    return weight_grads(model, calibration, [layer.x_proj.weight for layer in mamba_layers(model)])
 
 
 def dstate_scores(model, method: str, calibration=None) -> list[torch.Tensor]:
@@ -206,13 +189,15 @@ def prune_model(model, method: str, ratio: float, calibration: torch.Tensor | No
     """The pruned model (``model`` itself, masked in place, for unstructured methods; a new,
     smaller model for d_state methods) and a description of what was dropped."""
     check_prune(method, ratio)
-    if method in ("wanda", "dstate-taylor1", "dstate-taylor2") and calibration is None:
+    if method in ("wanda", "dstate-taylor1", "dstate-taylor2", "heads") and calibration is None:
         raise AdaptError(f"{method} needs calibration tokens")
     if method in UNSTRUCTURED:
         masks = unstructured_masks(model, method, ratio, calibration)
         apply_masks(model, masks)
         dropped = int(sum((~m).sum().item() for m in masks.values()))
         return model, {"weights_zeroed": dropped}
+    if method == "heads":
+        return prune_heads(model, ratio, calibration)
     keep = kept_states(dstate_scores(model, method, calibration), ratio)
     small = shrink_states(model, keep)
     return small, {"d_state": [model.cfg.d_state, small.cfg.d_state],

@@ -25,7 +25,7 @@ position depends only on tokens at or before it. The dropped positions are not s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -151,28 +151,57 @@ def apply_plan(x: torch.Tensor, kept, src, dst) -> torch.Tensor:
     return torch.gather(avg, 1, kept[..., None].expand(-1, -1, D))
 
 
-def reduced_forward(model, tokens: torch.Tensor, spec: ReduceSpec):
-    """An ``SSMLanguageModel`` forward with token reduction after ``spec.layers`` (from zero state).
+def reduced_pass(model, tokens: torch.Tensor, spec: ReduceSpec, state=None, offset: int = 0):
+    """One piece of a sequence through an ``SSMLanguageModel`` with token reduction after
+    ``spec.layers``, every block starting from its part of ``state`` (None: the model's start).
 
-    Returns: logits (B, K, V) at the kept positions and those positions (B, K).
+    Args: tokens (B, c) the piece's input ids; offset: position of its first token in the
+    window (candidates are positions >= ``spec.beyond``).
+
+    Returns: logits (B, K, V) at the kept positions, those positions (B, K), and the state after
+    the piece (each block's recurrence has run over the tokens that reached it).
     """
     if max(spec.layers) >= len(model.blocks) or min(spec.layers) < 0:
         raise AdaptError(f"reduction layers {spec.layers} outside 0..{len(model.blocks) - 1}")
-    x = model.embedding(tokens.long())  # (B, T, D)
-    pos = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+    x = model.embedding(tokens.long())  # (B, c, D)
+    pos = offset + torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+    new_state = []
     for i, block in enumerate(model.blocks):
-        x, _ = block(x)
+        x, layer_state = block(x, None if state is None else state[i])
+        new_state.append(layer_state)
         if i in spec.layers:
             # candidates: original positions >= beyond (a suffix, since pos stays sorted)
-            kept, src, dst = reduce_plan(x, spec, int((pos[0] < spec.beyond).sum()))
+            first = int((pos[0] < spec.beyond).sum())
+            kept, src, dst = reduce_plan(x, replace(spec, seed=spec.seed + offset), first)
             x = apply_plan(x, kept, src, dst)
             pos = torch.gather(pos, 1, kept)
-    return model.lm_head(model.norm_f(x)), pos
+    return model.lm_head(model.norm_f(x)), pos, tuple(new_state)
 
 
-def reduced_nll(model, tokens: torch.Tensor, spec: ReduceSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-target loss at the kept positions: tokens (B, T+1) -> nll (B, K), positions (B, K)."""
-    logits, pos = reduced_forward(model, tokens[:, :-1], spec)
-    targets = torch.gather(tokens[:, 1:], 1, pos)
-    nll = F.cross_entropy(logits.double().transpose(1, 2), targets, reduction="none")
-    return nll, pos
+def reduced_forward(model, tokens: torch.Tensor, spec: ReduceSpec):
+    """``reduced_pass`` of a whole sequence from the model's start: logits (B, K, V), positions."""
+    logits, pos, _ = reduced_pass(model, tokens, spec)
+    return logits, pos
+
+
+def reduced_nll(model, tokens: torch.Tensor, spec: ReduceSpec,
+                chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-target loss at the kept positions: tokens (B, T+1) -> nll (B, K), positions (B, K).
+
+    ``chunk_size`` None runs the window in one pass; otherwise it runs in pieces of
+    ``chunk_size`` tokens with every block's state carried from piece to piece (memory set by
+    the piece, not by T), and the reduction acts inside each piece: of the n candidates of a
+    piece, ceil(keep · n) stay, and a token merges only into a later token of its own piece.
+    """
+    T = tokens.shape[1] - 1
+    step = T if chunk_size is None else chunk_size
+    if step < 1:
+        raise AdaptError(f"chunk_size must be >= 1, got {chunk_size}")
+    state, nlls, positions = None, [], []
+    for a in range(0, T, step):
+        b = min(T, a + step)
+        logits, pos, state = reduced_pass(model, tokens[:, a:b], spec, state, a)  # (B, K, V)
+        targets = torch.gather(tokens[:, 1:], 1, pos)  # (B, K)
+        nlls.append(F.cross_entropy(logits.double().transpose(1, 2), targets, reduction="none"))
+        positions.append(pos)
+    return torch.cat(nlls, 1), torch.cat(positions, 1)

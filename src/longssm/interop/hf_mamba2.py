@@ -135,6 +135,9 @@ def hf_config_from_model_config(cfg: ModelConfig):
     if cfg.d_conv == 0:
         raise ValueError("transformers' Mamba2 always has a convolution: cfg.d_conv must be > 0")
     opts = MIXERS["mamba2"].options(cfg.mixer_options)
+    if opts["d_inner"] not in (None, cfg.expand * cfg.d_model) or opts["norm_eps"] is not None:
+        raise ValueError("transformers' Mamba2 has d_inner = expand * d_model and one norm eps: a "
+                         "model with pruned heads (mixer_options d_inner / norm_eps) does not export")
     if cfg.d_inner % opts["headdim"] != 0:
         raise ValueError(f"headdim ({opts['headdim']}) must divide d_inner ({cfg.d_inner})")
     transformers = _transformers()

@@ -63,6 +63,12 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
 def _raw_config(path: Path) -> dict:
     if not path.is_dir():
         raise CheckpointError(f"no such Hugging Face checkpoint directory: {path}")
+    if is_adapter_dir(path) or (path / "meta.json").exists() or (path / "checkpoints").is_dir():
+        kind = "an adapted run (base + adapter)" if is_adapter_dir(path) else "a longssm run"
+        raise CheckpointError(
+            f"{path} is {kind}, not a Hugging Face directory: --init-from starts training from "
+            "Hugging Face Mamba/Mamba-2 weights only (score the run with longssm eval)"
+        )
     if not is_hf_dir(path):
         raise CheckpointError(
             f"{path} is not a Hugging Face checkpoint: expected config.json with model_type "

@@ -5,7 +5,8 @@ renaming only (``longssm.interop.hf_mamba2``).
 
 Glossary (paper symbol -> code name):
     D (model width)                 d_model
-    E (expansion)                   expand; d_inner = expand * d_model
+    E (expansion)                   expand; d_inner = expand * d_model unless given (a model
+                                    whose heads were pruned has d_inner = nheads' * headdim)
     N (state size per head)         d_state
     P (head dimension)              headdim; nheads = d_inner / headdim
     G (groups sharing B, C)         ngroups
@@ -90,7 +91,9 @@ class Mamba2(nn.Module):
         d_model: input and output width.
         d_state: SSM state size N per head.
         d_conv: causal depthwise convolution kernel; 0 switches it off (the xBC activation stays).
-        expand: d_inner = expand * d_model.
+        expand: d_inner = expand * d_model (when ``d_inner`` is None).
+        d_inner: inner width, overriding expand * d_model (head pruning, ``longssm prune
+            --method heads``); a multiple of headdim.
         headdim: head dimension P; must divide d_inner.
         ngroups: number of B, C groups; must divide nheads.
         dt_min, dt_max: initial Δ ~ logUniform[dt_min, dt_max] (through dt_bias).
@@ -102,7 +105,8 @@ class Mamba2(nn.Module):
         scan: "auto" (fla's Triton kernels for CUDA inference when fla is importable, else
             chunk), "chunk" (matmul form, any device), "fla" (also for training; see
             ``longssm.ops.ssd.fla_gpu``) or "naive" (reference loop).
-        norm_eps: epsilon of the gated RMSNorm.
+        norm_eps: epsilon of the gated RMSNorm; None = 1e-5 (the registry passes the model's
+            norm_eps unless the ``norm_eps`` mixer option, set by head pruning, is given).
         layer_idx: position in the stack (informational).
     """
 
@@ -122,15 +126,19 @@ class Mamba2(nn.Module):
         conv_bias: bool = True,
         chunk_size: int = 64,
         scan: str = "auto",
-        norm_eps: float = 1e-5,
+        norm_eps: float | None = None,
         layer_idx: int | None = None,
+        d_inner: int | None = None,
     ):
         super().__init__()
-        d_inner = expand * d_model
+        if d_inner is None:
+            d_inner = expand * d_model
+        elif isinstance(d_inner, bool) or not isinstance(d_inner, int) or d_inner <= 0:
+            raise ValueError(f"Mamba2: d_inner must be a positive integer or None, got {d_inner!r}")
         if not isinstance(headdim, int) or headdim <= 0 or d_inner % headdim != 0:
             raise ValueError(
                 f"Mamba2: headdim ({headdim!r}) must be a positive integer dividing d_inner "
-                f"({d_inner} = expand {expand} * d_model {d_model})"
+                f"({d_inner})"
             )
         nheads = d_inner // headdim
         if not isinstance(ngroups, int) or ngroups <= 0 or nheads % ngroups != 0:
@@ -173,7 +181,8 @@ class Mamba2(nn.Module):
         self.dt_bias = tag_ssm_param(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))
         self.A_log = tag_ssm_param(nn.Parameter(torch.log(torch.empty(nheads).uniform_(1, 16))))
         self.D = tag_ssm_param(nn.Parameter(torch.ones(nheads)))
-        self.norm = RMSNormGated(d_inner, d_inner // ngroups, eps=norm_eps)
+        eps = 1e-5 if norm_eps is None else norm_eps
+        self.norm = RMSNormGated(d_inner, d_inner // ngroups, eps=eps)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         for module in (self.in_proj, self.conv1d, self.out_proj):
             if module is not None and module.bias is not None:

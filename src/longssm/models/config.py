@@ -89,7 +89,9 @@ class ModelConfig:
 
     @property
     def d_inner(self) -> int:
-        return self.expand * self.d_model
+        """expand * d_model, or Mamba-2's ``mixer_options["d_inner"]`` (pruned heads)."""
+        given = self.mixer_options.get("d_inner") if self.mixer == "mamba2" else None
+        return self.expand * self.d_model if given is None else int(given)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

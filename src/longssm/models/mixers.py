@@ -198,6 +198,16 @@ register(
         unknown_option="unknown mamba mixer option(s)",
     )
 )
+def _mamba2(cfg, opts: dict, i: int) -> Mamba2:
+    """Mamba-2 of block i. ``d_inner`` None = expand * d_model; ``norm_eps`` (of the gated
+    RMSNorm) None = cfg.norm_eps. Both are set by head pruning (``longssm prune --method heads``):
+    fewer heads, and the eps rescaled so that the group mean square is unchanged."""
+    opts = dict(opts)
+    eps = opts.pop("norm_eps")
+    return Mamba2(d_model=cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                  norm_eps=cfg.norm_eps if eps is None else float(eps), layer_idx=i, **opts)
+
+
 register(
     MixerSpec(
         name="mamba2",
@@ -214,16 +224,10 @@ register(
             "conv_bias": True,
             "chunk_size": 64,
             "scan": "auto",
+            "d_inner": None,
+            "norm_eps": None,
         },
-        construct=lambda cfg, opts, i: Mamba2(
-            d_model=cfg.d_model,
-            d_state=cfg.d_state,
-            d_conv=cfg.d_conv,
-            expand=cfg.expand,
-            norm_eps=cfg.norm_eps,
-            layer_idx=i,
-            **opts,
-        ),
+        construct=lambda cfg, opts, i: _mamba2(cfg, opts, i),
         unknown_option="unknown mamba2 mixer option(s)",
     )
 )
