@@ -267,14 +267,13 @@ def test_eval_reduce_bad_input(base, capsys, spec, message):
 
 
 def test_extend_init_from_an_adapted_run_is_one_line_exit_2(base, capsys):
-    """``extend`` takes a run only as ``--init-from``, which reads Hugging Face weights: an
-    adapted run (or a plain longssm run) is refused by name, and nothing is written."""
+    """``extend --init-from`` takes a longssm run or an HF directory (tests/interop); an adapted
+    run (base + adapter: state methods are not plain weights) is refused by name, nothing written."""
     adapted = _adapt(base, capsys, "lora:2")
-    for source, kind in ((adapted, "an adapted run"), (base / "base", "a longssm run")):
-        out = base / "ex"
-        code, _, err = run_cli(["extend", "--init-from", str(source), "--steps", "2", "--seq-len",
-                                "16", "--max-length", "32", "--n-tokens", "64", "--policies",
-                                "zero", "--out", str(out), "--quiet"], capsys)
-        assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
-        assert kind in err and "Hugging Face" in err
-        assert not out.exists()
+    out = base / "ex"
+    code, _, err = run_cli(["extend", "--init-from", str(adapted), "--steps", "2", "--seq-len",
+                            "16", "--max-length", "32", "--n-tokens", "64", "--policies",
+                            "zero", "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
+    assert "an adapted run" in err
+    assert not out.exists()

@@ -65,10 +65,7 @@ def _raw_config(path: Path) -> dict:
         raise CheckpointError(f"no such Hugging Face checkpoint directory: {path}")
     if is_adapter_dir(path) or (path / "meta.json").exists() or (path / "checkpoints").is_dir():
         kind = "an adapted run (base + adapter)" if is_adapter_dir(path) else "a longssm run"
-        raise CheckpointError(
-            f"{path} is {kind}, not a Hugging Face directory: --init-from starts training from "
-            "Hugging Face Mamba/Mamba-2 weights only (score the run with longssm eval)"
-        )
+        raise CheckpointError(f"{path} is {kind}, not a Hugging Face Mamba/Mamba-2 directory")
     if not is_hf_dir(path):
         raise CheckpointError(
             f"{path} is not a Hugging Face checkpoint: expected config.json with model_type "

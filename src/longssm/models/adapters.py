@@ -145,8 +145,8 @@ class MambaStateAdapter(StateAdapter):
         check_input(x, b.d_model)
         state = self._start(state, x.shape[0], x)
         xs, z = b.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
-        xs, conv_state = causal_conv(b.conv1d, xs, None if state is None else state.conv)
-        xs = F.silu(xs)
+        xs, conv_state = causal_conv(b.conv1d, xs, None if state is None else state.conv,
+                                     activation="silu")  # as the layer: the fused conv + SiLU
         h0 = None if state is None else state.ssm
         dt, B, C = b._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         path = resolve_path(b.scan, xs, h0)
@@ -210,8 +210,9 @@ class Mamba2StateAdapter(StateAdapter):
             return empty_sequence(b, x, state)
         batch, T, _ = x.shape
         z, xBC, dt_raw = b.in_proj(x).split([b.d_inner, b.conv_dim, b.nheads], dim=-1)
-        xBC, conv_state = causal_conv(b.conv1d, xBC, None if state is None else state.conv)
-        xs, B, C = self._split(F.silu(xBC))  # (b, T, H, P), (b, T, G, N), (b, T, G, N)
+        xBC, conv_state = causal_conv(b.conv1d, xBC, None if state is None else state.conv,
+                                      activation="silu")  # as the layer: the fused conv + SiLU
+        xs, B, C = self._split(xBC)  # (b, T, H, P), (b, T, G, N), (b, T, G, N)
         h0 = None if state is None else state.ssm
         y, h = ssd(xs, b._dt(dt_raw), -torch.exp(b.A_log), B, C, b.D, initial_state=h0,
                    output_final_state=True, chunk_size=b.chunk_size,
