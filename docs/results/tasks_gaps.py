@@ -31,7 +31,7 @@ PARTS = {
         (f"{task} {mixer} x1", dict(task=task, mixer=mixer, layers=1, d_model=64, d_state=16,
                                     steps=2000, train_lengths=(1, 12), test_bins=GROUP_BINS))
         for task in ("a5", "z60")
-        for mixer in ("ids4+act=softmax+init=uniform", "ids4+act=softmax", "ids4")
+        for mixer in ("ids4", "ids4+init=identity", "ids4+act=identity+init=identity")
     ],
     "mqar": [
         ("mqar mamba x2 d32 N16 600@3e-3 (suite)",

@@ -125,7 +125,7 @@ def test_identity_init_keeps_the_state(act):
     torch.manual_seed(3)
     x = torch.randn(2, 50, 32, dtype=torch.float64)
     eye = torch.eye(16, dtype=torch.float64)
-    A = IDS4(32, 16, act=act).double().transitions(x)
+    A = IDS4(32, 16, act=act, init="identity").double().transitions(x)
     diag = torch.diagonal(A, dim1=-2, dim2=-1)
     off = (A - eye * diag[..., None]).abs().sum(-2) / 15  # mean |off-diagonal| of each column
     assert diag.mean() > 0.9 and off.mean() < 0.2, (diag.mean(), off.mean())

@@ -7,10 +7,14 @@ Per step the transition is a dense N×N matrix computed from the input:
 Unlike a diagonal SSM, products of such A_t can represent non-commutative state updates (e.g. the
 permutations of S_5), which is what the control is for.
 
-``act`` (option): ``softmax`` (default: each column of A_t is a softmax over its rows, so A_t is
+``act`` (option): ``softmax`` (default, stable for language modelling with a carried state: each column of A_t is a softmax over its rows, so A_t is
 column-stochastic, ‖A_t‖₁ = 1: no exponential growth, but the sum of the state's entries is never
 forgotten, Σ_i h_t,i = Σ_i h_t-1,i + Σ_i (B x_t)_i, so the state can grow linearly with length),
-``tanh`` (entries in (-1, 1); can grow exponentially with length), or ``identity``.
+``tanh`` (entries in (-1, 1); can grow exponentially with length), or ``identity`` (A_t linear
+in x_t, the paper's unnormalised form). The state-tracking control of the capability suite is
+``act=identity, init=identity``: it learns A5 in one layer where the defaults do not; with a
+carried state in language-model training it diverges (tests/train/test_families.py), hence the
+defaults.
 
 Forms: ``forward`` is the sequential reference (a loop over time applying the precomputed A_t);
 ``step`` one step. There is no chunked form: a chunk would multiply dense N×N matrices (O(N³) per
@@ -21,11 +25,11 @@ Glossary (paper symbol -> code name, shape):
     W_d W (H, N, N)              W_0  W0 (N, N)
     B   B (N, H)                 C    C (H, N)          D   D (H,)
     h_t IDS4State.ssm (batch, N)
-Init (option ``init``): ``identity`` (default): every A_t starts near the identity, so the state
+Init (option ``init``): ``identity``: every A_t starts near the identity, so the state
 is kept and gradients reach back through time from the first step: W0 = α I (softmax: α = log(N-1)
 + 3, a diagonal weight of e³/(e³+1) ≈ 0.95; tanh: α = 2, tanh 2 ≈ 0.96; identity: α = 1) and
 W ~ N(0, 1/H²) (input-dependent part of each entry of order 1/√H at unit-RMS inputs).
-``uniform`` (the first version): W ~ N(0, 1/(H N)), W0 = 0, so a softmax A_t starts near the
+``uniform`` (default, the first version): W ~ N(0, 1/(H N)), W0 = 0, so a softmax A_t starts near the
 uniform matrix 11ᵀ/N, a rank-one map that erases the state except its sum at every step (tanh and
 identity: A_t near 0, the state is forgotten); the capability suite measured that this init does
 not learn the group word problems (docs/tasks.md). Both: B ~ N(0, 1/H), C ~ N(0, 1/N), D = 1.
@@ -75,8 +79,8 @@ def identity_logit(act: str, n: int) -> float:
 class IDS4(nn.Module):
     """IDS4 mixer: ``forward(x, state=None) -> (y, IDS4State)``, x and y (batch, time, d_model)."""
 
-    def __init__(self, d_model: int, d_state: int = 16, act: str = "identity",
-                 init: str = "identity") -> None:
+    def __init__(self, d_model: int, d_state: int = 16, act: str = "softmax",
+                 init: str = "uniform") -> None:
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"IDS4: act must be one of {list(ACTIVATIONS)}, got {act!r}")
