@@ -73,7 +73,7 @@ def test_pieces_and_steps_equal_one_pass():
 
 def test_softmax_transitions_are_column_stochastic_and_state_grows_at_most_linearly():
     torch.manual_seed(2)
-    layer = IDS4(4, 6).double()
+    layer = IDS4(4, 6, act="softmax").double()
     x = torch.randn(1, 500, 4, dtype=torch.float64)
     A = layer.transitions(x)
     assert_close(A.sum(-2), torch.ones(1, 500, 6, dtype=torch.float64), name="column sums")
@@ -88,3 +88,48 @@ def test_bad_options():
         IDS4(4, 3, act="relu")
     with pytest.raises(ValueError, match="state.ssm must have shape"):
         IDS4(4, 3)(torch.randn(2, 3, 4), IDS4State(torch.zeros(2, 4)))
+
+
+def test_transition_represents_the_a5_word_problem():
+    """Merrill et al.: a dense input-dependent transition tracks permutations in one layer. With
+    one-hot inputs, A(g) = P_g (the permutation matrix, P_g[g(i), i] = 1) and B x(g) = P_g v - v,
+    the recurrence from h_0 = 0 gives h_t = P_{g_t}...P_{g_1} v - v: with v = (0, 1, 2, 3, 4),
+    h_t + v is the inverse of the running product g_1·…·g_t (composed by the group table)."""
+    from longssm.tasks.groups import get_group
+
+    group = get_group("a5")
+    G, N = group.order, 5
+    P = torch.zeros(G, N, N, dtype=torch.float64)
+    for g, images in enumerate(group.elements):
+        P[g, torch.as_tensor(images), torch.arange(N)] = 1.0
+    v = torch.arange(N, dtype=torch.float64)
+    layer = IDS4(G, N, act="identity").double()
+    with torch.no_grad():
+        layer.W.copy_(P)
+        layer.W0.zero_()
+        layer.B.copy_((P @ v - v).T)  # (N, G)
+        layer.C.zero_()
+        layer.C[:N] = torch.eye(N, dtype=torch.float64)
+        layer.D.zero_()
+    words = torch.randint(G, (4, 30), generator=torch.Generator().manual_seed(0))
+    y, _ = layer(torch.nn.functional.one_hot(words, G).double())
+    products = group.running_products(words.numpy())  # (4, 30) element indices
+    expected = torch.as_tensor(group.elements[products].argsort(-1), dtype=torch.float64)
+    assert_close(y[..., :N] + v, expected, name="h_t + v")
+
+
+@pytest.mark.parametrize("act", ["softmax", "tanh", "identity"])
+def test_identity_init_keeps_the_state(act):
+    """The default init starts every A_t near the identity at unit-RMS inputs (the ``uniform``
+    init starts softmax near 11ᵀ/N, which erases all but the state's sum)."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 50, 32, dtype=torch.float64)
+    eye = torch.eye(16, dtype=torch.float64)
+    A = IDS4(32, 16, act=act, init="identity").double().transitions(x)
+    diag = torch.diagonal(A, dim1=-2, dim2=-1)
+    off = (A - eye * diag[..., None]).abs().sum(-2) / 15  # mean |off-diagonal| of each column
+    assert diag.mean() > 0.9 and off.mean() < 0.2, (diag.mean(), off.mean())
+    uniform = IDS4(32, 16, act="softmax", init="uniform").double().transitions(x)
+    assert (uniform - 1 / 16).abs().mean() < 0.02  # every entry near 1/N, the diagonal too
+    with pytest.raises(ValueError, match="init must be one of"):
+        IDS4(4, 3, init="zeros")

@@ -116,6 +116,37 @@ def test_word_problem_scored_per_length(oracle):
     assert bins[1]["value"] < 0.05 and bins[0]["sequence"]["value"] == 0.0
 
 
+class _RecallStub(torch.nn.Module):
+    """Answers the first ``right`` queries of every MQAR sequence by lookup, the rest wrongly."""
+
+    def __init__(self, right):
+        super().__init__()
+        self.right = right
+
+    def forward(self, inputs, state=None):
+        ids = inputs.numpy()
+        answer = np.zeros(ids.shape, dtype=np.int64)
+        for row, seq in zip(answer, ids):
+            k = len(seq) // 3
+            table = dict(zip(seq[0:2 * k:2], seq[1:2 * k:2] - recall.KEYS))
+            for j, t in enumerate(range(2 * k, 3 * k)):
+                value = table[seq[t]]
+                row[t] = value if j < self.right else (value + 1) % recall.VALUES
+        return torch.nn.functional.one_hot(torch.from_numpy(answer), recall.VALUES).float(), None
+
+
+def test_mqar_scored_per_query():
+    """Zoology's MQAR accuracy averages over queries: 2 right of 8 per sequence -> 25%, where the
+    every-query-right sequence unit (kept in the record) gives 0."""
+    task = get_task("mqar")
+    cfg = TaskRunConfig(task="mqar", test_bins=[(24, 24)], eval_samples=50)
+    (row,) = evaluate_bins(task, _RecallStub(2), cfg)
+    assert row["unit"] == "position" and row["value"] == pytest.approx(0.25)
+    assert row["sequence"]["value"] == 0.0
+    (row,) = evaluate_bins(task, _RecallStub(8), cfg)
+    assert row["value"] == 1.0 and row["sequence"]["value"] == 1.0
+
+
 def test_flipflop_scores_the_reads():
     """Liu et al.: strings start with w and end with r; only the positions after r are scored."""
     task, lang = get_task("flipflop"), languages()["flipflop"]

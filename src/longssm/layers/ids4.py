@@ -7,10 +7,14 @@ Per step the transition is a dense N×N matrix computed from the input:
 Unlike a diagonal SSM, products of such A_t can represent non-commutative state updates (e.g. the
 permutations of S_5), which is what the control is for.
 
-``act`` (option): ``softmax`` (default: each column of A_t is a softmax over its rows, so A_t is
+``act`` (option): ``softmax`` (default, stable for language modelling with a carried state: each column of A_t is a softmax over its rows, so A_t is
 column-stochastic, ‖A_t‖₁ = 1: no exponential growth, but the sum of the state's entries is never
 forgotten, Σ_i h_t,i = Σ_i h_t-1,i + Σ_i (B x_t)_i, so the state can grow linearly with length),
-``tanh`` (entries in (-1, 1); can grow exponentially with length), or ``identity``.
+``tanh`` (entries in (-1, 1); can grow exponentially with length), or ``identity`` (A_t linear
+in x_t, the paper's unnormalised form). The state-tracking control of the capability suite is
+``act=identity, init=identity``: it learns A5 in one layer where the defaults do not; with a
+carried state in language-model training it diverges (tests/train/test_families.py), hence the
+defaults.
 
 Forms: ``forward`` is the sequential reference (a loop over time applying the precomputed A_t);
 ``step`` one step. There is no chunked form: a chunk would multiply dense N×N matrices (O(N³) per
@@ -21,8 +25,18 @@ Glossary (paper symbol -> code name, shape):
     W_d W (H, N, N)              W_0  W0 (N, N)
     B   B (N, H)                 C    C (H, N)          D   D (H,)
     h_t IDS4State.ssm (batch, N)
-Init: W ~ N(0, 1/(H N)), W0 = 0 (for softmax A_t starts near the uniform matrix 1/N; for tanh
-near 0), B ~ N(0, 1/H), C ~ N(0, 1/N), D = 1.
+Init (option ``init``): ``identity``: every A_t starts near the identity, so the state
+is kept and gradients reach back through time from the first step: W0 = α I (softmax: α = log(N-1)
++ 3, a diagonal weight of e³/(e³+1) ≈ 0.95; tanh: α = 2, tanh 2 ≈ 0.96; identity: α = 1) and
+W ~ N(0, 1/H²) (input-dependent part of each entry of order 1/√H at unit-RMS inputs).
+``uniform`` (default, the first version): W ~ N(0, 1/(H N)), W0 = 0, so a softmax A_t starts near the
+uniform matrix 11ᵀ/N, a rank-one map that erases the state except its sum at every step (tanh and
+identity: A_t near 0, the state is forgotten); the capability suite measured that this init does
+not learn the group word problems (docs/tasks.md). Both: B ~ N(0, 1/H), C ~ N(0, 1/N), D = 1.
+
+A permutation matrix is column stochastic, so every act can represent one (softmax only in the
+limit of large logits): with A(g) = P_g and B x(g) = P_g v − v, the recurrence from h_0 = 0 gives
+h_t = P_{g_t}⋯P_{g_1} v − v, the running product applied to v (tests/layers/test_ids4.py).
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from torch import nn
 from longssm.layers.base import check_input, check_state, tag_ssm_param
 
 ACTIVATIONS = ("softmax", "tanh", "identity")
+INITS = ("identity", "uniform")
 
 
 class IDS4State(NamedTuple):
@@ -54,25 +69,37 @@ def ids4_activation(pre: torch.Tensor, act: str) -> torch.Tensor:
     return pre
 
 
+def identity_logit(act: str, n: int) -> float:
+    """α of the ``identity`` init W0 = α I: A_t ≈ 0.95 I (softmax, tanh) or I (identity act)."""
+    if act == "softmax":
+        return math.log(max(n - 1, 1)) + 3.0
+    return 2.0 if act == "tanh" else 1.0
+
+
 class IDS4(nn.Module):
     """IDS4 mixer: ``forward(x, state=None) -> (y, IDS4State)``, x and y (batch, time, d_model)."""
 
-    def __init__(self, d_model: int, d_state: int = 16, act: str = "softmax") -> None:
+    def __init__(self, d_model: int, d_state: int = 16, act: str = "softmax",
+                 init: str = "uniform") -> None:
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"IDS4: act must be one of {list(ACTIVATIONS)}, got {act!r}")
+        if init not in INITS:
+            raise ValueError(f"IDS4: init must be one of {list(INITS)}, got {init!r}")
         if not isinstance(d_state, int) or d_state < 1:
             raise ValueError(f"IDS4: d_state must be a positive integer, got {d_state!r}")
         H, N = d_model, d_state
-        self.d_model, self.d_state, self.act = H, N, act
-        self.W = tag_ssm_param(nn.Parameter(torch.randn(H, N, N) / math.sqrt(H * N)))
-        self.W0 = tag_ssm_param(nn.Parameter(torch.zeros(N, N)))
+        self.d_model, self.d_state, self.act, self.init = H, N, act, init
+        w_std, diag = (1 / H, identity_logit(act, N)) if init == "identity" else (
+            1 / math.sqrt(H * N), 0.0)
+        self.W = tag_ssm_param(nn.Parameter(torch.randn(H, N, N) * w_std))
+        self.W0 = tag_ssm_param(nn.Parameter(diag * torch.eye(N)))
         self.B = nn.Parameter(torch.randn(N, H) / math.sqrt(H))
         self.C = nn.Parameter(torch.randn(H, N) / math.sqrt(N))
         self.D = tag_ssm_param(nn.Parameter(torch.ones(H)))
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_state={self.d_state}, act={self.act}"
+        return f"d_model={self.d_model}, d_state={self.d_state}, act={self.act}, init={self.init}"
 
     def transitions(self, x: torch.Tensor) -> torch.Tensor:
         """A_t for every step: x (..., H) -> (..., N, N)."""

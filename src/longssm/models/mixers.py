@@ -290,7 +290,7 @@ register(
         name="ids4",
         layer=IDS4,
         state=IDS4State,
-        defaults={"act": "softmax"},
+        defaults={"act": "softmax", "init": "uniform"},
         construct=lambda cfg, opts, i: IDS4(cfg.d_model, cfg.d_state, **opts),
         unknown_option="IDS4: unknown mixer option(s)",
     )

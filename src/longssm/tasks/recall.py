@@ -3,7 +3,10 @@
 MQAR, length n (a multiple of 3, n ≤ 3·KEYS): k = n/3 pairs ``key value`` with distinct keys, then
 the k keys again in a random order; at each query position the label is the value bound to that
 key (other positions are unlabelled). Token ids: 0..KEYS-1 keys, KEYS..KEYS+VALUES-1 values.
-Score: a sequence is right when every query is.
+Score: per query, pooled over a bin (the accuracy of Zoology, Arora et al. 2023, which averages
+over query positions); "every query right" is kept as the sequence unit. Unlike Zoology, which
+fixes the number of pairs and pads a longer sequence with noise, k grows with n here: a longer
+test sequence also holds more pairs than any training sequence.
 
 Passkey, length n ≥ 3: filler tokens, one ``MARK value`` pair at a random position, filler, and a
 final ``QUERY`` token whose label is the value. Score: that one prediction.

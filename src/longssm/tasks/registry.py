@@ -129,7 +129,8 @@ def _recall_task(name: str) -> Task:
     if name == "mqar":
         fn, vocab, n_out, ok, top = (recall.mqar, recall.KEYS + recall.VALUES, recall.VALUES,
                                      lambda n: n >= 3 and n % 3 == 0, 3 * recall.KEYS)
-        label = "value bound to the queried key at each query position (last third)"
+        label = ("value bound to the queried key at each query position (last third); scored "
+                 "per query (Zoology's accuracy)")
     else:
         fn, vocab, n_out, ok, top = (recall.passkey, recall.PASS_VOCAB, recall.PASS_VALUES,
                                      lambda n: n >= 3, MAX_LENGTH)
@@ -139,7 +140,8 @@ def _recall_task(name: str) -> Task:
         inputs, targets, mask = fn(batch, n, rng)
         return Batch(inputs, targets, mask, mask)
 
-    return Task(name, "recall", "class", vocab, n_out, False, make, ok, top, label)
+    return Task(name, "recall", "class", vocab, n_out, False, make, ok, top, label,
+                unit="position" if name == "mqar" else "sequence")
 
 
 def _build() -> dict[str, Task]:

@@ -3,7 +3,7 @@
 Every run writes its record (``trainer.run``) to JSON; the suite writes all records to
 ``tasks.json``, the table to ``tasks.md`` and heatmaps (``tasks-accuracy.png``,
 ``tasks-nmse.png``), all drawn from the records. Controls that another build registers
-(``mamba+negative_eigenvalues=true``, ``ids4``) are listed in the matrix and reported as skipped
+(``mamba+negative_eigenvalues=true``, ``ids4+act=identity+init=identity``) are listed in the matrix and reported as skipped
 when this build's registry does not know them.
 """
 
@@ -28,7 +28,7 @@ from longssm.tasks.trainer import (
 )
 
 QUICK = {"d_model": 32, "d_state": 16, "batch_size": 32, "eval_samples": 100}
-CONTROLS = ["mamba+negative_eigenvalues=true", "ids4"]
+CONTROLS = ["mamba+negative_eigenvalues=true", "ids4+act=identity+init=identity"]
 GROUP_TASKS = ["a5", "z60", "a4xz5"]
 GROUP_SETTINGS = {"steps": 3000, "d_model": 64}
 """Word problems need more: at 600 steps of d_model 32 no mixer got past k = 1 (a copy); an LSTM
