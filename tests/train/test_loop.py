@@ -12,8 +12,8 @@ from longssm.config import RunConfig
 from longssm.data import ContiguousStreams
 from longssm.models import ModelConfig, SSMLanguageModel
 from longssm.models import lm as lm_module
-from longssm.train.loop import NonFiniteError, accumulate_gradients, train, unigram_entropy
 from longssm.policies import make_policy
+from longssm.train.loop import NonFiniteError, accumulate_gradients, train, unigram_entropy
 
 TINY_MODEL = dict(mixer="mamba", d_model=16, n_layers=2, d_state=4, expand=2, d_conv=4)
 

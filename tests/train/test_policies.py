@@ -6,8 +6,8 @@ import torch
 from longssm.config import POLICY_GRAMMAR, parse_policy
 from longssm.models import ModelConfig, SSMLanguageModel
 from longssm.models.state import select_rows
-from longssm.train.distributed import ShardedPolicy
 from longssm.policies import POLICY_CLASSES, StatePolicy, make_policy
+from longssm.train.distributed import ShardedPolicy
 
 
 def tiny_model(**kw):

@@ -36,6 +36,7 @@ from longssm.dist import DistContext, env_world, init_distributed, owned_streams
 from longssm.interop.pretrained import load_pretrained_weights, source_tokenizer
 from longssm.models import SSMLanguageModel
 from longssm.models.state import ModelState, flatten_state, unflatten_state
+from longssm.policies import StatePolicy, make_policy
 from longssm.train.distributed import ShardedPolicy
 from longssm.train.metrics import (
     read_metrics,
@@ -44,7 +45,6 @@ from longssm.train.metrics import (
     write_metrics,
 )
 from longssm.train.optim import param_groups
-from longssm.policies import StatePolicy, make_policy
 from longssm.train.tensorboard import check_tensorboard
 
 # Config fields that may change when a run is resumed (they do not alter the trajectory).
