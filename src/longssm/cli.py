@@ -53,8 +53,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out", help="run directory (default: runs/<mixer>-<policy>-T<seq_len>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--init-from", default=None, metavar="SRC",
-                   help="start from a longssm run or checkpoint, or a local Hugging Face "
-                   "Mamba/Mamba-2 directory (architecture, weights and tokenizer from it)")
+                   help="start from a longssm run or checkpoint, a local Hugging Face "
+                   "Mamba/Mamba-2 directory, or a lora:R/full adapted run (merged) "
+                   "(architecture, weights and tokenizer from it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -93,7 +93,8 @@ class DataConfig:
     tokenizer: str = "bytes"
     """bytes (vocabulary 257), bpe:VOCAB (byte-level BPE trained locally on the train split),
     hf:PATH (a tokenizer.json, or a directory holding one, read with ``tokenizers``) or run:PATH
-    (the tokenizer stored in a longssm run's latest checkpoint; set by ``--init-from RUN``)."""
+    (the tokenizer stored in a longssm run's latest checkpoint, or an adapted run's base; set by
+    ``--init-from RUN``)."""
     seq_len: int = 32
     """Training segment length T."""
     batch_size: int = 16
@@ -180,9 +181,9 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write TensorBoard event files under RUN/tb/ (needs the tensorboard package)."""
     init_from: str = ""
-    """Start from the weights of a longssm run or checkpoint, or of a local Hugging Face Mamba /
-    Mamba-2 directory ('' = random init); the model table is then that source's architecture
-    (``longssm train --init-from``)."""
+    """Start from the weights of a longssm run or checkpoint, a local Hugging Face Mamba /
+    Mamba-2 directory, or a lora:R / full adapted run (LoRA merged into the weights) ('' = random
+    init); the model table is then that source's architecture (``longssm train --init-from``)."""
 
     def __post_init__(self) -> None:
         parse_policy(self.policy)

@@ -94,9 +94,9 @@ def add_extend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="same as --preset quick")
     parser.add_argument("--corpus", default="python-stdlib", help="corpus spec (default: python-stdlib)")
     parser.add_argument("--init-from", default=None, metavar="SRC",
-                        help="post-train every policy from this longssm run or checkpoint, or "
-                        "local Hugging Face Mamba/Mamba-2 directory (architecture and tokenizer "
-                        "from it) instead of random weights")
+                        help="post-train every policy from this longssm run or checkpoint, "
+                        "local Hugging Face Mamba/Mamba-2 directory, or lora:R/full adapted run "
+                        "(merged; architecture and tokenizer from it) instead of random weights")
     parser.add_argument("--mixer", default=None,
                         help=f"one of {', '.join(MIXER_NAMES)} (default: the preset's)")
     parser.add_argument("--seq-len", default=None, help="training length(s) T, e.g. 16 or 16,32,64")

@@ -266,14 +266,14 @@ def test_eval_reduce_bad_input(base, capsys, spec, message):
     assert not (base / "base" / "eval").exists()
 
 
-def test_extend_init_from_an_adapted_run_is_one_line_exit_2(base, capsys):
-    """``extend --init-from`` takes a longssm run or an HF directory (tests/interop); an adapted
-    run (base + adapter: state methods are not plain weights) is refused by name, nothing written."""
-    adapted = _adapt(base, capsys, "lora:2")
+def test_extend_init_from_a_state_adapted_run_is_one_line_exit_2(base, capsys):
+    """``extend --init-from`` takes a LoRA/full adapted run (merged; tests/adapt/
+    test_init_from_adapted.py); a state-method one is not plain weights: refused, nothing written."""
+    adapted = _adapt(base, capsys, "state-offset-y")
     out = base / "ex"
     code, _, err = run_cli(["extend", "--init-from", str(adapted), "--steps", "2", "--seq-len",
                             "16", "--max-length", "32", "--n-tokens", "64", "--policies",
                             "zero", "--out", str(out), "--quiet"], capsys)
     assert code == 2 and err.startswith("longssm: error:") and err.count("\n") == 1, err
-    assert "an adapted run" in err
+    assert "adapted with state-offset-y" in err and "not expressible" in err
     assert not out.exists()

@@ -29,11 +29,14 @@ from longssm.adapt.reduce import (
 from longssm.adapt.reduce_eval import reduce_eval
 from longssm.adapt.score import paired_gain, position_gain, summarise, window_nll
 from longssm.adapt.tune import AdaptSettings, adapt_run
+from longssm.interop.adapters import load_merged
 from longssm.models.adapters import (
     STATE_METHODS,
     LoRALinear,
     StateAdapter,
+    is_mergeable,
     lora_spec,
+    merge_adapter,
     state_adapter,
 )
 
@@ -53,6 +56,9 @@ __all__ = [
     "StateAdapter",
     "LoRALinear",
     "lora_spec",
+    "is_mergeable",
+    "load_merged",
+    "merge_adapter",
     "adapt_run",
     "adapter_tensors",
     "apply_adapter",

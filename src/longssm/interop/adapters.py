@@ -7,6 +7,8 @@ An adapted run ``RUN2/`` (``longssm adapt ... --out RUN2``) holds
 ``load_adapted(RUN2)`` rebuilds the base model (``checkpoint.load_model``), checks the adapter fits
 it (names and shapes, then the base's SHA-256) and returns base + adapter. ``load_source`` calls it
 for such a directory, so ``longssm eval RUN2`` / ``generate RUN2`` read it like any run.
+``load_merged(RUN2)`` is the plain model a ``lora:R`` or ``full`` adapted run equals (LoRA merged
+into W); ``train|extend --init-from RUN2`` start from it (``interop.pretrained``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from longssm.checkpoint import file_sha256, load_model
-from longssm.models.adapters import AdaptError, apply_adapter
+from longssm.checkpoint import file_sha256, load_model, resolve_checkpoint
+from longssm.models.adapters import AdaptError, apply_adapter, check_mergeable, merge_adapter
 
 ADAPTER_FORMAT = 1
 TENSORS, META = "adapter.safetensors", "adapter.json"
@@ -31,19 +33,28 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / META).is_file()
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(metadata, tensors) of an adapted run directory; AdaptError when it is not one."""
+def read_adapter_meta(path: str | os.PathLike) -> dict:
+    """The metadata (``adapter.json``) of an adapted run; AdaptError when it is not one."""
     path = Path(path)
     if not (path / META).is_file() or not (path / TENSORS).is_file():
         raise AdaptError(f"{path} is not an adapted run ({META} + {TENSORS})")
     try:
         with open(path / META) as f:
             meta = json.load(f)
-        tensors = load_file(str(path / TENSORS))
-    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise AdaptError(f"corrupt adapter in {path}: {exc}") from exc
     if not isinstance(meta, dict) or "method" not in meta or "base" not in meta:
         raise AdaptError(f"{path / META} is not adapter metadata (no method/base)")
+    return meta
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of an adapted run directory; AdaptError when it is not one."""
+    meta = read_adapter_meta(path)
+    try:
+        tensors = load_file(str(Path(path) / TENSORS))
+    except (SafetensorError, OSError) as exc:
+        raise AdaptError(f"corrupt adapter in {path}: {exc}") from exc
     return meta, tensors
 
 
@@ -84,3 +95,33 @@ def load_adapted_source(path: str | os.PathLike, device: str | torch.device = "c
     base_meta["adapter"] = {k: meta.get(k) for k in (
         "method", "base", "base_sha256", "corpus", "trainable_parameters")}
     return model, Path(path), base_meta
+
+
+def mergeable_base(path: str | os.PathLike) -> Path:
+    """The base checkpoint of an adapted run that ``train|extend --init-from`` can start from.
+
+    Only ``lora:R`` and ``full`` adapters are plain weights of the base architecture
+    (``models.adapters.check_mergeable``); the state methods and prefix tuning are refused (one
+    line). The base must still exist and have the SHA-256 the adapter was trained on.
+    """
+    meta = read_adapter_meta(path)
+    check_mergeable(meta["method"], path)
+    base = meta["base"]
+    if not Path(base).exists():
+        raise AdaptError(f"the base checkpoint of adapter {path} is gone: {base}")
+    ckpt = resolve_checkpoint(base)
+    if file_sha256(ckpt / "model.safetensors") != meta.get("base_sha256"):
+        raise AdaptError(f"base checkpoint {ckpt} is not the one adapter {path} was trained on "
+                         "(SHA-256 differs)")
+    return ckpt
+
+
+def load_merged(path: str | os.PathLike, dtype: torch.dtype | None = None):
+    """The plain model an adapted run equals (``lora:R`` merged into the weights, or the
+    ``full`` weights), on the CPU in ``dtype`` (default the base run's), train mode, every
+    parameter trainable. The LoRA sums are formed in float64 (``merged_linear``)."""
+    mergeable_base(path)
+    model, _, _ = load_adapted(path)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return merge_adapter(model).train()

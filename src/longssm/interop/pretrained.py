@@ -15,8 +15,10 @@ only; nothing is ever downloaded, and pickled ``pytorch_model.bin`` weights are 
     load_pretrained_weights(model, SRC)   copy SRC's weights into a model built from that config
     export_hf(run, out)               a run's model as an HF directory transformers loads
 
-``--init-from SRC`` takes a longssm run or checkpoint as well as an HF directory: the same
-functions serve both kinds, dispatching on ``source_kind``. A run's weights are read from its
+``--init-from SRC`` takes a longssm run or checkpoint as well as an HF directory, and an adapted
+run whose adapter is plain weights (``lora:R`` merged into W, or ``full``; the state methods and
+prefix tuning are refused with one line): the same functions serve every kind, dispatching on
+``source_kind``; an adapted run's architecture and tokenizer are its base's. A run's weights are read from its
 latest checkpoint's ``model.safetensors`` after ``checkpoint.verify_checkpoint`` (schema and
 SHA-256 of every file); nothing is unpickled.
 
@@ -40,7 +42,12 @@ from longssm import checkpoint as ckpt_io
 from longssm.checkpoint import CheckpointError
 from longssm.config import ConfigError, RunConfig, apply_overrides, read_config_file
 from longssm.data import ByteTokenizer, HFTokenizer, Tokenizer, tokenizer_from_dict
-from longssm.interop.adapters import is_adapter_dir, load_adapted_source
+from longssm.interop.adapters import (
+    is_adapter_dir,
+    load_adapted_source,
+    load_merged,
+    mergeable_base,
+)
 from longssm.models import ModelConfig, SSMLanguageModel
 
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
@@ -126,12 +133,28 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def load_pretrained_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
-    """Copy the weights of model source ``path`` (a longssm run or checkpoint, or an HF directory)
-    into ``model``, built from ``source_model_config(path)``."""
-    if _init_kind(path) == "hf":
+    """Copy the weights of model source ``path`` (a longssm run or checkpoint, an HF directory, or
+    a LoRA/full adapted run, merged) into ``model``, built from ``source_model_config(path)``."""
+    kind = _init_kind(path)
+    if kind == "hf":
         load_hf_weights(model, path)
+    elif kind == "adapter":
+        load_adapter_weights(model, path)
     else:
         ckpt_io.load_weights(model, _run_checkpoint(path)[0])
+
+
+def load_adapter_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
+    """Copy the plain weights an adapted run equals (``lora:R`` merged, or ``full``) into
+    ``model``, built from its base's config. The merge is formed in float64 and rounded once to
+    ``model``'s dtype."""
+    merged = load_merged(path, dtype=torch.float64)  # one rounding, at the copy into ``model``
+    own = model.state_dict()
+    theirs = merged.state_dict()
+    if set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own):
+        raise CheckpointError(f"the merged model of adapted run {path} does not fit this model")
+    with torch.no_grad():
+        model.load_state_dict(theirs)
 
 
 def load_hf_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
@@ -235,14 +258,21 @@ def load_source(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
 
 def _init_kind(path: str | os.PathLike) -> str:
-    """``source_kind`` of an ``--init-from`` source; an adapted run is refused (one line)."""
+    """``source_kind`` of an ``--init-from`` source. An adapted run is one only when its adapter
+    is plain weights (``lora:R``, ``full``) and its base is intact; the state methods and prefix
+    tuning are refused with one line (``interop.adapters.mergeable_base``)."""
     kind = source_kind(path)
     if kind == "adapter":
-        raise ConfigError(
-            f"{path} is an adapted run (base + adapter); --init-from takes a longssm run or "
-            "checkpoint or a Hugging Face Mamba directory"
-        )
+        mergeable_base(path)
     return kind
+
+
+def _checkpoint_of(path: str | os.PathLike) -> tuple[Path, dict]:
+    """The (verified) checkpoint holding the architecture and tokenizer of a run or adapted-run
+    source: the run's latest, or the adapted run's base."""
+    if _init_kind(path) == "adapter":
+        return _run_checkpoint(mergeable_base(path))
+    return _run_checkpoint(path)
 
 
 def _run_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
@@ -256,7 +286,7 @@ def source_model_config(path: str | os.PathLike) -> ModelConfig:
     ``model`` table of a run's (verified) latest checkpoint."""
     if _init_kind(path) == "hf":
         return hf_model_config(path)
-    ckpt, meta = _run_checkpoint(path)
+    ckpt, meta = _checkpoint_of(path)
     return ckpt_io.model_config_of(meta, ckpt)
 
 
@@ -268,7 +298,7 @@ def source_tokenizer(path: str | os.PathLike) -> Tokenizer:
         if tokenizer is None:
             raise ConfigError(f"{path} has no tokenizer.json; give --data.tokenizer")
         return tokenizer
-    ckpt, meta = _run_checkpoint(path)
+    ckpt, meta = _checkpoint_of(path)
     return ckpt_io.load_tokenizer(meta, ckpt)
 
 
@@ -277,8 +307,8 @@ def tokenizer_spec(path: str | os.PathLike) -> str | None:
     ``bytes`` for a byte tokenizer, ``hf:DIR`` for an HF directory's tokenizer.json, ``run:RUN``
     for the tokenizer stored in a run's checkpoint (BPE or HF; it is not retrained)."""
     path = Path(path)
-    if _init_kind(path) == "run":
-        ckpt, meta = _run_checkpoint(path)
+    if _init_kind(path) in ("run", "adapter"):
+        ckpt, meta = _checkpoint_of(path)
         saved = meta.get("tokenizer")
         if not isinstance(saved, dict):
             return None
@@ -300,7 +330,9 @@ def apply_init_from(raw: dict, init_from: str | os.PathLike) -> dict:
     """
     path = Path(init_from)
     theirs = source_model_config(path).to_dict()
-    where = f"{path}/config.json" if source_kind(path) == "hf" else f"the model of run {path}"
+    kind = source_kind(path)
+    where = {"hf": f"{path}/config.json", "adapter": f"the model of adapted run {path}"}.get(
+        kind, f"the model of run {path}")
     given = raw.get("model", {}) if isinstance(raw.get("model", {}), dict) else {}
     for key, value in given.items():
         if key not in theirs:

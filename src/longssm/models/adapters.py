@@ -503,3 +503,59 @@ def apply_adapter(model: nn.Module, method: str, tensors: dict[str, torch.Tensor
             param.copy_(tensors[name])
     for param in own.values():
         param.requires_grad_(False)
+
+
+def is_mergeable(method: str) -> bool:
+    """True for the methods whose adapted model is a plain model of the base architecture:
+    ``lora:R[:ALPHA]`` (W + (α/R)·B·A) and ``full`` (the adapter's weights are the model)."""
+    return method == FULL or lora_spec(method) is not None
+
+
+def check_mergeable(method: str, where) -> None:
+    """AdaptError (one line) when ``method`` is not expressible as the base architecture's weights."""
+    if is_mergeable(method):
+        return
+    raise AdaptError(
+        f"{where} is adapted with {method}, which acts on the hidden state and is not expressible "
+        "as the base architecture's weights, so it cannot start train/extend (only lora:R and "
+        f"full merge); use `longssm eval {where}` / `longssm generate {where}`, or --init-from "
+        "its base run")
+
+
+def merged_linear(layer: LoRALinear) -> nn.Linear:
+    """The plain ``nn.Linear`` equal to a LoRA linear: W′ = W + (α/R)·B·A (bias kept).
+
+    The sum is formed in float64 and rounded once to W's dtype, so in float64 W′ x equals
+    W x + (α/R)·B (A x) up to the reassociation of the product.
+    """
+    base = layer.base
+    w = base.weight
+    delta = layer.lora_B.detach().double() @ layer.lora_A.detach().double()  # (out, R) @ (R, in)
+    merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                       device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        merged.weight.copy_((w.detach().double() + layer.scale * delta).to(w.dtype))  # (out, in)
+        if base.bias is not None:
+            merged.bias.copy_(base.bias.detach())
+    return merged
+
+
+def merge_adapter(model: nn.Module) -> nn.Module:
+    """Turn an adapted model (``attach`` / ``apply_adapter``) into the plain model it equals, in
+    place: every ``LoRALinear`` becomes its merged ``nn.Linear`` (``merged_linear``); a ``full``
+    model is already plain. Every parameter is trainable afterwards and ``adapter_method`` is
+    cleared, so ``model.state_dict()`` has the base architecture's names and shapes. AdaptError for
+    the state methods and prefix tuning (``check_mergeable``). Returns ``model``."""
+    method = getattr(model, "adapter_method", None)
+    if method is None:
+        raise AdaptError("this model carries no adapter to merge")
+    check_mergeable(method, "this model")
+    for block in model.blocks:
+        for name in LORA_TARGETS:
+            layer = getattr(block.mixer, name, None)
+            if isinstance(layer, LoRALinear):
+                setattr(block.mixer, name, merged_linear(layer))
+    model.adapter_method = None
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
