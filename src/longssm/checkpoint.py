@@ -24,6 +24,8 @@ import os
 import re
 import shutil
 import tempfile
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,11 @@ FORMAT_VERSION = 2
 CHECKPOINT_PREFIX = "ckpt-"
 CHECKPOINT_NAME = re.compile(r"ckpt-(\d{8,})")
 TENSOR_FILES = ("model", "optimizer", "extra")
+# ``file_sha256``'s per-process cache: digests by file version, and the age a file must have
+# (its ctime before hashing starts) to be cached, above any filesystem's timestamp granularity.
+SHA_CACHE_SIZE = 1024
+SHA_CACHE_MIN_AGE_S = 2.0
+_SHA_CACHE: OrderedDict[tuple, str] = OrderedDict()
 
 
 class CheckpointError(ValueError):
@@ -95,6 +102,33 @@ def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, computed once per process for each version of it.
+
+    The digest is cached under (real path, device, inode, size, mtime, ctime), so one command
+    hashes a source checkpoint once however many checks read it (``train|extend --init-from``
+    verify it for the config, the tokenizer and the weights). A file whose ctime is less than
+    ``SHA_CACHE_MIN_AGE_S`` older than the moment hashing starts is not cached: a filesystem's
+    timestamps are coarse (a kernel tick, or seconds), so a rewrite within that window could
+    leave every key field unchanged (git's "racily clean" problem); such a file is re-hashed.
+    """
+    started = time.time()
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+           st.st_ctime_ns)  # fmt: skip
+    digest = _SHA_CACHE.get(key)
+    if digest is not None:
+        _SHA_CACHE.move_to_end(key)
+        return digest
+    digest = _hash_file(path)
+    if st.st_ctime_ns < (started - SHA_CACHE_MIN_AGE_S) * 1e9:
+        _SHA_CACHE[key] = digest
+        while len(_SHA_CACHE) > SHA_CACHE_SIZE:
+            _SHA_CACHE.popitem(last=False)
+    return digest
+
+
+def _hash_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (no cache: ``file_sha256``)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -312,7 +346,7 @@ def validate_meta(meta: Any, ckpt: Path, require: tuple[str, ...] = ()) -> None:
 
 def _validate_optional(meta: dict, ckpt: Path) -> None:
     types = {"tokenizer": dict, "loader": dict, "optimizer": dict, "has_carried": bool,
-             "files": dict, "world_size": int, "format_version": int}  # fmt: skip
+             "files": dict, "init_source": dict, "world_size": int, "format_version": int}  # fmt: skip
     for key, kind in types.items():
         if key in meta and (not isinstance(meta[key], kind) or
                             (kind is int and isinstance(meta[key], bool))):  # fmt: skip

@@ -12,6 +12,8 @@ and evaluations are skipped on ``--resume``, so an interrupted sweep continues w
     OUT/sweep-T.png|svg            previous-init curves coloured by T (Figure 5; 2+ values of T)
     OUT/size-T-zero.png|svg        zero-init loss at L = 16 and L_max over (d_model, T) (Figure 9)
     OUT/summary.json, OUT/report.md  tables, verdicts and their evidence
+    OUT/tb/<run>/                  with --tensorboard: the length curves as TensorBoard scalars
+                                   (``eval.tensorboard``), one TensorBoard run per run, overlaid
 
 ``<run>`` is the policy (``p-reset:0.5`` -> ``p-reset0.5``) for a single (T, d_model), else
 ``<policy>-d<d_model>-T<T>``.
@@ -110,6 +112,9 @@ def add_extend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted --out folder (finished runs are skipped)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write each run's length curves as TensorBoard scalars under "
+                        "OUT/tb/<run> (overlaid by tensorboard --logdir OUT/tb)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -177,6 +182,13 @@ def plan_combinations(args, overrides: list[str]) -> list[Combination]:
         if given is not None and any(o.lstrip("-").startswith(key + "=") for o in overrides):
             raise ConfigError(f"{option} and --{key} both given; use one")
     single = len(seq_lens) == 1 and len(widths) == 1
+    if getattr(args, "init_from", None):
+        from longssm.interop.pretrained import resolve_init_source
+
+        # resolved once: every policy starts from the same checkpoint, even if the source run
+        # writes a newer one while the sweep is planned
+        args = argparse.Namespace(**{**vars(args), "init_from": str(resolve_init_source(
+            args.init_from))})
     out = []
     for policy, T, d in itertools.product(policies, seq_lens, widths):
         cfg = build_config(args, policy, T, d, overrides)
@@ -216,6 +228,10 @@ def run_extend(args: argparse.Namespace, extra_overrides: list[str] | None = Non
         raise ConfigError(f"--n-tokens must be >= 1, got {n_tokens}")
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out must name a folder, got an empty string")
+    if getattr(args, "tensorboard", False):
+        from longssm.eval.tensorboard import check_tensorboard
+
+        check_tensorboard()
     out = Path(args.out or f"results/extend-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
@@ -266,16 +282,29 @@ def run_one(combo: Combination, out: Path, lengths, protocols, n_tokens: int, ar
     if results_path.is_file() and _same_evaluation(load_results(results_path), settings):
         print(f"[{combo.name}] already evaluated: {results_path}")
         results = load_results(results_path)
+        if getattr(args, "tensorboard", False):
+            _reused_curves(results, out / "tb" / combo.name)
     else:
         # evaluate where the run trained (train.device: cpu, cuda or auto)
         model, ckpt, meta = load_model(run_dir, device=resolve_device(cfg.train.device, "train.device"))
         print(f"[{combo.name}] evaluating at L = {lengths[0]} ... {lengths[-1]} ({', '.join(protocols)})")
+        tb = out / "tb" if getattr(args, "tensorboard", False) else None
         results, _ = evaluate_run(model, ckpt, meta, settings, out / "results", combo.name,
-                                  force=True, run_name=combo.name)
+                                  force=True, run_name=combo.name, tensorboard=tb)
         print(format_table(results["records"], results["settings"]["bytes_per_token"] is not None))
     return {"combo": combo, "run_dir": run_dir, "results": results,
             "parameters": parameter_count(resolve_checkpoint(run_dir)),
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
+
+
+def _reused_curves(results: dict, directory: Path) -> None:
+    """TensorBoard curves of results reused on ``--resume`` when ``directory`` has none yet (the
+    first session ran without ``--tensorboard``); curves already there are left as they are."""
+    from longssm.eval.evaluate import describe_verdict
+    from longssm.eval.tensorboard import EVENTS, write_length_curves
+
+    if not any(directory.glob(EVENTS)):
+        write_length_curves(results, directory, describe_verdict)
 
 
 def trained_step(run_dir: Path) -> int | None:

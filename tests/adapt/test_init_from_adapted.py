@@ -218,3 +218,32 @@ def test_lora_run_on_a_changed_base_is_refused(base, capsys):
     out = base / "post"
     assert "SHA-256 differs" in _refused(base, capsys, "train", adapted, out)
     assert not out.exists()
+
+
+def test_init_from_adapted_records_and_hashes_once(base, capsys, monkeypatch):
+    """``mergeable_base`` is reached from the config, the tokenizer and the weights; the base's
+    weights file is hashed once, and the new run records both files it read with their SHA-256."""
+    import os
+    from collections import Counter, OrderedDict
+
+    import longssm.checkpoint as ckpt_io
+
+    adapted = adapt(base, capsys, "lora:2")
+    calls: Counter = Counter()
+    real = ckpt_io._hash_file
+    monkeypatch.setattr(ckpt_io, "_hash_file",
+                        lambda p: calls.update([os.path.realpath(p)]) or real(p))
+    monkeypatch.setattr(ckpt_io, "_SHA_CACHE", OrderedDict())
+    monkeypatch.setattr(ckpt_io, "SHA_CACHE_MIN_AGE_S", 0.0)
+    out = base / "post"
+    code, _, err = run_cli(["train", "--init-from", str(adapted), "--out", str(out),
+                            f"--data.corpus={TARGET}", "--train.steps=1", *TINY], capsys)
+    assert code == 0, err
+    base_weights = (checkpoint_dirs(base / "base")[-1] / "model.safetensors").resolve()
+    assert calls[str(base_weights)] == 1, calls
+    record = json.loads((checkpoint_dirs(out)[-1] / "meta.json").read_text())["init_source"]
+    assert record["kind"] == "adapter" and record["checkpoint"] == str(adapted.resolve())
+    assert record["base"] == str(base_weights.parent) and record["step"] == 3
+    tensors = (adapted / "adapter.safetensors").resolve()
+    assert record["sha256"] == {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in (tensors, base_weights)}

@@ -89,9 +89,10 @@ def test_init_from_run_starts_from_its_logits(model, tokenizer, env, capsys, mon
     assert seen["logits"].dtype == torch.float64
     assert torch.equal(seen["logits"], expected)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["train"]["init_from"] == str(source)
+    # the run resolved once to its latest checkpoint: config, tokenizer and weights all from it
+    assert cfg["train"]["init_from"] == str(ckpt) == str(checkpoint_dirs(source)[-1])
     assert cfg["model"] == meta["config"]["model"]
-    expected_spec = "bytes" if tokenizer == "bytes" else f"run:{source}"
+    expected_spec = "bytes" if tokenizer == "bytes" else f"run:{ckpt}"
     assert cfg["data"]["tokenizer"] == expected_spec
     post_meta = load_model(out)[2]
     assert post_meta["tokenizer"] == meta["tokenizer"] and post_meta["step"] == 3
@@ -163,4 +164,5 @@ def test_extend_init_from_run(env, capsys):
     source_model = json.loads((source / "config.json").read_text())["model"]
     for name in ("passing", "previous"):
         cfg = json.loads((out / "runs" / name / "config.json").read_text())
-        assert cfg["train"]["init_from"] == str(source) and cfg["model"] == source_model
+        assert cfg["train"]["init_from"] == str(checkpoint_dirs(source)[-1])
+        assert cfg["model"] == source_model

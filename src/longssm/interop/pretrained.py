@@ -11,8 +11,11 @@ only; nothing is ever downloaded, and pickled ``pytorch_model.bin`` weights are 
                                          (a run, an adapted run ``adapter.json``, an HF directory)
     source_model_config(SRC)          -> the ModelConfig of a run/checkpoint or an HF directory
     source_tokenizer(SRC)             -> its tokenizer (``data.tokenizer = run:SRC`` reads it)
+    resolve_init_source(SRC)          -> SRC pinned: a run's latest checkpoint directory, else SRC
     pretrained_run_config(cfg, overrides, SRC) -> the RunConfig of ``train --init-from SRC``
-    load_pretrained_weights(model, SRC)   copy SRC's weights into a model built from that config
+                                         (``train.init_from`` = the pinned source)
+    load_pretrained_weights(model, SRC) -> copy SRC's weights into a model built from that config;
+                                         returns the provenance (kind, checkpoint, step, SHA-256)
     export_hf(run, out)               a run's model as an HF directory transformers loads
 
 ``--init-from SRC`` takes a longssm run or checkpoint as well as an HF directory, and an adapted
@@ -132,22 +135,66 @@ def _weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path} has no model.safetensors{pickled}")
 
 
-def load_pretrained_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
+def load_pretrained_weights(model: SSMLanguageModel, path: str | os.PathLike) -> dict:
     """Copy the weights of model source ``path`` (a longssm run or checkpoint, an HF directory, or
-    a LoRA/full adapted run, merged) into ``model``, built from ``source_model_config(path)``."""
+    a LoRA/full adapted run, merged) into ``model``, built from ``source_model_config(path)``.
+
+    Returns the provenance of what was loaded (``init_source_record``). Give the path
+    ``resolve_init_source`` returned (``apply_init_from`` puts it in ``train.init_from``) so the
+    config and the weights come from one checkpoint even while the source run keeps training.
+    """
     kind = _init_kind(path)
     if kind == "hf":
         load_hf_weights(model, path)
+        return init_source_record(path, kind)
+    if kind == "adapter":
+        return init_source_record(path, kind, base=load_adapter_weights(model, path))
+    ckpt, meta = _run_checkpoint(path)
+    ckpt_io.load_weights(model, ckpt)
+    return init_source_record(path, kind, checkpoint=ckpt, step=int(meta["step"]))
+
+
+def init_source_record(path: str | os.PathLike, kind: str, checkpoint: Path | None = None,
+                       step: int | None = None, base: Path | None = None) -> dict:  # fmt: skip
+    """The provenance of an ``--init-from`` load, stored as ``init_source`` in every checkpoint's
+    meta.json of the new run: ``kind`` (run / hf / adapter), ``path`` (as resolved), the absolute
+    ``checkpoint`` directory read (a run's ``ckpt-*``, the HF or adapted-run directory), its
+    ``step`` (a run's; an export's recorded step; an adapted run's base step; else None), ``base``
+    (an adapted run's base checkpoint) and ``sha256``: the SHA-256 of every weights file read,
+    by absolute path (computed once per process: ``checkpoint.file_sha256``)."""
+    path = Path(path)
+    if kind == "hf":
+        files, checkpoint = _weight_files(path), path
+        step = _sidecar(path).get("step")
     elif kind == "adapter":
-        load_adapter_weights(model, path)
+        files, checkpoint = [path / "adapter.safetensors", base / "model.safetensors"], path
+        step = ckpt_io.read_meta(base).get("step")
     else:
-        ckpt_io.load_weights(model, _run_checkpoint(path)[0])
+        files = [checkpoint / "model.safetensors"]
+    record = {"kind": kind, "path": os.fspath(path), "checkpoint": str(checkpoint.resolve()),
+              "step": step if isinstance(step, int) else None,
+              "sha256": {str(f.resolve()): ckpt_io.file_sha256(f) for f in files}}  # fmt: skip
+    if base is not None:
+        record["base"] = str(base.resolve())
+    return record
 
 
-def load_adapter_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
+def resolve_init_source(path: str | os.PathLike) -> Path:
+    """The one resolution of an ``--init-from`` source: a run directory becomes its latest
+    checkpoint directory (``RUN/checkpoints/ckpt-N``), so the architecture, the tokenizer and the
+    weights are all read from that checkpoint even when the source run writes a newer one
+    meanwhile; a checkpoint, an HF directory or an adapted run (its base is pinned by SHA-256)
+    is itself. One-line CheckpointError/AdaptError for a source that cannot be used."""
+    if _init_kind(path) == "run":
+        return ckpt_io.resolve_checkpoint(path)
+    return Path(path)
+
+
+def load_adapter_weights(model: SSMLanguageModel, path: str | os.PathLike) -> Path:
     """Copy the plain weights an adapted run equals (``lora:R`` merged, or ``full``) into
-    ``model``, built from its base's config. The merge is formed in float64 and rounded once to
-    ``model``'s dtype."""
+    ``model``, built from its base's config; returns the base checkpoint. The merge is formed in
+    float64 and rounded once to ``model``'s dtype."""
+    base = mergeable_base(path)
     merged = load_merged(path, dtype=torch.float64)  # one rounding, at the copy into ``model``
     own = model.state_dict()
     theirs = merged.state_dict()
@@ -155,6 +202,7 @@ def load_adapter_weights(model: SSMLanguageModel, path: str | os.PathLike) -> No
         raise CheckpointError(f"the merged model of adapted run {path} does not fit this model")
     with torch.no_grad():
         model.load_state_dict(theirs)
+    return base
 
 
 def load_hf_weights(model: SSMLanguageModel, path: str | os.PathLike) -> None:
@@ -323,12 +371,14 @@ def tokenizer_spec(path: str | os.PathLike) -> str | None:
 
 def apply_init_from(raw: dict, init_from: str | os.PathLike) -> dict:
     """A raw run config (file + overrides) started from model source ``init_from`` (a longssm run
-    or checkpoint, or an HF directory).
+    or checkpoint, an HF directory or a lora:R/full adapted run).
 
-    The model table becomes the source's architecture; a given ``model.*`` value that differs
+    The source is resolved once (``resolve_init_source``): ``train.init_from`` is a run's latest
+    checkpoint directory at this moment, and the architecture, tokenizer (``run:CKPT``) and, at
+    training, the weights are all read from it. The model table becomes the source's architecture; a given ``model.*`` value that differs
     is a ConfigError naming both values. ``data.tokenizer`` defaults to the source's own.
     """
-    path = Path(init_from)
+    path = resolve_init_source(init_from)
     theirs = source_model_config(path).to_dict()
     kind = source_kind(path)
     where = {"hf": f"{path}/config.json", "adapter": f"the model of adapted run {path}"}.get(
@@ -356,7 +406,7 @@ def apply_init_from(raw: dict, init_from: str | os.PathLike) -> dict:
     spec = tokenizer_spec(path)
     if "tokenizer" not in data and spec is not None:
         data["tokenizer"] = spec
-    out.setdefault("train", {})["init_from"] = os.fspath(init_from)
+    out.setdefault("train", {})["init_from"] = os.fspath(path)
     return out
 
 

@@ -143,6 +143,9 @@ class Run:
     """Rank 0's lock on ``run_dir`` (held until ``close``)."""
     last_checkpoint: Path | None = None
     """The newest checkpoint known to be good (resumed from or written by this process)."""
+    init_source: dict | None = None
+    """What ``train.init_from`` resolved to and loaded (``interop.pretrained.init_source_record``:
+    kind, checkpoint directory, step, SHA-256 of the weights files); None for a random init."""
 
     def close(self) -> None:
         """Release the run directory's lock (rank 0); the job itself is closed by the caller."""
@@ -208,8 +211,10 @@ def _build(cfg: RunConfig, run_dir: Path, ctx: DistContext, latest, meta, log) -
         # markov: corpora are symbols with their own vocabulary; text corpora use the tokenizer's
         cfg.model.vocab_size = vocab_size
     model = build_model(cfg, ctx.device)
+    # provenance of --init-from: recorded in every checkpoint (meta.json ``init_source``)
+    init_source = meta.get("init_source") if meta is not None else None
     if tc.init_from and latest is None:
-        load_pretrained_weights(model, tc.init_from)
+        init_source = load_pretrained_weights(model, tc.init_from)
     policy = make_policy(tc.policy, model, noise_std=tc.noise_std, seed=tc.seed)
     optimizer = torch.optim.AdamW(
         param_groups(model, tc.lr, tc.weight_decay, tc.ssm_lr, extra=policy.parameters()),
@@ -233,6 +238,7 @@ def _build(cfg: RunConfig, run_dir: Path, ctx: DistContext, latest, meta, log) -
         loader, val_tokens, dc.effective_batch_size,
         functools.partial(autocast, ctx.device, tc.autocast == "bf16"),
     )  # fmt: skip
+    run.init_source = init_source
     if latest is not None:
         _restore(run, latest, meta)
     elif ctx.is_main:
@@ -542,6 +548,11 @@ def _start_run_dir(run: Run, train_tokens, vocab_size: int) -> None:
     with open(run.run_dir / "tokenizer.json", "w") as f:
         json.dump(run.tokenizer.to_dict(), f)
     unigram = unigram_entropy(train_tokens, vocab_size)
+    if run.init_source is not None:
+        src = run.init_source
+        step = "" if src["step"] is None else f" (step {src['step']})"
+        digests = ", ".join(f"{Path(f).name} sha256 {d[:12]}" for f, d in src["sha256"].items())
+        run.log(f"initialised from {src['kind']} {src['checkpoint']}{step}: {digests}")
     run.log(
         f"run {run.run_dir}: {run.model.num_parameters():,} parameters, mixer {cfg.model.mixer}, "
         f"policy {cfg.train.policy}, T={cfg.data.seq_len}, B={run.batch_size}, "
@@ -578,6 +589,8 @@ def save_checkpoint(run: Run, step: int, carried: ModelState | None) -> Path | N
         "torch_version": torch.__version__,
         "python": platform.python_version(),
     }
+    if run.init_source is not None:
+        meta["init_source"] = run.init_source
     path = ckpt_io.save_checkpoint(
         run.run_dir / "checkpoints" / f"{ckpt_io.CHECKPOINT_PREFIX}{step:08d}",
         run.model,
