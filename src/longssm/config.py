@@ -183,7 +183,9 @@ class TrainConfig:
     init_from: str = ""
     """Start from the weights of a longssm run or checkpoint, a local Hugging Face Mamba /
     Mamba-2 directory, or a lora:R / full adapted run (LoRA merged into the weights) ('' = random
-    init); the model table is then that source's architecture (``longssm train --init-from``)."""
+    init); the model table is then that source's architecture (``longssm train --init-from``).
+    A run directory is pinned to its latest checkpoint (RUN/checkpoints/ckpt-N) when the config
+    is made; the checkpoints record what was loaded as ``init_source`` (with SHA-256)."""
 
     def __post_init__(self) -> None:
         parse_policy(self.policy)

@@ -183,12 +183,9 @@ def plan_combinations(args, overrides: list[str]) -> list[Combination]:
             raise ConfigError(f"{option} and --{key} both given; use one")
     single = len(seq_lens) == 1 and len(widths) == 1
     if getattr(args, "init_from", None):
-        from longssm.interop.pretrained import resolve_init_source
-
         # resolved once: every policy starts from the same checkpoint, even if the source run
-        # writes a newer one while the sweep is planned
-        args = argparse.Namespace(**{**vars(args), "init_from": str(resolve_init_source(
-            args.init_from))})
+        # writes a newer one while the sweep runs or before it is resumed
+        args = argparse.Namespace(**{**vars(args), "init_from": pinned_source(args)})
     out = []
     for policy, T, d in itertools.product(policies, seq_lens, widths):
         cfg = build_config(args, policy, T, d, overrides)
@@ -196,6 +193,30 @@ def plan_combinations(args, overrides: list[str]) -> list[Combination]:
         name = tag if single else f"{tag}-d{cfg.model.d_model}-T{cfg.data.seq_len}"
         out.append(Combination(policy, cfg.data.seq_len, cfg.model.d_model, name, cfg))
     return out
+
+
+def pinned_source(args) -> str:
+    """The ``--init-from`` source of the sweep, resolved once (``resolve_init_source``: a run's
+    latest checkpoint). On ``--resume`` it is the one the sweep's runs already started from (the
+    ``train.init_from`` in ``OUT/runs/*/config.json``), so runs started later use it too."""
+    from longssm.interop.pretrained import resolve_init_source
+
+    runs = Path(args.out) / "runs" if args.resume and args.out else None
+    started = set()
+    for config in sorted(runs.glob("*/config.json")) if runs and runs.is_dir() else []:
+        try:
+            started.add(json.loads(config.read_text())["train"]["init_from"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if len(started) > 1:
+        raise ConfigError(f"the runs in {runs} started from different sources: {sorted(started)}")
+    if not started:
+        return str(resolve_init_source(args.init_from))
+    pinned, given = Path(started.pop()), Path(args.init_from).resolve()
+    if pinned.resolve() != given and given not in pinned.resolve().parents:
+        raise ConfigError(f"--init-from {args.init_from} is not the source this sweep started "
+                          f"from ({pinned}); resume with that one")
+    return str(resolve_init_source(pinned))
 
 
 def evaluation_lengths(max_length: int, seq_lens: list[int]) -> list[int]:

@@ -139,3 +139,28 @@ def test_fresh_files_are_rehashed_and_versions_are_keyed(tmp_path, monkeypatch):
     assert calls[str(f)] == 1
     f.write_bytes(b"b" * 101)  # a new version: another key, hashed again
     assert ckpt_io.file_sha256(f) == _sha(f) and calls[str(f)] == 2
+
+
+def test_extend_resume_keeps_the_sweeps_source(source, tmp_path, capsys):
+    """A policy added on --resume starts from the checkpoint the sweep started from, not from a
+    newer one the source wrote since; another --init-from on resume is one line."""
+    first = checkpoint_dirs(source)[-1]
+    out = tmp_path / "ext"
+    common = ["--corpus", CORPUS, "--quick", "--seq-len", "8", "--steps", "1", "--max-length",
+              "32", "--n-tokens", "32", "--quiet", "--data.tokens_per_step=16",
+              "--train.eval_every=0", "--out", str(out)]  # fmt: skip
+    assert main(["extend", "--init-from", str(source), "--policies", "zero", *common]) == 0
+    assert main(["train", "--out", str(source), "--resume", "--quiet", "--train.steps=4"]) == 0
+    assert checkpoint_dirs(source)[-1] != first
+    assert main(["extend", "--init-from", str(source), "--policies", "zero,previous", *common,
+                 "--resume"]) == 0  # fmt: skip
+    for name in ("zero", "previous"):
+        cfg = json.loads((out / "runs" / name / "config.json").read_text())
+        assert cfg["train"]["init_from"] == str(first)
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["train", "--out", str(other), "--train.steps=1", *MODEL, *SMALL]) == 0
+    assert main(["extend", "--init-from", str(other), "--policies", "zero", *common,
+                 "--resume"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "is not the source this sweep started from" in err and len(err.splitlines()) == 1
