@@ -26,7 +26,8 @@ OUT = Path(__file__).parent
 SEEDS = (0, 1, 2)
 GROUP_BINS = [(1, 12), (13, 24), (25, 48), (49, 120)]
 MQAR_BINS = [(3, 24), (27, 48), (51, 96), (99, 192)]
-DEPTHS = (1, 2)
+DEPTHS = (1, 2, 3, 4)
+DEPTH_STEPS = 6000
 
 # part -> list of (label, TaskRunConfig kwargs without seed)
 PARTS = {
@@ -48,12 +49,11 @@ PARTS = {
               train_lengths=(3, 24), test_bins=MQAR_BINS)),
     ],
 }
-# Mamba depth sweep, one part per task so that the two run side by side (one core each). Depths
-# 1-2: with 3 seeds, depths 3-4 would add ~2 h on 2 cores (the suite has depths 1-3, one seed).
+# Mamba depth sweep, one part per task so that the two run side by side (one core each).
 for _task in ("a5", "z60"):
     PARTS[f"depth-{_task}"] = [
         (f"{_task} mamba x{depth}", dict(task=_task, mixer="mamba", layers=depth, d_model=64,
-                                         d_state=16, steps=1500, train_lengths=(1, 12),
+                                         d_state=16, steps=DEPTH_STEPS, train_lengths=(1, 12),
                                          test_bins=GROUP_BINS[:2]))
         for depth in DEPTHS
     ]
@@ -83,6 +83,12 @@ def save(path: Path, key: str, record: dict) -> None:
         path.write_text(json.dumps(current, indent=1))
 
 
+def part_runs(part: str) -> list[tuple[str, dict]]:
+    """The (label, kwargs) of a part, or of all its sub-parts ("depth" -> depth-a5, depth-z60)."""
+    return [run for key, runs in PARTS.items() if key == part or key.startswith(part + "-")
+            for run in runs]
+
+
 def spread(values) -> str:
     v = 100 * np.asarray(values)
     return f"{v.mean():.1f} ({v.min():.1f}-{v.max():.1f})"
@@ -93,7 +99,7 @@ def runs_of(results: dict, label: str) -> list[dict]:
 
 
 def bin_table(results: dict, part: str) -> list[str]:
-    labels = [label for label, _ in PARTS[part] if runs_of(results, label)]
+    labels = [label for label, _ in part_runs(part) if runs_of(results, label)]
     if not labels:
         return []
     bins = runs_of(results, labels[0])[0]["bins"]
@@ -112,7 +118,7 @@ def per_k(rs: list[dict]) -> np.ndarray:
 
 
 def per_k_table(results: dict, part: str) -> list[str]:
-    labels = [label for label, _ in PARTS[part] if runs_of(results, label)]
+    labels = [label for label, _ in part_runs(part) if runs_of(results, label)]
     if not labels:
         return []
     ks = range(1, per_k(runs_of(results, labels[0])).shape[1] + 1)
@@ -154,8 +160,8 @@ def report(results: dict) -> str:
     out += per_k_table(results, "ids4")
     out += ["", "## MQAR (train lengths 3-24, i.e. 1-8 pairs; k = n/3 pairs)", ""]
     out += bin_table(results, "mqar")
-    out += ["", "## Mamba depth on the word problems (d_model 64, N = 16, 1500 steps @ 3e-3, "
-            "train k = 1-12)", ""]
+    out += ["", f"## Mamba depth on the word problems (d_model 64, N = 16, {DEPTH_STEPS} steps "
+            "@ 3e-3, train k = 1-12)", ""]
     if not any(r["part"] == "depth" for r in results.values()):
         return "\n".join(out + ["", "Not run yet (the part was cut for time).", ""])
     out += bin_table(results, "depth") + ["", "Accuracy at each k (training range):", ""]
