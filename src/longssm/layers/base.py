@@ -5,6 +5,20 @@ Layer protocol (every mixer in ``longssm.layers``):
     step(x_t, state) -> (y_t, state)         x_t, y_t: (batch, d_model)
     initial_state(batch_size, device=None, dtype=None) -> state of zeros
 A state is a small ``NamedTuple`` of tensors whose shapes the layer documents.
+
+Readout offset (the extension point of the state adapters, ``longssm.models.adapters``): Mamba,
+Mamba-2, S4D and S5 (and Longhorn, through ``GatedBlock``) also have
+    forward_offset(x, state=None, offset=None) -> (y, state)
+    step_offset(x_t, state, offset=None) -> (y_t, state)
+and ``forward`` / ``step`` are exactly these with ``offset=None``. ``offset`` is None or a callable
+that takes the layer's readout C and returns a term added to the SSM output y (cast to y's dtype,
+``add_offset``) before the layer's gate or output nonlinearity; the recurrence and the returned
+state are unchanged. C and y per layer (``...`` = (batch, time) or (batch,)):
+    Mamba     C_t (..., N)          y (..., d_inner)          (Longhorn: q_t, same shapes)
+    Mamba-2   C_t (..., G, N)       y (..., nheads, headdim)
+    S4D       C (H, N/2) complex    y (..., H)
+    S5        C̃ (H, P/2) complex    y (..., H)
+A learned start state (initial-state tuning) needs no hook: it is the ``state=`` argument.
 """
 
 from __future__ import annotations
@@ -77,6 +91,13 @@ def check_state(state: NamedTuple, expected: NamedTuple, layer: str) -> None:
             raise TypeError(
                 f"{layer}: state.{field} must have a dtype like {want.dtype}, got {got.dtype}"
             )
+
+
+def add_offset(y: torch.Tensor, offset, C: torch.Tensor) -> torch.Tensor:
+    """``y + offset(C)`` (the term cast to y's dtype), or ``y`` itself when ``offset`` is None."""
+    if offset is None:
+        return y
+    return y + offset(C).to(y.dtype)
 
 
 def empty_sequence(layer, x: torch.Tensor, state):

@@ -11,7 +11,9 @@
 
 ``GatedBlock`` builds and validates these modules, gives the zero state and runs forward / step
 around the scan; the subclasses add their scan parameters and implement ``_scan`` (a sequence) and
-``_scan_step`` (one step). Parameter names follow transformers' MambaMixer.
+``_scan_step`` (one step). ``forward_offset`` / ``step_offset`` add a readout offset to the scan's
+output before the gate (the state adapters' extension point, ``layers.base``). Parameter names
+follow transformers' MambaMixer.
 """
 
 from __future__ import annotations
@@ -137,12 +139,14 @@ class GatedBlock(nn.Module):
         """x_proj(x) split into the low-rank step input (..., R) and two (..., N) vectors."""
         return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
-    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
-        """The scan over a sequence: xs (B, T, Di), h0 (B, Di, N) or None -> y (B, T, Di), h_T."""
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None):
+        """The scan over a sequence: xs (B, T, Di), h0 (B, Di, N) or None -> y (B, T, Di), h_T;
+        ``offset`` (``layers.base``) adds offset(C_t) to y."""
         raise NotImplementedError
 
-    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
-        """One step of the scan: xs (B, Di), h (B, Di, N) -> y (B, Di), h."""
+    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor, offset=None):
+        """One step of the scan: xs (B, Di), h (B, Di, N) -> y (B, Di), h; ``offset`` as in
+        ``_scan``."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, state=None):
@@ -150,6 +154,18 @@ class GatedBlock(nn.Module):
 
         Returns: y (batch, time, d_model) and the state after the last step.
         """
+        return self.forward_offset(x, state)
+
+    def step(self, x_t: torch.Tensor, state):
+        """One decoding step. Args: x_t (batch, d_model); state (``STATE``) or None for zeros.
+
+        Returns: y_t (batch, d_model) and the state.
+        """
+        return self.step_offset(x_t, state)
+
+    def forward_offset(self, x: torch.Tensor, state=None, offset=None):
+        """``forward`` with offset(C_t) added to the scan's output before the gate (the readout
+        offset of ``layers.base``; the state adapters' extension point)."""
         check_input(x, self.d_model)
         if state is not None:
             check_state(state, self.initial_state(x.shape[0], x.device, x.dtype), self.NAME)
@@ -159,14 +175,11 @@ class GatedBlock(nn.Module):
         conv_hist, smr_hist = self._histories(None if state is None else state.conv)
         xs, conv_state = causal_conv(self.conv1d, xs, conv_hist, activation="silu")  # (B, T, Di)
         xs, conv_state = self._replay(xs, conv_state, smr_hist)  # (B, T, Di)
-        y, h = self._scan(xs, None if state is None else state.ssm)  # (B, T, Di)
+        y, h = self._scan(xs, None if state is None else state.ssm, offset)  # (B, T, Di)
         return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)
 
-    def step(self, x_t: torch.Tensor, state):
-        """One decoding step. Args: x_t (batch, d_model); state (``STATE``) or None for zeros.
-
-        Returns: y_t (batch, d_model) and the state.
-        """
+    def step_offset(self, x_t: torch.Tensor, state, offset=None):
+        """``step`` with offset(C_t) added to the scan's output before the gate."""
         check_input(x_t, self.d_model, name="x_t", ndim=2)
         batch = x_t.shape[0]
         if state is None:
@@ -177,5 +190,5 @@ class GatedBlock(nn.Module):
         conv_hist, smr_hist = self._histories(state.conv)
         xs, conv_state = causal_conv_step(self.conv1d, xs, conv_hist)  # (B, Di), (B, Di, K-1)
         xs, conv_state = self._replay(F.silu(xs), conv_state, smr_hist, step=True)  # (B, Di)
-        y, h = self._scan_step(xs, state.ssm)  # (B, Di), (B, Di, N)
+        y, h = self._scan_step(xs, state.ssm, offset)  # (B, Di), (B, Di, N)
         return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)

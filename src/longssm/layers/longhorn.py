@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from longssm.layers.base import announce_scan_path
+from longssm.layers.base import add_offset, announce_scan_path
 from longssm.layers.gated import GatedBlock
 from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn, longhorn_step, resolve_path
 from longssm.ops.longhorn import PATHS as SCANS
@@ -142,14 +142,17 @@ class Longhorn(GatedBlock):
         beta = torch.sigmoid(self.dt_proj(dt_low))  # (..., Di)
         return beta, k, q
 
-    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
-        """The Longhorn scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, S_T."""
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None):
+        """The Longhorn scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, S_T; y gets
+        offset(q) added when ``offset`` is given (``layers.base.add_offset``)."""
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         path = resolve_path(self.scan, xs, h0)
         announce_scan_path(self.NAME, path, self.scan)
-        return longhorn(xs, beta, k, q, self.D, h0, True, chunk_size=self.chunk_size, path=path)
+        y, S = longhorn(xs, beta, k, q, self.D, h0, True, chunk_size=self.chunk_size, path=path)
+        return add_offset(y, offset, q), S
 
-    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
-        """One Longhorn step: xs (B, Di), S (B, Di, N) -> y (B, Di), S."""
+    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor, offset=None):
+        """One Longhorn step: xs (B, Di), S (B, Di, N) -> y (B, Di) (+ offset(q)), S."""
         beta, k, q = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
-        return longhorn_step(xs, beta, k, q, self.D, h)
+        y, S = longhorn_step(xs, beta, k, q, self.D, h)
+        return add_offset(y, offset, q), S

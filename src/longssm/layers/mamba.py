@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import announce_scan_path, tag_ssm_param
+from longssm.layers.base import add_offset, announce_scan_path, tag_ssm_param
 from longssm.layers.gated import GatedBlock
 from longssm.layers.smr import SMRGate, check_smr
 from longssm.ops.selective_scan import (
@@ -172,19 +172,22 @@ class Mamba(GatedBlock):
         dt = F.softplus(self.dt_proj(dt_low))  # (..., Di)
         return dt, B, C
 
-    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None):
-        """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T."""
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None):
+        """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T; y gets
+        offset(C) (B, T, Di) added when ``offset`` is given (``layers.base.add_offset``)."""
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
         neg = self.negative_eigenvalues
         path = resolve_path(self.scan, xs, h0, negative_eigenvalues=neg)
         announce_scan_path(self.NAME, path, self.scan)
-        return selective_scan(
+        y, h = selective_scan(
             xs, dt, A, B, C, self.D, h0, True, self.chunk_size, path, negative_eigenvalues=neg
-        )
+        )  # (B, T, Di), (B, Di, N)
+        return add_offset(y, offset, C), h
 
-    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor):
-        """One selective-scan step: xs (B, Di), h (B, Di, N) -> y (B, Di), h."""
+    def _scan_step(self, xs: torch.Tensor, h: torch.Tensor, offset=None):
+        """One selective-scan step: xs (B, Di), h (B, Di, N) -> y (B, Di) (+ offset(C)), h."""
         dt, B, C = self._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
         A = self.eigenvalues()  # (Di, N)
-        return selective_scan_step(xs, dt, A, B, C, self.D, h, self.negative_eigenvalues)
+        y, h = selective_scan_step(xs, dt, A, B, C, self.D, h, self.negative_eigenvalues)
+        return add_offset(y, offset, C), h

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm.layers.base import (
+    add_offset,
     announce_scan_path,
     check_input,
     check_state,
@@ -230,38 +231,7 @@ class Mamba2(nn.Module):
         Returns:
             y: (batch, T, d_model) and the Mamba2State after the last token.
         """
-        check_input(x, self.d_model)
-        if state is not None:
-            self._check_state(state, x)
-        if x.shape[1] == 0:
-            return empty_sequence(self, x, state)
-        batch, T, _ = x.shape
-        proj = self.in_proj(x)  # (b, T, 2*d_inner + 2*G*N + H)
-        z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-
-        conv_hist = None if state is None else state.conv
-        xBC, conv_state = causal_conv(self.conv1d, xBC, conv_hist, activation="silu")  # (b, T, C)
-
-        xs, B, C = xBC.split(
-            [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
-        )
-        h0 = None if state is None else state.ssm
-        path = resolve_path(self.scan, xs, h0)
-        announce_scan_path("Mamba-2", path, self.scan)
-        y, ssm_state = ssd(
-            xs.reshape(batch, T, self.nheads, self.headdim),  # (b, T, H, P)
-            self._dt(dt_raw),  # (b, T, H)
-            -torch.exp(self.A_log),  # (H,)
-            B.reshape(batch, T, self.ngroups, self.d_state),  # (b, T, G, N)
-            C.reshape(batch, T, self.ngroups, self.d_state),  # (b, T, G, N)
-            self.D,
-            initial_state=h0,
-            output_final_state=True,
-            chunk_size=self.chunk_size,
-            path=path,
-        )
-        y = self.norm(y.reshape(batch, T, self.d_inner), z)  # (b, T, d_inner)
-        return self.out_proj(y), Mamba2State(ssm_state, conv_state)
+        return self.forward_offset(x, state)
 
     def step(
         self, x_t: torch.Tensor, state: Mamba2State | None = None
@@ -275,6 +245,51 @@ class Mamba2(nn.Module):
         Returns:
             y_t: (batch, d_model) and the updated Mamba2State.
         """
+        return self.step_offset(x_t, state)
+
+    def _split_xBC(self, xBC: torch.Tensor):
+        """x (..., H, P), B and C (..., G, N) of the convolved xBC (..., conv_dim)."""
+        lead, G, N = xBC.shape[:-1], self.ngroups, self.d_state
+        xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
+        return (xs.reshape(*lead, self.nheads, self.headdim), B.reshape(*lead, G, N),
+                C.reshape(*lead, G, N))
+
+    def forward_offset(
+        self, x: torch.Tensor, state: Mamba2State | None = None, offset=None
+    ) -> tuple[torch.Tensor, Mamba2State]:
+        """``forward`` with offset(C_t) (batch, T, H, P) added to the SSD output before the gated
+        RMSNorm (the readout offset of ``layers.base``; the state adapters' extension point)."""
+        check_input(x, self.d_model)
+        if state is not None:
+            self._check_state(state, x)
+        if x.shape[1] == 0:
+            return empty_sequence(self, x, state)
+        batch, T, _ = x.shape
+        proj = self.in_proj(x)  # (b, T, 2*d_inner + 2*G*N + H)
+        z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+
+        conv_hist = None if state is None else state.conv
+        xBC, conv_state = causal_conv(self.conv1d, xBC, conv_hist, activation="silu")  # (b, T, C)
+
+        xs, B, C = self._split_xBC(xBC)  # (b, T, H, P), (b, T, G, N), (b, T, G, N)
+        h0 = None if state is None else state.ssm
+        path = resolve_path(self.scan, xs, h0)
+        announce_scan_path("Mamba-2", path, self.scan)
+        y, ssm_state = ssd(
+            xs, self._dt(dt_raw), -torch.exp(self.A_log), B, C, self.D,  # Δ (b, T, H), A (H,)
+            initial_state=h0,
+            output_final_state=True,
+            chunk_size=self.chunk_size,
+            path=path,
+        )  # (b, T, H, P), (b, H, P, N)
+        y = add_offset(y, offset, C)
+        y = self.norm(y.reshape(batch, T, self.d_inner), z)  # (b, T, d_inner)
+        return self.out_proj(y), Mamba2State(ssm_state, conv_state)
+
+    def step_offset(
+        self, x_t: torch.Tensor, state: Mamba2State | None = None, offset=None
+    ) -> tuple[torch.Tensor, Mamba2State]:
+        """``step`` with offset(C_t) (batch, H, P) added before the gated RMSNorm."""
         check_input(x_t, self.d_model, name="x_t", ndim=2)
         if state is None:
             state = self.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
@@ -285,19 +300,10 @@ class Mamba2(nn.Module):
         z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
         xBC, conv_state = causal_conv_step(self.conv1d, xBC, state.conv)  # (b, C), (b, C, K-1)
-        xBC = F.silu(xBC)  # (b, C)
-
-        xs, B, C = xBC.split(
-            [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
-        )
+        xs, B, C = self._split_xBC(F.silu(xBC))  # (b, H, P), (b, G, N), (b, G, N)
         y, ssm_state = ssd_step(
-            xs.reshape(batch, self.nheads, self.headdim),  # (b, H, P)
-            self._dt(dt_raw),  # (b, H)
-            -torch.exp(self.A_log),  # (H,)
-            B.reshape(batch, self.ngroups, self.d_state),  # (b, G, N)
-            C.reshape(batch, self.ngroups, self.d_state),  # (b, G, N)
-            self.D,
-            state=state.ssm,
-        )
+            xs, self._dt(dt_raw), -torch.exp(self.A_log), B, C, self.D, state=state.ssm
+        )  # (b, H, P), (b, H, P, N)
+        y = add_offset(y, offset, C)
         y = self.norm(y.reshape(batch, self.d_inner), z)  # (b, d_inner)
         return self.out_proj(y), Mamba2State(ssm_state, conv_state)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm import hippo
-from longssm.layers.base import check_input, check_state, empty_sequence, tag_ssm_param
+from longssm.layers.base import add_offset, check_input, check_state, empty_sequence, tag_ssm_param
 from longssm.layers.smr import SMRGate, check_smr
 from longssm.ops.diag_scan import diag_scan, s4d_conv
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
@@ -260,6 +260,19 @@ class S4D(nn.Module):
         self, x: torch.Tensor, state: S4DState | S4DSMRState | None = None
     ) -> tuple[torch.Tensor, S4DState | S4DSMRState]:
         """Args: x (batch, T, H); state or None. Returns (y (batch, T, H), state)."""
+        return self.forward_offset(x, state)
+
+    def step(
+        self, x_t: torch.Tensor, state: S4DState | S4DSMRState | None
+    ) -> tuple[torch.Tensor, S4DState | S4DSMRState]:
+        """Args: x_t (batch, H); state or None. Returns (y_t (batch, H), state)."""
+        return self.step_offset(x_t, state)
+
+    def forward_offset(
+        self, x: torch.Tensor, state: S4DState | S4DSMRState | None = None, offset=None
+    ) -> tuple[torch.Tensor, S4DState | S4DSMRState]:
+        """``forward`` with offset(C) added to y before the output nonlinearity (the readout
+        offset of ``layers.base``; the state adapters' extension point)."""
         check_input(x, self.d_model)
         batch = x.shape[0]
         h0, history = self._state_tensors(state, batch, x)
@@ -281,12 +294,13 @@ class S4D(nn.Module):
             v = B_bar * x.to(cdtype)[..., None]  # (B, T, H, n)
             h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=self.chunk_size)
             y = 2 * (h_all * C).real.sum(-1) + D * x  # (B, T, H)
-        return self._output(y.to(x.dtype)), self._pack(h, history)
+        y = add_offset(y.to(x.dtype), offset, C)  # (B, T, H)
+        return self._output(y), self._pack(h, history)
 
-    def step(
-        self, x_t: torch.Tensor, state: S4DState | S4DSMRState | None
+    def step_offset(
+        self, x_t: torch.Tensor, state: S4DState | S4DSMRState | None, offset=None
     ) -> tuple[torch.Tensor, S4DState | S4DSMRState]:
-        """Args: x_t (batch, H); state or None. Returns (y_t (batch, H), state)."""
+        """``step`` with offset(C) added to y_t before the output nonlinearity."""
         check_input(x_t, self.d_model, name="x_t", ndim=2)
         batch = x_t.shape[0]
         h0, history = self._state_tensors(state, batch, x_t)
@@ -300,4 +314,5 @@ class S4D(nn.Module):
         if h0 is not None:
             h = h + lam_bar * h0  # (B, H, n)
         y = 2 * (C * h).sum(-1).real + self.D.to(x_t.dtype) * x_t  # (B, H)
-        return self._output(y.to(x_t.dtype)), self._pack(h, history)
+        y = add_offset(y.to(x_t.dtype), offset, C)  # (B, H)
+        return self._output(y), self._pack(h, history)

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm import hippo
-from longssm.layers.base import check_input, check_state, empty_sequence, tag_ssm_param
+from longssm.layers.base import add_offset, check_input, check_state, empty_sequence, tag_ssm_param
 from longssm.layers.s4d import (
     REAL_OF_COMPLEX,
     check_step_rescale,
@@ -284,6 +284,19 @@ class S5(nn.Module):
         self, x: torch.Tensor, state: S5State | S5SMRState | None = None
     ) -> tuple[torch.Tensor, S5State | S5SMRState]:
         """Args: x (batch, T, H); state or None. Returns (y (batch, T, H), state)."""
+        return self.forward_offset(x, state)
+
+    def step(
+        self, x_t: torch.Tensor, state: S5State | S5SMRState | None
+    ) -> tuple[torch.Tensor, S5State | S5SMRState]:
+        """Args: x_t (batch, H); state or None. Returns (y_t (batch, H), state)."""
+        return self.step_offset(x_t, state)
+
+    def forward_offset(
+        self, x: torch.Tensor, state: S5State | S5SMRState | None = None, offset=None
+    ) -> tuple[torch.Tensor, S5State | S5SMRState]:
+        """``forward`` with offset(C) added to y before the output nonlinearity (the readout
+        offset of ``layers.base``; the state adapters' extension point)."""
         check_input(x, self.d_model)
         h0, history = self._state_tensors(state, x.shape[0], x)
         if x.shape[1] == 0:
@@ -302,12 +315,13 @@ class S5(nn.Module):
             h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=self.chunk_size)  # (B, T, n)
         y = 2 * matmul_re(h_all, C_t.T)  # (B, T, H)
         y = y.to(x.dtype) + self.D.to(x.dtype) * x  # (B, T, H)
+        y = add_offset(y, offset, C_t)  # (B, T, H)
         return self._activate(y), self._pack(h, history)
 
-    def step(
-        self, x_t: torch.Tensor, state: S5State | S5SMRState | None
+    def step_offset(
+        self, x_t: torch.Tensor, state: S5State | S5SMRState | None, offset=None
     ) -> tuple[torch.Tensor, S5State | S5SMRState]:
-        """Args: x_t (batch, H); state or None. Returns (y_t (batch, H), state)."""
+        """``step`` with offset(C) added to y_t before the output nonlinearity."""
         check_input(x_t, self.d_model, name="x_t", ndim=2)
         batch = x_t.shape[0]
         h0, history = self._state_tensors(state, batch, x_t)
@@ -322,4 +336,5 @@ class S5(nn.Module):
             h = h + lam_bar * h0  # (B, n)
         y = 2 * (h @ C_t.T).real  # (B, H)
         y = y.to(x_t.dtype) + self.D.to(x_t.dtype) * x_t  # (B, H)
+        y = add_offset(y, offset, C_t)  # (B, H)
         return self._activate(y), self._pack(h, history)

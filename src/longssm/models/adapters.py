@@ -3,8 +3,9 @@
 They sit on the models floor so that every model source (``interop.pretrained.load_source``, hence
 ``longssm eval`` / ``generate``) can rebuild base + adapter; ``longssm.adapt`` imports them.
 
-State tuning (Kang, Galim, Zeng et al. 2025). Each method wraps a trained mixer layer (``base``, frozen) in an adapter module that reuses the
-layer's submodules and its op dispatcher and adds one small trainable tensor, initialised to zero:
+State tuning (Kang, Galim, Zeng et al. 2025). Each method wraps a trained mixer layer (``base``,
+frozen) in an adapter module that runs the layer's own forward / step (its ``forward_offset`` /
+``step_offset``, ``longssm.layers.base``) and adds one small trainable tensor, initialised to zero:
 
     initial-state    h_0 per layer: a sequence started without a state (``state=None``) starts from
                      h_0 instead of zeros; its effect C_t·Π_{k≤t} Ā_k·h_0 decays along t.
@@ -45,16 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longssm.layers.base import check_input, check_state, empty_sequence
-from longssm.layers.conv import causal_conv, causal_conv_step
 from longssm.layers.mamba import Mamba
-from longssm.layers.mamba2 import Mamba2, Mamba2State
-from longssm.layers.s4d import S4D, S4DState, complex_dtype_for
-from longssm.layers.s5 import S5, S5State
-from longssm.ops.diag_scan import diag_scan, matmul_complex_real, matmul_re, s4d_conv
-from longssm.ops.selective_scan import resolve_path, selective_scan, selective_scan_step
-from longssm.ops.ssd import resolve_path as ssd_path
-from longssm.ops.ssd import ssd, ssd_step
+from longssm.layers.mamba2 import Mamba2
+from longssm.layers.s4d import S4D
+from longssm.layers.s5 import S5
 
 
 class AdaptError(ValueError):
@@ -74,8 +69,10 @@ PARAM_OF = {"initial-state": "h0", "state-offset-h": "h_offset", "state-offset-y
 class StateAdapter(nn.Module):
     """A frozen trained layer plus one zero-initialised tensor of a state-tuning method.
 
-    Subclasses give the tensor shapes (``shapes``), the learned start state (``_learned``), the
-    output offset (``_offset``) and run forward / step around the layer's own submodules.
+    Subclasses give the tensor shapes (``shapes``) and the readout offset (``_offset``: the term
+    the layer adds to its SSM output, from its readout C). forward / step are the layer's own
+    ``forward_offset`` / ``step_offset`` (the extension point of ``longssm.layers.base``): the
+    learned start h_0 goes in through the ``state`` argument, the offset through ``offset``.
     """
 
     def __init__(self, base: nn.Module, method: str):
@@ -101,22 +98,32 @@ class StateAdapter(nn.Module):
     def shapes(self) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
 
+    def _offset(self, C: torch.Tensor) -> torch.Tensor:
+        """The term added to the layer's SSM output, from its readout C (``layers.base``)."""
+        raise NotImplementedError
+
     def initial_state(self, batch_size: int, device=None, dtype=None):
         """Zeros, as the base layer (the state protocol); ``state=None`` means the learned start."""
         return self.base.initial_state(batch_size, device=device, dtype=dtype)
 
-    def _start(self, state, batch: int, x: torch.Tensor):
-        """The state a call starts from: ``state`` if given (validated), else h_0 or zeros."""
-        zeros = self.base.initial_state(batch, x.device, x.dtype)
-        if state is not None:
-            check_state(state, zeros, type(self.base).__name__)
-            return state
-        if self.method != "initial-state":
-            return None
-        return self._learned(zeros)
+    def forward(self, x: torch.Tensor, state=None):
+        """As the base layer's ``forward`` (x (batch, T, d_model)), with the method applied."""
+        return self.base.forward_offset(x, self._start(state, x), self._hook())
 
-    def _learned(self, zeros):
-        """``zeros`` with its ``ssm`` field replaced by h_0 broadcast over the batch."""
+    def step(self, x_t: torch.Tensor, state):
+        """As the base layer's ``step`` (x_t (batch, d_model)), with the method applied."""
+        return self.base.step_offset(x_t, self._start(state, x_t), self._hook())
+
+    def _hook(self):
+        """The layer's ``offset`` argument: None for initial-state tuning, else ``_offset``."""
+        return None if self.method == "initial-state" else self._offset
+
+    def _start(self, state, x: torch.Tensor):
+        """The state a call starts from: ``state`` if given (the layer validates it), else h_0
+        for initial-state tuning, else None (zeros)."""
+        if state is not None or self.method != "initial-state":
+            return state
+        zeros = self.base.initial_state(x.shape[0], x.device, x.dtype)
         h0 = self.h0
         if zeros.ssm.is_complex():
             h0 = torch.view_as_complex(h0.contiguous())
@@ -131,44 +138,11 @@ class MambaStateAdapter(StateAdapter):
         return {"h0": (b.d_inner, b.d_state), "h_offset": (b.d_inner, b.d_state),
                 "y_offset": (b.d_inner,)}
 
-    def _offset(self, C: torch.Tensor) -> torch.Tensor | float:
-        """C_t·h′ (..., d_inner) from C (..., N), or y′, or 0."""
+    def _offset(self, C: torch.Tensor) -> torch.Tensor:
+        """C_t·h′ (..., d_inner) from C (..., N), or y′ (d_inner,)."""
         if self.method == "state-offset-h":
             return torch.matmul(C, self.h_offset.to(C.dtype).T)  # (..., Di)
-        if self.method == "state-offset-y":
-            return self.y_offset.to(C.dtype)
-        return 0.0
-
-    def forward(self, x: torch.Tensor, state=None):
-        """As ``Mamba.forward`` (x (batch, T, d_model)), with the method applied."""
-        b = self.base
-        check_input(x, b.d_model)
-        state = self._start(state, x.shape[0], x)
-        xs, z = b.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
-        xs, conv_state = causal_conv(b.conv1d, xs, None if state is None else state.conv,
-                                     activation="silu")  # as the layer: the fused conv + SiLU
-        h0 = None if state is None else state.ssm
-        dt, B, C = b._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
-        path = resolve_path(b.scan, xs, h0)
-        y, h = selective_scan(xs, dt, b.eigenvalues(), B, C, b.D, h0, True,
-                              chunk_size=b.chunk_size, path=path)  # (B, T, Di), (B, Di, N)
-        y = y + self._offset(C)
-        return b.out_proj(y * F.silu(z)), b.STATE(ssm=h, conv=conv_state)
-
-    def step(self, x_t: torch.Tensor, state):
-        """As ``Mamba.step`` (x_t (batch, d_model)), with the method applied."""
-        b = self.base
-        check_input(x_t, b.d_model, name="x_t", ndim=2)
-        state = self._start(state, x_t.shape[0], x_t)
-        if state is None:
-            state = b.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
-        xs, z = b.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
-        xs, conv_state = causal_conv_step(b.conv1d, xs, state.conv)
-        xs = F.silu(xs)
-        dt, B, C = b._ssm_inputs(xs)  # (B, Di), (B, N), (B, N)
-        y, h = selective_scan_step(xs, dt, b.eigenvalues(), B, C, b.D, state.ssm)
-        y = y + self._offset(C)
-        return b.out_proj(y * F.silu(z)), b.STATE(ssm=h, conv=conv_state)
+        return self.y_offset.to(C.dtype)
 
 
 class Mamba2StateAdapter(StateAdapter):
@@ -183,58 +157,13 @@ class Mamba2StateAdapter(StateAdapter):
         return {"h0": (b.nheads, b.headdim, b.d_state), "h_offset": (b.nheads, b.headdim, b.d_state),
                 "y_offset": (b.d_inner,)}
 
-    def _offset(self, C: torch.Tensor) -> torch.Tensor | float:
-        """h′ C_t (..., H, P) from C (..., G, N), or y′ (H, P), or 0."""
+    def _offset(self, C: torch.Tensor) -> torch.Tensor:
+        """h′ C_t (..., H, P) from C (..., G, N), or y′ (H, P)."""
         b = self.base
         if self.method == "state-offset-h":
             C = C.repeat_interleave(b.nheads // b.ngroups, dim=-2)  # (..., H, N)
             return torch.einsum("...hn,hpn->...hp", C, self.h_offset.to(C.dtype))
-        if self.method == "state-offset-y":
-            return self.y_offset.to(C.dtype).view(b.nheads, b.headdim)
-        return 0.0
-
-    def _split(self, xBC: torch.Tensor):
-        """x (..., H, P), B and C (..., G, N) of the convolved xBC (..., conv_dim)."""
-        b = self.base
-        xs, B, C = xBC.split([b.d_inner, b.ngroups * b.d_state, b.ngroups * b.d_state], dim=-1)
-        lead = xBC.shape[:-1]
-        return (xs.reshape(*lead, b.nheads, b.headdim), B.reshape(*lead, b.ngroups, b.d_state),
-                C.reshape(*lead, b.ngroups, b.d_state))
-
-    def forward(self, x: torch.Tensor, state=None):
-        """As ``Mamba2.forward`` (x (batch, T, d_model)), with the method applied."""
-        b = self.base
-        check_input(x, b.d_model)
-        state = self._start(state, x.shape[0], x)
-        if x.shape[1] == 0:
-            return empty_sequence(b, x, state)
-        batch, T, _ = x.shape
-        z, xBC, dt_raw = b.in_proj(x).split([b.d_inner, b.conv_dim, b.nheads], dim=-1)
-        xBC, conv_state = causal_conv(b.conv1d, xBC, None if state is None else state.conv,
-                                      activation="silu")  # as the layer: the fused conv + SiLU
-        xs, B, C = self._split(xBC)  # (b, T, H, P), (b, T, G, N), (b, T, G, N)
-        h0 = None if state is None else state.ssm
-        y, h = ssd(xs, b._dt(dt_raw), -torch.exp(b.A_log), B, C, b.D, initial_state=h0,
-                   output_final_state=True, chunk_size=b.chunk_size,
-                   path=ssd_path(b.scan, xs, h0))  # (b, T, H, P), (b, H, P, N)
-        y = y + self._offset(C)
-        y = b.norm(y.reshape(batch, T, b.d_inner), z)  # (b, T, d_inner)
-        return b.out_proj(y), Mamba2State(h, conv_state)
-
-    def step(self, x_t: torch.Tensor, state):
-        """As ``Mamba2.step`` (x_t (batch, d_model)), with the method applied."""
-        b = self.base
-        check_input(x_t, b.d_model, name="x_t", ndim=2)
-        state = self._start(state, x_t.shape[0], x_t)
-        if state is None:
-            state = b.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
-        z, xBC, dt_raw = b.in_proj(x_t).split([b.d_inner, b.conv_dim, b.nheads], dim=-1)
-        xBC, conv_state = causal_conv_step(b.conv1d, xBC, state.conv)
-        xs, B, C = self._split(F.silu(xBC))  # (b, H, P), (b, G, N), (b, G, N)
-        y, h = ssd_step(xs, b._dt(dt_raw), -torch.exp(b.A_log), B, C, b.D, state=state.ssm)
-        y = y + self._offset(C)
-        y = b.norm(y.reshape(x_t.shape[0], b.d_inner), z)  # (b, d_inner)
-        return b.out_proj(y), Mamba2State(h, conv_state)
+        return self.y_offset.to(C.dtype).view(b.nheads, b.headdim)
 
 
 class LTIStateAdapter(StateAdapter):
@@ -256,42 +185,9 @@ class LTIStateAdapter(StateAdapter):
             return self.y_offset
         return torch.zeros((), dtype=C.real.dtype, device=C.device)
 
-    def _core(self, x: torch.Tensor, h0):
-        """The base layer's y before its output nonlinearity (batch, T, H), and h_T."""
-        b = self.base
-        cdtype = complex_dtype_for(x.dtype)
-        lam_bar, B_bar, C = b.discretize(cdtype)
-        if isinstance(b, S4D) and b.mode == "conv":
-            y, h = s4d_conv(x, lam_bar, B_bar, C, b.D.to(x.dtype), h0, output_final_state=True)
-        elif isinstance(b, S4D):
-            v = B_bar * x.to(cdtype)[..., None]  # (B, T, H, n)
-            h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=b.chunk_size)
-            y = 2 * (h_all * C).real.sum(-1) + b.D.to(x.dtype) * x  # (B, T, H)
-        else:
-            real = torch.promote_types(x.dtype, torch.float32)
-            v = matmul_complex_real(B_bar, x.to(real).transpose(1, 2)).transpose(1, 2)  # (B, T, n)
-            h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=b.chunk_size)
-            y = 2 * matmul_re(h_all, C.T)  # (B, T, H)
-            y = y.to(x.dtype) + b.D.to(x.dtype) * x
-        return y.to(x.dtype) + self.offset_y(C).to(x.dtype), h
-
-    def _output(self, y: torch.Tensor) -> torch.Tensor:
-        b = self.base
-        return b._output(y) if isinstance(b, S4D) else F.gelu(y)
-
-    def forward(self, x: torch.Tensor, state=None):
-        """As the base layer's forward (x (batch, T, H)), with the method applied."""
-        b = self.base
-        check_input(x, b.d_model)
-        state = self._start(state, x.shape[0], x)
-        h0 = None if state is None else state.ssm.to(complex_dtype_for(x.dtype))
-        y, h = self._core(x, h0)
-        return self._output(y), (S4DState if isinstance(b, S4D) else S5State)(h)
-
-    def step(self, x_t: torch.Tensor, state):
-        """One step: the forward of a length-1 sequence (the same recurrence)."""
-        y, state = self.forward(x_t[:, None], state)
-        return y[:, 0], state
+    def _offset(self, C: torch.Tensor) -> torch.Tensor:
+        """The constant y′ (H,) from C (H, n) complex (``offset_y``)."""
+        return self.offset_y(C)
 
 
 ADAPTERS = {Mamba: MambaStateAdapter, Mamba2: Mamba2StateAdapter, S4D: LTIStateAdapter,
