@@ -7,6 +7,7 @@ import torch
 
 from helpers import assert_close
 from longssm.adapt import STATE_METHODS, state_adapter
+from longssm.layers.longhorn import Longhorn
 from longssm.layers.mamba import Mamba
 from longssm.layers.mamba2 import Mamba2
 from longssm.layers.s4d import S4D
@@ -15,6 +16,7 @@ from longssm.layers.s5 import S5
 LAYERS = {
     "mamba-smr": lambda: Mamba(8, d_state=4, d_conv=3, smr=3),
     "mamba-negative": lambda: Mamba(8, d_state=4, d_conv=2, negative_eigenvalues=True),
+    "longhorn": lambda: Longhorn(8, d_state=4, d_conv=3),
     "mamba2-noconv": lambda: Mamba2(16, d_state=4, headdim=8, d_conv=0, chunk_size=4),
     "s4d-smr": lambda: S4D(8, d_state=6, smr=2),
     "s5-full-glu": lambda: S5(8, d_state=8, blocks=2, activation="full_glu"),

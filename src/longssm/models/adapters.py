@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longssm.layers.longhorn import Longhorn
 from longssm.layers.mamba import Mamba
 from longssm.layers.mamba2 import Mamba2
 from longssm.layers.s4d import S4D
@@ -190,8 +191,10 @@ class LTIStateAdapter(StateAdapter):
         return self.offset_y(C)
 
 
-ADAPTERS = {Mamba: MambaStateAdapter, Mamba2: Mamba2StateAdapter, S4D: LTIStateAdapter,
-            S5: LTIStateAdapter}
+# Longhorn has Mamba's layout (state S_t (d_inner, N), readout q_t (N,) inside the same gate):
+# y_t = S_t q_t + D x_t (+ h′ q_t), so Mamba's adapter applies unchanged.
+ADAPTERS = {Mamba: MambaStateAdapter, Longhorn: MambaStateAdapter, Mamba2: Mamba2StateAdapter,
+            S4D: LTIStateAdapter, S5: LTIStateAdapter}
 """Layer class -> its state adapter."""
 
 
@@ -207,7 +210,8 @@ def state_adapter(layer: nn.Module, method: str) -> StateAdapter:
 LORA_TARGETS = ("in_proj", "x_proj", "out_proj")
 """The linears that ``lora:R`` adapts (those a layer has: Mamba all three, Mamba-2 has no x_proj)."""
 
-LORA_LAYERS = {Mamba: ("in_proj", "x_proj", "out_proj"), Mamba2: ("in_proj", "out_proj")}
+LORA_LAYERS = {Mamba: ("in_proj", "x_proj", "out_proj"), Longhorn: ("in_proj", "x_proj", "out_proj"),
+               Mamba2: ("in_proj", "out_proj")}
 """Layer class -> the linears of it that ``lora:R`` adapts."""
 
 
@@ -324,7 +328,7 @@ def _is_adapted(mixer: nn.Module) -> bool:
 
 def _attach_lora(mixer: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:
     if type(mixer) not in LORA_LAYERS:
-        raise AdaptError(f"LoRA supports Mamba and Mamba-2 layers, not {type(mixer).__name__}")
+        raise AdaptError(f"LoRA supports Mamba, Longhorn and Mamba-2 layers, not {type(mixer).__name__}")
     params = []
     for name in LORA_LAYERS[type(mixer)]:
         wrapped = LoRALinear(getattr(mixer, name), rank, alpha)
