@@ -66,16 +66,23 @@ def make_step(model, batch: int, T: int):
     return step
 
 
-def step_flops(model, batch: int, T: int) -> int:
-    """Matmul + convolution FLOPs of one forward + backward (torch's flop counter)."""
+def count_step_flops(logits_of, tokens: torch.Tensor) -> int:
+    """Matmul + convolution FLOPs of one forward + backward on ``tokens`` (B, T + 1), counted by
+    torch's flop counter; ``logits_of`` maps inputs (B, T) to logits (B, T, V)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    tokens = torch.randint(0, VOCAB, (batch, T + 1), generator=torch.Generator().manual_seed(1))
     with FlopCounterMode(display=False) as counter:
-        logits, _ = model(tokens[:, :-1])
-        F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1)).backward()
-    model.zero_grad(set_to_none=True)
+        logits = logits_of(tokens[:, :-1])
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
     return int(counter.get_total_flops())
+
+
+def step_flops(model, batch: int, T: int) -> int:
+    """``count_step_flops`` of a family model on random tokens (its gradients cleared after)."""
+    tokens = torch.randint(0, VOCAB, (batch, T + 1), generator=torch.Generator().manual_seed(1))
+    flops = count_step_flops(lambda inputs: model(inputs)[0], tokens)
+    model.zero_grad(set_to_none=True)
+    return flops
 
 
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:

@@ -302,26 +302,15 @@ def child_train(spec: dict) -> dict:
     result["tokens_per_s"] = spec["steps"] * batch * T / result["seconds"]
     result["parameters"] = sum(p.numel() for p in model.parameters())
     if spec["impl"] != "hf_torch":  # its Python loop over time makes counting a long extra step
-        from family_step import matmul_rate
+        from family_step import count_step_flops, matmul_rate
 
-        flops = model_step_flops(logits_of, tokens)
+        flops = count_step_flops(logits_of, tokens)
         model.zero_grad(set_to_none=True)
         result["step_gflop"] = flops / 1e9
         result["matmul_gflop_s"] = matmul_rate()
         step_s = result["seconds"] / spec["steps"]
         result["floor_ratio"] = flops / step_s / 1e9 / result["matmul_gflop_s"]
     return result
-
-
-def model_step_flops(logits_of, tokens) -> int:
-    """Matmul + convolution FLOPs of one forward + backward on ``tokens`` (B, T + 1)."""
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        logits = logits_of(tokens[:, :-1])
-        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
-    return int(counter.get_total_flops())
 
 
 def child_family(spec: dict) -> dict:
@@ -336,12 +325,12 @@ def child_roofline(spec: dict) -> dict:
     n = spec["copy_mib"] * 2**20 // 4
     src, dst = torch.randn(n), torch.empty(n)
     copy = timed(lambda: dst.copy_(src), 5)
+    from family_step import matmul_rate
+
     m = spec["matmul_n"]
-    a, b = torch.randn(m, m), torch.randn(m, m)
-    mm = timed(lambda: a @ b, 5)
     return {
         "bandwidth_gb_s": 2 * n * 4 / copy["seconds"] / 1e9,
-        "matmul_gflop_s": 2 * m**3 / mm["seconds"] / 1e9,
+        "matmul_gflop_s": matmul_rate(m),
         "copy_mib": spec["copy_mib"],
         "matmul_n": m,
     }

@@ -86,3 +86,12 @@ def gradcheck_with_initial_state(layer, x) -> None:
         return (y, *(torch.view_as_real(t) if t.is_complex() else t for t in s))
 
     assert torch.autograd.gradcheck(f, (x, *init))
+
+
+def assert_runs_equal(run_a, run_b) -> None:
+    """The latest checkpoints of two run directories hold bitwise equal weights (resume tests)."""
+    from longssm.checkpoint import load_model
+
+    a, b = load_model(run_a)[0], load_model(run_b)[0]
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name

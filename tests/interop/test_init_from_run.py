@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import longssm.train.loop as train_loop
+from helpers import assert_runs_equal
 from longssm.checkpoint import checkpoint_dirs, load_model
 from longssm.cli import main
 
@@ -111,9 +112,7 @@ def test_init_from_run_resumes_exactly(env, capsys):
     code, _, err = _run(["train", "--out", str(env / "b"), "--resume", "--quiet",
                          "--train.steps=3"], capsys)  # fmt: skip
     assert code == 0, err
-    a, b = load_model(env / "a")[0], load_model(env / "b")[0]
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(pa, pb), name
+    assert_runs_equal(env / "a", env / "b")
 
 
 def _corrupt(source):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close
+from helpers import assert_close, assert_runs_equal
 from longssm import checkpoint as ckpt_io
 from longssm.config import RunConfig
 from longssm.data import ContiguousStreams
@@ -97,10 +97,7 @@ def test_resume_is_exact(tmp_path):
         train(half, tmp_path / f"twice-{policy}", log=lambda *a: None)
         resumed = train(tiny_run(tmp_path, policy), tmp_path / f"twice-{policy}", resume=True, log=lambda *a: None)
         assert resumed.step == once.step == 6
-        a, _, _ = ckpt_io.load_model(tmp_path / f"once-{policy}")
-        b, _, _ = ckpt_io.load_model(tmp_path / f"twice-{policy}")
-        for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.equal(pa, pb), name
+        assert_runs_equal(tmp_path / f"once-{policy}", tmp_path / f"twice-{policy}")
         with open(tmp_path / f"once-{policy}" / "metrics.csv") as f:
             losses_once = [r["loss"] for r in csv.DictReader(f)]
         with open(tmp_path / f"twice-{policy}" / "metrics.csv") as f:

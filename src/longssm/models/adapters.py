@@ -175,20 +175,14 @@ class LTIStateAdapter(StateAdapter):
         state = tuple(b.initial_state(1).ssm.shape[1:])  # (H, N/2) for S4D, (P/2,) for S5
         return {"h0": state + (2,), "h_offset": state + (2,), "y_offset": (b.d_model,)}
 
-    def offset_y(self, C: torch.Tensor) -> torch.Tensor:
-        """The y′ (H,) equivalent to the method: 2 Re(C h′) for offset (h), y′ for offset (y)."""
+    def _offset(self, C: torch.Tensor) -> torch.Tensor:
+        """The constant y′ (H,) from C (H, n) complex: 2 Re(C h′) for offset (h), y′ for offset (y)."""
         if self.method == "state-offset-h":
             h = torch.view_as_complex(self.h_offset.contiguous()).to(C.dtype)
             if isinstance(self.base, S4D):
                 return 2 * (C * h).real.sum(-1)  # C (H, n), h′ (H, n) -> (H,)
             return 2 * (C @ h).real  # C̃ (H, n), h′ (n,) -> (H,)
-        if self.method == "state-offset-y":
-            return self.y_offset
-        return torch.zeros((), dtype=C.real.dtype, device=C.device)
-
-    def _offset(self, C: torch.Tensor) -> torch.Tensor:
-        """The constant y′ (H,) from C (H, n) complex (``offset_y``)."""
-        return self.offset_y(C)
+        return self.y_offset
 
 
 # Longhorn has Mamba's layout (state S_t (d_inner, N), readout q_t (N,) inside the same gate):
