@@ -8,6 +8,7 @@ Op folders (``selective_scan``, ``longhorn``, ``ssd``, ``diag_scan``) import thi
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -88,3 +89,19 @@ __all__ = [
     "path_unavailable",
     "triton_available",
 ]
+
+
+@contextmanager
+def torch_threads_kept():
+    """Run a numba parallel kernel without changing torch's thread count.
+
+    numba's OpenMP threading layer shares libgomp with torch: a parallel kernel leaves OpenMP's
+    thread count at numba's, which silently became torch's own (``torch.set_num_threads(1)``
+    then ran torch ops on 2 threads after the first fused scan, and on 1 after a 1-thread conv).
+    """
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

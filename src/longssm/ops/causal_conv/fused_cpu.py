@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
-from longssm.ops._common import compute_dtype, numba_available, numpy_view
+from longssm.ops._common import compute_dtype, numba_available, numpy_view, torch_threads_kept
 from longssm.ops.causal_conv.naive import check_conv_inputs
 
 # numba threads of the conv kernels (at most the caller's setting). The convolution is a few
@@ -61,7 +61,7 @@ class _FusedConv(torch.autograd.Function):
     def forward(ctx, x, wT, bias, hist, silu):
         # x: (B, T, C); wT: (K, C); bias: (C,); hist: (B, K-1, C)
         y = torch.empty_like(x)  # (B, T, C)
-        with _numba_threads(THREADS):
+        with torch_threads_kept(), _numba_threads(THREADS):
             _kernels().conv_forward(*(numpy_view(t) for t in (x, wT, bias, hist, y)), silu)
         ctx.silu = silu
         ctx.save_for_backward(x, wT, bias, hist)
@@ -81,7 +81,7 @@ class _FusedConv(torch.autograd.Function):
         dhist = torch.empty_like(hist)  # (B, K-1, C)
         dw_part = torch.empty(n_tasks, *wT.shape, dtype=x.dtype)  # (tasks, K, C)
         db_part = torch.empty(n_tasks, wT.shape[1], dtype=x.dtype)  # (tasks, C)
-        with _numba_threads(THREADS):
+        with torch_threads_kept(), _numba_threads(THREADS):
             kern.conv_backward(
                 *(numpy_view(t) for t in (x, wT, bias, hist, gy)),
                 ctx.silu,

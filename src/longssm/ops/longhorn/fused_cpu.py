@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import compute_dtype, numba_available, numpy_view, output_grads
+from longssm.ops._common import (
+    compute_dtype,
+    numba_available,
+    numpy_view,
+    output_grads,
+    torch_threads_kept,
+)
 from longssm.ops.longhorn.naive import check_longhorn_inputs, longhorn_eps
 
 
@@ -43,7 +49,10 @@ class _FusedLonghorn(torch.autograd.Function):
         y = torch.empty_like(x)  # (B, T, Di)
         hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
-        kern.longhorn_forward(*(numpy_view(t) for t in (x, eps, k, q, D, h0, y, hT, ckpt)), save)
+        with torch_threads_kept():
+            kern.longhorn_forward(
+                *(numpy_view(t) for t in (x, eps, k, q, D, h0, y, hT, ckpt)), save
+            )
         if save:
             ctx.save_for_backward(x, eps, k, q, D, ckpt)
         return y, hT
@@ -62,13 +71,14 @@ class _FusedLonghorn(torch.autograd.Function):
         dq_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
         dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
-        kern.longhorn_backward(
-            *(
-                numpy_view(t)
-                for t in (x, eps, k, q, D, ckpt, gy, gh, dx, deps)
-                + (dk_part, dq_part, dD_part, dh0)
+        with torch_threads_kept():
+            kern.longhorn_backward(
+                *(
+                    numpy_view(t)
+                    for t in (x, eps, k, q, D, ckpt, gy, gh, dx, deps)
+                    + (dk_part, dq_part, dD_part, dh0)
+                )
             )
-        )
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
         return dx, deps, dk_part.sum(1), dq_part.sum(1), dD, dh0
 

@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import compute_dtype, numba_available, numpy_view, output_grads
+from longssm.ops._common import (
+    compute_dtype,
+    numba_available,
+    numpy_view,
+    output_grads,
+    torch_threads_kept,
+)
 from longssm.ops.selective_scan.naive import check_scan_inputs
 
 # ``numba_available`` lives in ``longssm.ops._common``; re-exported here for train/loop.py.
@@ -48,7 +54,8 @@ class _FusedScan(torch.autograd.Function):
         y = torch.empty_like(x)  # (B, T, Di)
         hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
-        kern.scan_forward(*(numpy_view(t) for t in (x, dt, AT, B, C, D, h0, y, hT, ckpt)), save)
+        with torch_threads_kept():
+            kern.scan_forward(*(numpy_view(t) for t in (x, dt, AT, B, C, D, h0, y, hT, ckpt)), save)
         if save:
             ctx.save_for_backward(x, dt, AT, B, C, D, ckpt)
         return y, hT
@@ -68,13 +75,14 @@ class _FusedScan(torch.autograd.Function):
         dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
         dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
-        kern.scan_backward(
-            *(
-                numpy_view(t)
-                for t in (x, dt, AT, B, C, D, ckpt, gy, gh, dx, ddt)
-                + (dB_part, dC_part, dA_part, dD_part, dh0)
+        with torch_threads_kept():
+            kern.scan_backward(
+                *(
+                    numpy_view(t)
+                    for t in (x, dt, AT, B, C, D, ckpt, gy, gh, dx, ddt)
+                    + (dB_part, dC_part, dA_part, dD_part, dh0)
+                )
             )
-        )
         dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
         return dx, ddt, dAT, dB_part.sum(1), dC_part.sum(1), dD, dh0
