@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from longssm.ops._numba import FASTMATH, fast_exp
+from longssm.ops._numba import FASTMATH, fast_exp, wide_vectors
 
 ROWS = 32  # time steps per task
 
@@ -41,6 +41,7 @@ def _row(x, hist, b, s):
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _preact(x, wT, bias, hist, b, t, v):
     """v (C,) = b + Σ_k w_k ⊙ u_{t-K+1+k}."""
+    wide_vectors()
     K, C = wT.shape
     for c in range(C):
         v[c] = bias[c]
@@ -70,6 +71,7 @@ def _forward_task(x, wT, bias, hist, y, silu, b, t0, t1):
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def conv_forward(x, wT, bias, hist, y, silu):
     """Fill y (batch, T, C) with act(v_t); parallel over (batch row, block of ROWS steps)."""
+    wide_vectors()
     n_batch, T = x.shape[0], x.shape[1]
     n_chunks = (T + ROWS - 1) // ROWS
     for task in prange(n_batch * n_chunks):
@@ -81,6 +83,7 @@ def conv_forward(x, wT, bias, hist, y, silu):
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _grad_rows(x, wT, bias, hist, gy, silu, b, t0, n, g):
     """g[r] = ∂L/∂v_{t0+r} for r < n: gy, times silu'(v) = σ(v) (1 + v (1 − σ(v))) with ``silu``."""
+    wide_vectors()
     C = x.shape[2]
     one = x.dtype.type(1)
     v = np.empty(C, x.dtype)
@@ -101,6 +104,7 @@ def _grad_rows(x, wT, bias, hist, gy, silu, b, t0, n, g):
 def _backward_task(x, wT, bias, hist, gy, silu, dx, dhist, dw, db, b, t0, t1):
     """Gradients of one task: dx rows t0 .. t1-1, its partial sums dw (K, C), db (C,), and dhist
     (batch row b) when t0 = 0."""
+    wide_vectors()
     T, C = x.shape[1], x.shape[2]
     K = wT.shape[0]
     # g_{t0} .. g_{t1+K-2}: dx_t needs g_t .. g_{t+K-1}

@@ -21,43 +21,56 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from longssm.ops._numba import CHECKPOINT, FASTMATH, LANES, PREFETCH, lane_sum, prefetch
+from longssm.ops._numba import (
+    CHECKPOINT,
+    FASTMATH,
+    LANES,
+    PREFETCH,
+    lane_dot,
+    lane_sum,
+    prefetch,
+    stack_array,
+    wide_vectors,
+)
 
 __all__ = ["CHECKPOINT", "LANES", "longhorn_backward", "longhorn_forward"]
+
+
+# Rows of the forward's per-lane work array (on the stack: see ``ops._numba.stack_array``): D, x_t,
+# ε_t, ε_t x_t and the running Σ_n q_n S_n of one step.
+_F_D, _F_X, _F_EP, _F_U, _F_ACC, _F_ROWS = range(6)
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, d0):
     """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps."""
+    wide_vectors()
     T, n_inner = x.shape[1], x.shape[2]
     N = k.shape[2]
     w = min(LANES, n_inner - d0)
     dtype = x.dtype
     h = np.zeros((N, LANES), dtype)  # (N, lanes)
-    dv = np.zeros(LANES, dtype)
-    xs = np.zeros(LANES, dtype)
-    es = np.zeros(LANES, dtype)
-    u = np.zeros(LANES, dtype)
-    acc = np.zeros(LANES, dtype)
+    rows = stack_array(_F_ROWS, LANES, dtype)  # the per-lane rows of one step, on the stack
+    dv, xs, es, u, acc = rows[_F_D], rows[_F_X], rows[_F_EP], rows[_F_U], rows[_F_ACC]
     one = np.ones(1, dtype)[0]  # 1 in the compute dtype (a float literal is float64)
     for n in range(N):
         for j in range(w):
-            h[n, j] = h0[b, d0 + j, n]
+            h[n, j] = h0[b, np.uint64(d0 + j), n]
     for j in range(w):
-        dv[j] = Dv[d0 + j]
+        dv[j] = Dv[np.uint64(d0 + j)]
     for t in range(T):
         if save and t % CHECKPOINT == 0:
             c = t // CHECKPOINT
             for n in range(N):
                 for j in range(w):
-                    ckpt[b, c, n, d0 + j] = h[n, j]
+                    ckpt[b, c, n, np.uint64(d0 + j)] = h[n, j]
         ahead = min(t + PREFETCH, T - 1)
         prefetch(x, b, ahead, d0)
         prefetch(eps, b, ahead, d0)
         prefetch(y, b, ahead, d0)
         for j in range(w):
-            xs[j] = x[b, t, d0 + j]
-            es[j] = eps[b, t, d0 + j]
+            xs[j] = x[b, t, np.uint64(d0 + j)]
+            es[j] = eps[b, t, np.uint64(d0 + j)]
         for j in range(LANES):
             u[j] = es[j] * xs[j]
             acc[j] = 0
@@ -70,10 +83,10 @@ def _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, d0):
                 h[n, j] = hv
                 acc[j] += qn * hv
         for j in range(w):
-            y[b, t, d0 + j] = acc[j] + xs[j] * dv[j]
+            y[b, t, np.uint64(d0 + j)] = acc[j] + xs[j] * dv[j]
     for n in range(N):
         for j in range(w):
-            hT[b, d0 + j, n] = h[n, j]
+            hT[b, np.uint64(d0 + j), n] = h[n, j]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -88,9 +101,9 @@ def longhorn_forward(x, eps, k, q, Dv, h0, y, hT, ckpt, save):
 
 # Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: x, ε, ∂L/∂y, ε x,
 # Σ_n λ k_n, Σ_n ∂L/∂a_n k_n², the running Σ_t ∂L/∂y x (for dD). st (N, _ST_ROWS, LANES): λ and the
-# per-lane products summed over lanes for dk and dq.
+# per-lane products summed over lanes for dk (dq is summed by ``lane_dot`` from rows it reads).
 _X, _EP, _GY, _U, _GU, _GE, _DD, _ROWS = range(8)
-_LAM, _PK, _PQ, _ST_ROWS = range(4)
+_LAM, _PK, _ST_ROWS = range(3)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -98,6 +111,7 @@ def _backward_task(
     x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0, b, blk
 ):
     """Reverse-time scan of one task; states recomputed from the checkpoints, K steps at a time."""
+    wide_vectors()
     T, n_inner = x.shape[1], x.shape[2]
     N = k.shape[2]
     d0 = blk * LANES
@@ -109,18 +123,18 @@ def _backward_task(
     st = np.zeros((N, _ST_ROWS, LANES), dtype)
     dD_acc = np.zeros(LANES, np.float64)
     hbuf = np.zeros((CHECKPOINT + 1, N, LANES), dtype)  # S_{t0-1} .. S_{t0+K-1} of one block
-    v = np.zeros((_ROWS, LANES), dtype)
+    v = stack_array(_ROWS, LANES, dtype)  # on the stack: see ``stack_array``
     for n in range(N):
         for j in range(w):
-            st[n, _LAM, j] = gh[b, d0 + j, n]
+            st[n, _LAM, j] = gh[b, np.uint64(d0 + j), n]
     for j in range(w):
-        dv[j] = Dv[d0 + j]
+        dv[j] = Dv[np.uint64(d0 + j)]
     for c in range(ckpt.shape[1] - 1, -1, -1):
         t0 = c * CHECKPOINT
         steps = min(CHECKPOINT, T - t0)
         for n in range(N):
             for j in range(w):
-                hbuf[0, n, j] = ckpt[b, c, n, d0 + j]
+                hbuf[0, n, j] = ckpt[b, c, n, np.uint64(d0 + j)]
         for s in range(steps):
             prefetch(gy, b, t0 + s, d0)
             prefetch(dx, b, t0 + s, d0)
@@ -129,8 +143,8 @@ def _backward_task(
                 prefetch(x, b, t0 - CHECKPOINT + s, d0)
                 prefetch(eps, b, t0 - CHECKPOINT + s, d0)
             for j in range(w):
-                v[_X, j] = x[b, t0 + s, d0 + j]
-                v[_EP, j] = eps[b, t0 + s, d0 + j]
+                v[_X, j] = x[b, t0 + s, np.uint64(d0 + j)]
+                v[_EP, j] = eps[b, t0 + s, np.uint64(d0 + j)]
             for j in range(LANES):
                 v[_U, j] = v[_EP, j] * v[_X, j]
             for n in range(N):
@@ -141,9 +155,9 @@ def _backward_task(
         for s in range(steps - 1, -1, -1):
             t = t0 + s
             for j in range(w):
-                v[_X, j] = x[b, t, d0 + j]
-                v[_EP, j] = eps[b, t, d0 + j]
-                v[_GY, j] = gy[b, t, d0 + j]
+                v[_X, j] = x[b, t, np.uint64(d0 + j)]
+                v[_EP, j] = eps[b, t, np.uint64(d0 + j)]
+                v[_GY, j] = gy[b, t, np.uint64(d0 + j)]
             for j in range(LANES):
                 v[_U, j] = v[_EP, j] * v[_X, j]
                 v[_GU, j] = 0
@@ -153,10 +167,11 @@ def _backward_task(
                 kn = k[b, t, n]
                 qn = q[b, t, n]
                 kk = kn * kn
+                # ∂L/∂q_t,n (this block's lanes) from rows written at least one step ago.
+                dq_part[b, blk, t, n] = lane_dot(v[_GY], hbuf[s + 1, n])
                 for j in range(LANES):
                     # lam becomes ∂L/∂S_t: the carried part plus y_t's (y_t = Σ_n q_t S_t + D x_t).
                     lam = st[n, _LAM, j] + v[_GY, j] * qn
-                    st[n, _PQ, j] = v[_GY, j] * hbuf[s + 1, n, j]
                     # ∂L/∂a (a = 1 - ε k², the decay) = lam · S_{t-1}.
                     da = lam * hbuf[s, n, j]
                     # ∂L/∂k_n per lane: input path lam ε x, decay path -2 k_n ε ∂L/∂a.
@@ -164,21 +179,20 @@ def _backward_task(
                     v[_GU, j] += lam * kn
                     v[_GE, j] += da * kk
                     st[n, _LAM, j] = (one - v[_EP, j] * kk) * lam
-                dq_part[b, blk, t, n] = lane_sum(st[n, _PQ])
                 dk_part[b, blk, t, n] = lane_sum(st[n, _PK])
             for j in range(w):
                 # u = ε x: ∂L/∂x = ε Σ_n lam k_n + D ∂L/∂y, ∂L/∂ε = x Σ_n lam k_n - Σ_n ∂L/∂a k_n².
-                dx[b, t, d0 + j] = v[_GU, j] * v[_EP, j] + v[_GY, j] * dv[j]
-                deps[b, t, d0 + j] = v[_GU, j] * v[_X, j] - v[_GE, j]
+                dx[b, t, np.uint64(d0 + j)] = v[_GU, j] * v[_EP, j] + v[_GY, j] * dv[j]
+                deps[b, t, np.uint64(d0 + j)] = v[_GU, j] * v[_X, j] - v[_GE, j]
         # dD: summed over the block's steps in the compute dtype, over blocks in float64.
         for j in range(LANES):
             dD_acc[j] += v[_DD, j]
             v[_DD, j] = 0
     for n in range(N):
         for j in range(w):
-            dh0[b, d0 + j, n] = st[n, _LAM, j]
+            dh0[b, np.uint64(d0 + j), n] = st[n, _LAM, j]
     for j in range(w):
-        dD_part[b, d0 + j] = dD_acc[j]
+        dD_part[b, np.uint64(d0 + j)] = dD_acc[j]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)

@@ -1,0 +1,90 @@
+"""The numba building blocks of the fused kernels (``longssm.ops._numba``) against NumPy.
+
+``lane_sum``, ``lane_dot`` and ``lane_dot_affine`` are LLVM vector IR: they must give the bits of the
+fixed pairwise tree written out in Python (same additions, same order, products rounded on their own:
+not fused into the tree's first additions), in float32 and float64. ``stack_array`` must give a
+zero-filled array private to each call; ``wide_vectors`` must leave results unchanged.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from numba import njit  # noqa: E402
+
+from longssm.ops._numba import (  # noqa: E402
+    FASTMATH,
+    LANES,
+    lane_dot,
+    lane_dot_affine,
+    lane_sum,
+    stack_array,
+    wide_vectors,
+)
+
+ROWS = 3
+
+
+def tree(p):
+    """The pairwise tree in the array's own dtype: q_i = p_i + p_(i+8), r_i = q_i + q_(i+4), ..."""
+    p = list(p)
+    while len(p) > 1:
+        half = len(p) // 2
+        p = [p[i] + p[i + half] for i in range(half)]
+    return p[0]
+
+
+@njit(fastmath=FASTMATH)
+def _sums(a, c):
+    return lane_sum(a[0]), lane_dot(a[0], a[1]), lane_dot_affine(a[0], a[1], c, a[2])
+
+
+@njit(fastmath=FASTMATH)
+def _on_stack(x):
+    wide_vectors()
+    first = stack_array(ROWS, LANES, x.dtype)
+    second = stack_array(ROWS, LANES, x.dtype)
+    total = 0.0
+    for i in range(ROWS):
+        for j in range(LANES):
+            total += first[i, j] + second[i, j]  # both zero-filled
+            first[i, j] = x[j] * i
+    for j in range(LANES):
+        second[0, j] = first[2, j] + first[1, j]
+    return total, second[0].copy()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lane_sums_equal_the_pairwise_tree_bit_for_bit(dtype):
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        scale = 10.0 ** rng.integers(-4, 4, (3, LANES))  # mixed magnitudes: order matters
+        a = (rng.standard_normal((3, LANES)) * scale).astype(dtype)
+        c = dtype(rng.standard_normal())
+        got = _sums(a, c)
+        products = a[0] * a[1]  # rounded in dtype
+        affine = np.array([_fma(a[1, j], c, a[0, j]) for j in range(LANES)], dtype)
+        want = (tree(a[0]), tree(products), tree(affine * a[2]))
+        for g, w in zip(got, want):
+            assert g == w, (trial, got, want)
+
+
+def _fma(x, y, z):
+    """x·y + z computed exactly (fractions), then rounded to x's dtype (for float32 through
+    float64: a double rounding that differs from one rounding with probability about 2^-29)."""
+    exact = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
+    return type(x)(float(exact))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stack_array_is_zero_filled_and_private(dtype):
+    x = np.arange(LANES, dtype=dtype)
+    for _ in range(3):  # fresh zeros on every call, whatever the last call left on the stack
+        total, row = _on_stack(x)
+        assert total == 0.0
+        np.testing.assert_array_equal(row, x * 2 + x * 1)
