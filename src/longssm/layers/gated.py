@@ -139,9 +139,11 @@ class GatedBlock(nn.Module):
         """x_proj(x) split into the low-rank step input (..., R) and two (..., N) vectors."""
         return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
-    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None):
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None, gate=None):
         """The scan over a sequence: xs (B, T, Di), h0 (B, Di, N) or None -> y (B, T, Di), h_T;
-        ``offset`` (``layers.base``) adds offset(C_t) to y."""
+        ``offset`` (``layers.base``) adds offset(C_t) to y; ``gate`` (B, T, Di) z, or None,
+        multiplies the result by silu(z) (the block's output gate, which the fused kernels apply
+        in the same pass)."""
         raise NotImplementedError
 
     def _scan_step(self, xs: torch.Tensor, h: torch.Tensor, offset=None):
@@ -175,8 +177,9 @@ class GatedBlock(nn.Module):
         conv_hist, smr_hist = self._histories(None if state is None else state.conv)
         xs, conv_state = causal_conv(self.conv1d, xs, conv_hist, activation="silu")  # (B, T, Di)
         xs, conv_state = self._replay(xs, conv_state, smr_hist)  # (B, T, Di)
-        y, h = self._scan(xs, None if state is None else state.ssm, offset)  # (B, T, Di)
-        return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)
+        # y ⊙ silu(z): the gate goes into the scan (one pass in the fused kernels)
+        y, h = self._scan(xs, None if state is None else state.ssm, offset, gate=z)  # (B, T, Di)
+        return self.out_proj(y), self.STATE(ssm=h, conv=conv_state)
 
     def step_offset(self, x_t: torch.Tensor, state, offset=None):
         """``step`` with offset(C_t) added to the scan's output before the gate."""

@@ -43,6 +43,7 @@ from longssm.layers.base import add_offset, announce_scan_path
 from longssm.layers.gated import GatedBlock
 from longssm.ops.longhorn import DEFAULT_CHUNK_SIZE, longhorn, longhorn_step, resolve_path
 from longssm.ops.longhorn import PATHS as SCANS
+from longssm.ops.selective_scan import apply_gate
 
 BETA_INITS = ("loguniform", "official")
 
@@ -100,7 +101,9 @@ class Longhorn(GatedBlock):
     ):
         super().__init__()
         if beta_init not in BETA_INITS:
-            raise ValueError(f"Longhorn: beta_init must be one of {list(BETA_INITS)}, got {beta_init!r}")
+            raise ValueError(
+                f"Longhorn: beta_init must be one of {list(BETA_INITS)}, got {beta_init!r}"
+            )
         if scan not in SCANS:
             raise ValueError(f"Longhorn: scan must be one of {', '.join(SCANS)}, got {scan!r}")
         if not 0 < beta_min <= beta_max < 1:
@@ -142,14 +145,15 @@ class Longhorn(GatedBlock):
         beta = torch.sigmoid(self.dt_proj(dt_low))  # (..., Di)
         return beta, k, q
 
-    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None):
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None, gate=None):
         """The Longhorn scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, S_T; y gets
-        offset(q) added when ``offset`` is given (``layers.base.add_offset``)."""
+        offset(q) added when ``offset`` is given (``layers.base.add_offset``), then is multiplied
+        by silu(gate) when ``gate`` (B, T, Di) is given."""
         beta, k, q = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         path = resolve_path(self.scan, xs, h0)
         announce_scan_path(self.NAME, path, self.scan)
         y, S = longhorn(xs, beta, k, q, self.D, h0, True, chunk_size=self.chunk_size, path=path)
-        return add_offset(y, offset, q), S
+        return apply_gate(add_offset(y, offset, q), gate), S
 
     def _scan_step(self, xs: torch.Tensor, h: torch.Tensor, offset=None):
         """One Longhorn step: xs (B, Di), S (B, Di, N) -> y (B, Di) (+ offset(q)), S."""

@@ -42,6 +42,7 @@ from longssm.layers.gated import GatedBlock
 from longssm.layers.smr import SMRGate, check_smr
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
+    apply_gate,
     resolve_path,
     selective_scan,
     selective_scan_step,
@@ -172,18 +173,22 @@ class Mamba(GatedBlock):
         dt = F.softplus(self.dt_proj(dt_low))  # (..., Di)
         return dt, B, C
 
-    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None):
+    def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None, gate=None):
         """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T; y gets
-        offset(C) (B, T, Di) added when ``offset`` is given (``layers.base.add_offset``)."""
+        offset(C) (B, T, Di) added when ``offset`` is given (``layers.base.add_offset``), then is
+        multiplied by silu(gate) when ``gate`` (B, T, Di) is given (inside the fused kernels)."""
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
         neg = self.negative_eigenvalues
         path = resolve_path(self.scan, xs, h0, negative_eigenvalues=neg)
         announce_scan_path(self.NAME, path, self.scan)
         y, h = selective_scan(
-            xs, dt, A, B, C, self.D, h0, True, self.chunk_size, path, negative_eigenvalues=neg
-        )  # (B, T, Di), (B, Di, N)
-        return add_offset(y, offset, C), h
+            xs, dt, A, B, C, self.D, h0, True, self.chunk_size, path, neg, gate
+        )  # (B, T, Di) gated when a gate is given, (B, Di, N)
+        if offset is None:
+            return y, h
+        # (y + o) ⊙ silu(z) as y ⊙ silu(z) + o ⊙ silu(z): a zero offset leaves y's bits alone.
+        return y + apply_gate(offset(C).to(y.dtype), gate), h
 
     def _scan_step(self, xs: torch.Tensor, h: torch.Tensor, offset=None):
         """One selective-scan step: xs (B, Di), h (B, Di, N) -> y (B, Di) (+ offset(C)), h."""

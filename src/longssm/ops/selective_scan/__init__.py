@@ -24,7 +24,7 @@ from longssm.ops._common import (
 )
 from longssm.ops.selective_scan.chunk import DEFAULT_CHUNK_SIZE, selective_scan_chunk
 from longssm.ops.selective_scan.fused_cpu import selective_scan_fused
-from longssm.ops.selective_scan.naive import selective_scan_naive
+from longssm.ops.selective_scan.naive import apply_gate, check_gate, selective_scan_naive
 from longssm.ops.selective_scan.step import selective_scan_step
 from longssm.ops.selective_scan.triton_gpu import interpreting, selective_scan_triton
 
@@ -65,7 +65,9 @@ def resolve_path(
     devices = device_types(*tensors)
     if negative_eigenvalues:
         if path not in NEGATIVE_PATHS:
-            raise path_unavailable("selective_scan", path, "negative_eigenvalues needs chunk or naive")
+            raise path_unavailable(
+                "selective_scan", path, "negative_eigenvalues needs chunk or naive"
+            )
         return "chunk" if path == "auto" else path
     if path == "auto":
         return scan_path(*tensors)
@@ -94,6 +96,7 @@ def selective_scan(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     path: str = "auto",
     negative_eigenvalues: bool = False,
+    gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The selective scan by the form ``path`` names (see ``resolve_path``).
 
@@ -103,24 +106,30 @@ def selective_scan(
     ``chunk_size`` is used by the chunked form only. ``path``: "auto" (fused on CPU with numba,
     Triton on CUDA with triton, else chunk), "fused", "triton", "chunk" or "naive".
     ``negative_eigenvalues``: transition 2 exp(Δ_t A) - 1 (chunk or naive only; "auto" -> chunk).
+    ``gate``: (batch, T, d_inner) z or None; y becomes y ⊙ silu(z) (Mamba's output gate), inside
+    the fused kernels, by ``apply_gate`` after the other forms.
     """
     neg = negative_eigenvalues
-    path = resolve_path(path, x, dt, A, B, C, D, initial_state, negative_eigenvalues=neg)
+    check_gate(gate, x)
+    path = resolve_path(path, x, dt, A, B, C, D, initial_state, gate, negative_eigenvalues=neg)
     if path == "fused":
-        return selective_scan_fused(x, dt, A, B, C, D, initial_state, output_final_state)
+        return selective_scan_fused(x, dt, A, B, C, D, initial_state, output_final_state, gate)
     if path == "triton":
-        return selective_scan_triton(x, dt, A, B, C, D, initial_state, output_final_state)
-    if path == "chunk":
-        return selective_scan_chunk(
+        y, h = selective_scan_triton(x, dt, A, B, C, D, initial_state, output_final_state)
+    elif path == "chunk":
+        y, h = selective_scan_chunk(
             x, dt, A, B, C, D, initial_state, output_final_state, chunk_size, neg
         )
-    return selective_scan_naive(x, dt, A, B, C, D, initial_state, output_final_state, neg)
+    else:
+        y, h = selective_scan_naive(x, dt, A, B, C, D, initial_state, output_final_state, neg)
+    return apply_gate(y, gate), h
 
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "NEGATIVE_PATHS",
     "PATHS",
+    "apply_gate",
     "numba_available",
     "resolve_path",
     "scan_path",

@@ -52,14 +52,19 @@ from longssm.ops._numba import (
 _F_D, _F_X, _F_DT, _F_U, _F_ACC, _F_ROWS = range(6)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
-    """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring)."""
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated, b, d0):
+    """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring).
+
+    With ``gated``, y gets the scan's output times silu(z) and, with ``save``, ypre the output
+    itself (for the backward).
+    """
     wide_vectors()
     T, n_inner = x.shape[1], x.shape[2]
     N = AT.shape[0]
     w = min(LANES, n_inner - d0)
     dtype = x.dtype
+    one = dtype.type(1)
     h = np.zeros((N, LANES), dtype)  # (N, lanes)
     a = np.zeros((N, LANES), dtype)  # (N, lanes) A of the block's channels
     rows = stack_array(_F_ROWS, LANES, dtype)  # the per-lane rows of one step, on the stack
@@ -93,24 +98,37 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, d0):
                 hv = fast_exp(ds[j] * a[n, j]) * h[n, j] + u[j] * bn
                 h[n, j] = hv
                 acc[j] += cn * hv
-        for j in range(w):
-            y[b, t, np.uint64(d0 + j)] = acc[j] + xs[j] * dv[j]
+        if gated:
+            prefetch(z, b, ahead, d0)
+            for j in range(w):
+                col = np.uint64(d0 + j)
+                out = acc[j] + xs[j] * dv[j]
+                if save:
+                    ypre[b, t, col] = out
+                zj = z[b, t, col]
+                y[b, t, col] = out * (zj / (one + fast_exp(-zj)))  # y_t silu(z_t)
+        else:
+            for j in range(w):
+                y[b, t, np.uint64(d0 + j)] = acc[j] + xs[j] * dv[j]
     for n in range(N):
         for j in range(w):
             hT[b, np.uint64(d0 + j), n] = h[n, j]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save):
+def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
 
+    With ``gated``, y = scan output ⊙ silu(z) (z: (batch, T, d_inner)) and, with ``save``, ypre
+    (batch, T, d_inner) the output before the gate; else z and ypre are not read or written.
     Parallel over the flattened (batch row, channel block) index.
     """
     n_batch, n_inner = x.shape[0], x.shape[2]
     n_blocks = (n_inner + LANES - 1) // LANES
     for task in prange(n_batch * n_blocks):
         b = task // n_blocks
-        _forward_task(x, dt, AT, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, (task % n_blocks) * LANES)
+        d0 = (task % n_blocks) * LANES
+        _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated, b, d0)
 
 
 # Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: inputs of step t,
@@ -123,23 +141,32 @@ _X, _DT, _GY, _U, _GU, _GDA, _DD, _ROWS = range(8)
 _LAM, _A, _DA, _ST_ROWS = range(4)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward_task(
-    x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0, b, blk
+    x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk
 ):
-    """Reverse-time scan of one task; states recomputed from the checkpoints, K steps at a time."""
+    """Reverse-time scan of one task; states recomputed from the checkpoints, K steps at a time.
+
+    With ``gated``, gy is ∂L/∂(y ⊙ silu(z)): each step first turns it into ∂L/∂y and writes dz.
+    """
     wide_vectors()
+    dB_part, dC_part, dA_part, dD_part = parts
     T, n_inner = x.shape[1], x.shape[2]
     N = AT.shape[0]
     d0 = blk * LANES
     w = min(LANES, n_inner - d0)
     dtype = x.dtype
+    one = dtype.type(1)
     dv = np.zeros(LANES, dtype)
     st = np.zeros((N, _ST_ROWS, LANES), dtype)
     dA_acc = np.zeros((N, LANES), np.float64)
     dD_acc = np.zeros(LANES, np.float64)
-    hbuf = np.zeros((CHECKPOINT + 1, N, LANES), dtype)  # h_{t0-1} .. h_{t0+K-1} of one block
-    ebuf = np.zeros((CHECKPOINT, N, LANES), dtype)  # exp(Δ_t A) of one block
+    # h_{t0-1} .. h_{t0+K-1} of one block. Not zero-filled (a memset of 34 KB per task,
+    # 1024 tasks per call at (64, 32, 256, 16), took a fifth of the backward): every entry read is
+    # written first, except the lanes past w of row 0, zeroed here once (they stay zero).
+    hbuf = np.empty((CHECKPOINT + 1, N, LANES), dtype)
+    hbuf[0] = 0
+    ebuf = np.empty((CHECKPOINT, N, LANES), dtype)  # exp(Δ_t A) of one block (written first)
     v = stack_array(_ROWS, LANES, dtype)  # on the stack: see ``stack_array``
     for n in range(N):
         for j in range(w):
@@ -158,6 +185,10 @@ def _backward_task(
             prefetch(gy, b, t0 + s, d0)
             prefetch(dx, b, t0 + s, d0)
             prefetch(ddt, b, t0 + s, d0)
+            if gated:
+                prefetch(z, b, t0 + s, d0)
+                prefetch(ypre, b, t0 + s, d0)
+                prefetch(dz, b, t0 + s, d0)
             if t0 > 0:
                 prefetch(x, b, t0 - CHECKPOINT + s, d0)
                 prefetch(dt, b, t0 - CHECKPOINT + s, d0)
@@ -178,6 +209,15 @@ def _backward_task(
                 v[_X, j] = x[b, t, np.uint64(d0 + j)]
                 v[_DT, j] = dt[b, t, np.uint64(d0 + j)]
                 v[_GY, j] = gy[b, t, np.uint64(d0 + j)]
+            if gated:
+                for j in range(w):
+                    # out = y silu(z): ∂L/∂y = g silu(z), ∂L/∂z = g y σ(z) (1 + z (1 - σ(z))).
+                    col = np.uint64(d0 + j)
+                    zj = z[b, t, col]
+                    den = one + fast_exp(-zj)
+                    sg = one / den
+                    dz[b, t, col] = v[_GY, j] * ypre[b, t, col] * (sg * (one + zj * (one - sg)))
+                    v[_GY, j] = v[_GY, j] * (zj / den)
             for j in range(LANES):
                 v[_U, j] = v[_DT, j] * v[_X, j]
                 v[_GU, j] = 0
@@ -221,10 +261,10 @@ def _backward_task(
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def scan_backward(
-    x, dt, AT, Bm, Cm, Dv, ckpt, gy, gh, dx, ddt, dB_part, dC_part, dA_part, dD_part, dh0
-):
-    """Gradients of the scan given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂h_T.
+def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated):
+    """Gradients of the scan given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂h_T; with
+    ``gated``, gy = ∂L/∂(y ⊙ silu(z)) and dz (batch, T, d_inner) is written too (z and ypre as
+    saved by ``scan_forward``). ``parts`` = (dB_part, dC_part, dA_part, dD_part).
 
     Writes dx, ddt (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; the parameters
     shared across tasks get per-task partial sums, reduced by the caller: dB_part, dC_part
@@ -234,23 +274,7 @@ def scan_backward(
     n_batch, n_inner = x.shape[0], x.shape[2]
     n_blocks = (n_inner + LANES - 1) // LANES
     for task in prange(n_batch * n_blocks):
+        b, blk = task // n_blocks, task % n_blocks
         _backward_task(
-            x,
-            dt,
-            AT,
-            Bm,
-            Cm,
-            Dv,
-            ckpt,
-            gy,
-            gh,
-            dx,
-            ddt,
-            dB_part,
-            dC_part,
-            dA_part,
-            dD_part,
-            dh0,
-            task // n_blocks,
-            task % n_blocks,
+            x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk
         )

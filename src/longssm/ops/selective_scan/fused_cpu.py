@@ -27,7 +27,7 @@ from longssm.ops._common import (
     output_grads,
     torch_threads_kept,
 )
-from longssm.ops.selective_scan.naive import check_scan_inputs
+from longssm.ops.selective_scan.naive import check_gate, check_scan_inputs
 
 # ``numba_available`` lives in ``longssm.ops._common``; re-exported here for train/loop.py.
 __all__ = ["numba_available", "selective_scan_fused"]
@@ -41,51 +41,64 @@ def _kernels():
 
 
 class _FusedScan(torch.autograd.Function):
-    """Autograd wrapper; all inputs contiguous, in one dtype (float32 or float64), A transposed."""
+    """Autograd wrapper; all inputs contiguous, in one dtype (float32 or float64), A transposed;
+    z (the gate) or None."""
 
     @staticmethod
-    def forward(ctx, x, dt, AT, B, C, D, h0):
-        # x, dt: (B, T, Di); AT: (N, Di); B, C: (B, T, N); D: (Di,); h0: (B, Di, N)
+    def forward(ctx, x, dt, AT, B, C, D, h0, z):
+        # x, dt, z: (B, T, Di); AT: (N, Di); B, C: (B, T, N); D: (Di,); h0: (B, Di, N)
         kern = _kernels()
         batch, T, d_inner = x.shape
         d_state = AT.shape[0]
         save = any(ctx.needs_input_grad)
+        gated = z is not None
         n_ckpt = -(-T // kern.CHECKPOINT) if save else 0
         y = torch.empty_like(x)  # (B, T, Di)
+        ypre = torch.empty_like(x) if gated and save else _unused(x)  # (B, T, Di) y before the gate
         hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
+        tensors = (x, dt, AT, B, C, D, h0, z if gated else _unused(x), y, ypre, hT, ckpt)
         with torch_threads_kept():
-            kern.scan_forward(*(numpy_view(t) for t in (x, dt, AT, B, C, D, h0, y, hT, ckpt)), save)
+            kern.scan_forward(*(numpy_view(t) for t in tensors), save, gated)
         if save:
-            ctx.save_for_backward(x, dt, AT, B, C, D, ckpt)
+            ctx.gated = gated
+            ctx.save_for_backward(x, dt, AT, B, C, D, ckpt, *((z, ypre) if gated else ()))
         return y, hT
 
     @staticmethod
     def backward(ctx, gy, gh):
         kern = _kernels()
-        x, dt, AT, B, C, D, ckpt = ctx.saved_tensors
+        x, dt, AT, B, C, D, ckpt, *gate = ctx.saved_tensors
+        z, ypre = gate if ctx.gated else (_unused(x), _unused(x))
         batch, T, d_inner = x.shape
         d_state = AT.shape[0]
         n_blocks = -(-d_inner // kern.LANES)
         gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
         dx = torch.empty_like(x)  # (B, T, Di)
         ddt = torch.empty_like(x)  # (B, T, Di)
+        dz = torch.empty_like(x) if ctx.gated else _unused(x)  # (B, T, Di)
         dB_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
         dC_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
         dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
         dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
+        parts = tuple(numpy_view(t) for t in (dB_part, dC_part, dA_part, dD_part))
         with torch_threads_kept():
             kern.scan_backward(
-                *(
-                    numpy_view(t)
-                    for t in (x, dt, AT, B, C, D, ckpt, gy, gh, dx, ddt)
-                    + (dB_part, dC_part, dA_part, dD_part, dh0)
-                )
+                *(numpy_view(t) for t in (x, dt, AT, B, C, D, ckpt, z, ypre, gy, gh, dx, ddt, dz)),
+                parts,
+                numpy_view(dh0),
+                ctx.gated,
             )
         dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
-        return dx, ddt, dAT, dB_part.sum(1), dC_part.sum(1), dD, dh0
+        dz = dz if ctx.gated else None
+        return dx, ddt, dAT, dB_part.sum(1), dC_part.sum(1), dD, dh0, dz
+
+
+def _unused(x: torch.Tensor) -> torch.Tensor:
+    """A (0, 0, 0) array in x's dtype: the kernels' stand-in for z, ypre, dz when ungated."""
+    return x.new_empty(0, 0, 0)
 
 
 def selective_scan_fused(
@@ -97,8 +110,10 @@ def selective_scan_fused(
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Selective scan by fused numba kernels on CPU; same results as ``selective_scan_naive``.
+    """Selective scan by fused numba kernels on CPU; same results as ``selective_scan_naive``
+    (times silu(gate) when a gate is given).
 
     Args:
         x: (batch, T, d_inner) input.
@@ -108,6 +123,8 @@ def selective_scan_fused(
         D: (d_inner,) skip weight, or None.
         initial_state: (batch, d_inner, d_state) h_0, or None for zeros.
         output_final_state: also return h_T.
+        gate: (batch, T, d_inner) z, or None: y becomes y ⊙ silu(z) inside the kernels (Mamba's
+            output gate; the backward writes ∂L/∂z in the same pass).
 
     Returns:
         y: (batch, T, d_inner) in x's dtype; final_state: (batch, d_inner, d_state) in the compute
@@ -118,14 +135,15 @@ def selective_scan_fused(
         ImportError: when numba is not installed.
     """
     check_scan_inputs(x, dt, A, B, C, D, initial_state)
-    tensors = [t for t in (x, dt, A, B, C, D, initial_state) if t is not None]
+    check_gate(gate, x)
+    tensors = [t for t in (x, dt, A, B, C, D, initial_state, gate) if t is not None]
     if any(t.device.type != "cpu" for t in tensors):
         raise ValueError("selective_scan_fused runs on CPU tensors only; use selective_scan_chunk")
     if not numba_available():
         raise ImportError("selective_scan_fused needs numba (pip install numba)")
     batch, T, d_inner = x.shape
     d_state = A.shape[1]
-    dtype = compute_dtype(x, dt, A, B, C, initial_state)
+    dtype = compute_dtype(x, dt, A, B, C, initial_state, gate)
     if initial_state is not None:
         initial_state = initial_state.to(dtype)
     if T == 0:
@@ -150,5 +168,6 @@ def selective_scan_fused(
         C.to(dtype).contiguous(),
         Dc,
         h0,
+        None if gate is None else gate.to(dtype).contiguous(),
     )
     return y.to(x.dtype), (hT if output_final_state else None)

@@ -16,6 +16,7 @@ With ``negative_eigenvalues`` the transition is 2 exp(Δ_t A) - 1 in (-1, 1) (Gr
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from longssm.ops._common import check_shapes, compute_dtype
 
@@ -45,6 +46,18 @@ def check_scan_inputs(
             "initial_state": (initial_state, (batch, d_inner, d_state)),
         }
     )
+
+
+def check_gate(gate: torch.Tensor | None, x: torch.Tensor) -> None:
+    """Raise a ValueError unless ``gate`` is None or has x's shape (batch, T, d_inner)."""
+    if gate is not None and tuple(gate.shape) != tuple(x.shape):
+        raise ValueError(f"gate must have the shape of x {tuple(x.shape)}, got {tuple(gate.shape)}")
+
+
+def apply_gate(y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """Mamba's output gate y ⊙ silu(z) (the reference the fused kernel's ``gate`` is tested
+    against); y itself when ``gate`` is None."""
+    return y if gate is None else y * F.silu(gate)
 
 
 def transition(dt_A: torch.Tensor, negative_eigenvalues: bool = False) -> torch.Tensor:
