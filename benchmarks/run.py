@@ -457,6 +457,8 @@ def case1(args) -> list[dict]:
     rows = []
     for shape in shapes:
         for impl, label in SCAN_IMPLS:
+            if args.scan_impls and impl not in args.scan_impls.split(","):
+                continue
             spec = {
                 "case": 1,
                 "kind": "scan",
@@ -475,7 +477,7 @@ def case1(args) -> list[dict]:
             rows.append(run_child(spec))
         print_rows(
             "case 1: selective scan fwd+bwd, float32",
-            rows[-len(SCAN_IMPLS) :],
+            [r for r in rows if r.get("shape") == list(shape)],
             [
                 ("implementation (B, T, Di, N)", "label", ""),
                 ("seconds", "seconds", ".3f"),
@@ -803,6 +805,13 @@ def main(argv=None) -> int:
     # Measured on the 2-core shared machine: torch with 2 threads was 4-5x slower than with 1 on
     # the small models (OpenMP barriers when the other core is busy); numba keeps its default.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--scan-impls",
+        default=None,
+        help="case 1 only: comma-separated implementations to run (default all: "
+        + ",".join(impl for impl, _ in SCAN_IMPLS)
+        + ")",
+    )
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
