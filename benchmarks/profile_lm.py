@@ -1,0 +1,65 @@
+"""Profile one training step of case 3's benchmark LM: step time (best / median of 7) and the top
+operators by self CPU time.
+
+    PYTHONPATH=src python benchmarks/profile_lm.py [--threads 1] [--T 32 --batch 64] [--top 25]
+
+The LM: byte-level Mamba, d_model 128, 4 layers, d_state 16, expand 2, d_conv 4, AdamW; torch on
+``--threads`` threads, numba on its default (the core count). Three warm-up steps first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+MODEL = {"d_model": 128, "n_layers": 4, "d_state": 16, "expand": 2, "d_conv": 4}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="profile one training step of the benchmark LM")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--T", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from torch.profiler import ProfilerActivity, profile
+
+    from longssm.models import ModelConfig, SSMLanguageModel
+
+    torch.manual_seed(0)
+    model = SSMLanguageModel(ModelConfig(mixer="mamba", vocab_size=257, **MODEL)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 257, (args.batch, args.T + 1))
+
+    def step():
+        logits, _ = model(tokens[:, :-1])  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, 257), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    tokens_per_s = args.batch * args.T / times[0]
+    print(
+        f"step ms best {times[0] * 1e3:.1f} median {times[3] * 1e3:.1f} "
+        f"tokens/s {tokens_per_s:.0f} (torch threads {args.threads})"
+    )
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
