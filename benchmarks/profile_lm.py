@@ -13,9 +13,8 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
-
-MODEL = {"d_model": 128, "n_layers": 4, "d_state": 16, "expand": 2, "d_conv": 4}
+from family_step import make_step
+from run import CASE3_MODEL, build_model
 
 
 def main(argv=None) -> int:
@@ -28,19 +27,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from torch.profiler import ProfilerActivity, profile
 
-    from longssm.models import ModelConfig, SSMLanguageModel
-
     torch.manual_seed(0)
-    model = SSMLanguageModel(ModelConfig(mixer="mamba", vocab_size=257, **MODEL)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, 257, (args.batch, args.T + 1))
-
-    def step():
-        logits, _ = model(tokens[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, 257), tokens[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = make_step(build_model("ours_auto", CASE3_MODEL).train(), args.batch, args.T)
 
     for _ in range(3):
         step()

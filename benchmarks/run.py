@@ -548,8 +548,12 @@ TRAIN_IMPLS = [
 ]
 
 
+# The benchmark LM of case 3 (also profile_lm.py, threads.py, saved_memory.py): byte-level Mamba.
+CASE3_MODEL = {"d_model": 128, "n_layers": 4, "d_state": 16, "expand": 2, "d_conv": 4}
+
+
 def case3(args) -> list[dict]:
-    model = {"d_model": 128, "n_layers": 4, "d_state": 16, "expand": 2, "d_conv": 4}
+    model = CASE3_MODEL
     settings = [(32, 64), (1024, 2)] if not args.quick else [(32, 8), (128, 2)]
     rows = []
     for T, batch in settings:

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-MODEL = {"d_model": 128, "n_layers": 4, "d_state": 16, "expand": 2, "d_conv": 4}
+from run import CASE3_MODEL, build_model
 
 
 def saved_bytes(T: int, batch: int) -> tuple[int, int]:
     """(bytes, number of storages) saved for the backward by one forward of the LM."""
-    from longssm.models import ModelConfig, SSMLanguageModel
-
     torch.manual_seed(0)
-    model = SSMLanguageModel(ModelConfig(mixer="mamba", vocab_size=257, **MODEL)).train()
+    model = build_model("ours_auto", CASE3_MODEL).train()
     tokens = torch.randint(0, 257, (batch, T + 1), generator=torch.Generator().manual_seed(0))
     storages = {}
 

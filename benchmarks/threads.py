@@ -20,30 +20,19 @@ import time
 
 SETTINGS = [(32, 64), (1024, 2)]
 PAIRS = [(1, 1), (1, 2), (2, 1), (2, 2)]
-MODEL = {"d_model": 128, "n_layers": 4, "d_state": 16, "expand": 2, "d_conv": 4}
 
 
 def child(T: int, batch: int, torch_threads: int, numba_threads: int) -> dict:
     """One process's measurement: best and median step seconds over 7 timed steps."""
     import numba
     import torch
-    import torch.nn.functional as F
+    from family_step import make_step
+    from run import CASE3_MODEL, build_model
 
     torch.set_num_threads(torch_threads)
     numba.set_num_threads(numba_threads)
-    from longssm.models import ModelConfig, SSMLanguageModel
-
     torch.manual_seed(0)
-    model = SSMLanguageModel(ModelConfig(mixer="mamba", vocab_size=257, **MODEL)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, 257, (batch, T + 1), generator=torch.Generator().manual_seed(0))
-
-    def step():
-        logits, _ = model(tokens[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, 257), tokens[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = make_step(build_model("ours_auto", CASE3_MODEL).train(), batch, T)
 
     for _ in range(2):
         step()
