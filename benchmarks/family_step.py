@@ -93,6 +93,13 @@ def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def sorted_step_times(step, warmup: int = 2, repeats: int = 7) -> list[float]:
+    """Seconds of ``repeats`` calls of ``step`` after ``warmup`` untimed ones, sorted."""
+    for _ in range(warmup):
+        step()
+    return sorted(_seconds(step) for _ in range(repeats))
+
+
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()

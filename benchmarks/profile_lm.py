@@ -10,10 +10,9 @@ The LM: byte-level Mamba, d_model 128, 4 layers, d_state 16, expand 2, d_conv 4,
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from family_step import make_step
+from family_step import make_step, sorted_step_times
 from run import CASE3_MODEL, build_model
 
 
@@ -30,14 +29,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     step = make_step(build_model("ours_auto", CASE3_MODEL).train(), args.batch, args.T)
 
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    times.sort()
+    times = sorted_step_times(step, warmup=3)
     tokens_per_s = args.batch * args.T / times[0]
     print(
         f"step ms best {times[0] * 1e3:.1f} median {times[3] * 1e3:.1f} "

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 SETTINGS = [(32, 64), (1024, 2)]
 PAIRS = [(1, 1), (1, 2), (2, 1), (2, 2)]
@@ -26,7 +25,7 @@ def child(T: int, batch: int, torch_threads: int, numba_threads: int) -> dict:
     """One process's measurement: best and median step seconds over 7 timed steps."""
     import numba
     import torch
-    from family_step import make_step
+    from family_step import make_step, sorted_step_times
     from run import CASE3_MODEL, build_model
 
     torch.set_num_threads(torch_threads)
@@ -34,14 +33,7 @@ def child(T: int, batch: int, torch_threads: int, numba_threads: int) -> dict:
     torch.manual_seed(0)
     step = make_step(build_model("ours_auto", CASE3_MODEL).train(), batch, T)
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    times.sort()
+    times = sorted_step_times(step)
     return {
         "best_s": times[0],
         "median_s": times[3],
