@@ -88,3 +88,29 @@ def test_stack_array_is_zero_filled_and_private(dtype):
         total, row = _on_stack(x)
         assert total == 0.0
         np.testing.assert_array_equal(row, x * 2 + x * 1)
+
+
+def test_kernel_caches_depend_on_the_primitives():
+    """Every cached kernel's source stamp includes the SHA-256 of ``ops/_numba.py``: an edit of a
+    primitive (inlined into the kernels) recompiles them instead of loading stale machine code."""
+    import hashlib
+
+    from numba.core.registry import CPUDispatcher
+
+    from longssm.ops import _numba
+    from longssm.ops.causal_conv import _fused_kernels as conv
+    from longssm.ops.longhorn import _fused_kernels as longhorn
+    from longssm.ops.selective_scan import _fused_kernels as scan
+
+    with open(_numba.__file__, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    for module in (scan, longhorn, conv):
+        kernels = [
+            v
+            for v in vars(module).values()
+            if isinstance(v, CPUDispatcher) and v.py_func.__module__ == module.__name__
+        ]
+        assert len(kernels) >= 4, module.__name__
+        for kernel in kernels:
+            stamp = kernel._cache._cache_file._source_stamp
+            assert isinstance(stamp, tuple) and stamp[1] == digest, (module.__name__, kernel)

@@ -335,8 +335,41 @@ def lane_dot_affine(typingctx, p, q, c, r):
     return sig, codegen
 
 
+def cache_depends_on_primitives(namespace: dict) -> int:
+    """Make the on-disk cache of every numba kernel in ``namespace`` (a kernel module's
+    ``globals()``) depend on this file as well as on the kernel's own.
+
+    numba keys a function's cache on its own source file's mtime and size only, but the
+    primitives here are compiled into every kernel: after an edit of this file, kernels in other
+    files would load stale machine code. Each cache's source stamp becomes (its own stamp, the
+    SHA-256 of this file's bytes). Uses numba's private ``_cache._cache_file._source_stamp``; where that
+    is missing (another numba), nothing changes. Returns the number of caches re-stamped.
+    """
+    import hashlib
+
+    from numba.core.registry import CPUDispatcher
+
+    with open(__file__, "rb") as f:
+        own = hashlib.sha256(f.read()).hexdigest()
+    count = 0
+    for value in list(namespace.values()):
+        if (
+            not isinstance(value, CPUDispatcher)
+            or value.py_func.__module__ != namespace["__name__"]
+        ):
+            continue
+        cache_file = getattr(getattr(value, "_cache", None), "_cache_file", None)
+        stamp = getattr(cache_file, "_source_stamp", None)
+        if stamp is None:
+            continue
+        cache_file._source_stamp = (stamp, own)
+        count += 1
+    return count
+
+
 __all__ = [
     "CHECKPOINT",
+    "cache_depends_on_primitives",
     "FASTMATH",
     "LANES",
     "PREFETCH",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from longssm.ops._numba import FASTMATH, fast_exp, wide_vectors
+from longssm.ops._numba import FASTMATH, cache_depends_on_primitives, fast_exp, wide_vectors
 
 ROWS = 32  # time steps per task
 
@@ -168,3 +168,7 @@ def conv_backward(x, wT, bias, hist, gy, silu, dx, dhist, dw_part, db_part):
             t0,
             min(t0 + ROWS, T),
         )
+
+
+# Recompile (not load stale machine code) when ops/_numba.py's primitives change.
+cache_depends_on_primitives(globals())

@@ -26,6 +26,7 @@ from longssm.ops._numba import (
     FASTMATH,
     LANES,
     PREFETCH,
+    cache_depends_on_primitives,
     lane_dot,
     lane_sum,
     prefetch,
@@ -228,3 +229,7 @@ def longhorn_backward(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part
             task // n_blocks,
             task % n_blocks,
         )
+
+
+# Recompile (not load stale machine code) when ops/_numba.py's primitives change.
+cache_depends_on_primitives(globals())

@@ -39,6 +39,7 @@ from longssm.ops._numba import (
     FASTMATH,
     LANES,
     PREFETCH,
+    cache_depends_on_primitives,
     fast_exp,
     lane_dot,
     lane_dot_affine,
@@ -283,3 +284,7 @@ def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, par
         _backward_task(
             x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk
         )
+
+
+# Recompile (not load stale machine code) when ops/_numba.py's primitives change.
+cache_depends_on_primitives(globals())
