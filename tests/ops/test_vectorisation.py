@@ -9,9 +9,10 @@ loop is narrower). A loop that loses vectorisation (an extra array behind too ma
 a data-dependent branch, a Python-style division with its zero check) is left as a scalar loop
 and the count drops: with an early exit added to the convolution's tap loop, the counts fell from
 3 to 1 (forward) and 12 to 10 (backward); in the scan's state update from 4 to 3, in its reverse
-step from 4 to 3 (numba 0.68, an AVX-512 CPU; the scans compiled with the output gate on). The control pair (one loop with and without an
-early exit) shows the probe telling the two apart on the machine at hand. float32 only: the
-training dtype (float64 runs the same loops at half the lanes).
+step from 4 to 3 (numba 0.68, an AVX-512 CPU; the scans compiled with the output gate on). The
+control pair (one loop with and without an early exit) shows the probe telling the two apart on
+the machine at hand. float32 only: the training dtype (float64 runs the same loops at half the
+lanes).
 """
 
 from __future__ import annotations
