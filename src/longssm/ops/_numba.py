@@ -103,9 +103,11 @@ def stack_array(rows, columns, dtype):
     """A (rows, columns) array of ``dtype`` on the kernel's stack, zero-filled; rows and columns
     must be compile-time constants (module-level ints).
 
-    LLVM knows that stack memory no other pointer reaches cannot alias the kernel's arrays, so a
-    running sum kept in such an array stays in a register across the loop that updates it (a heap
-    array is re-loaded and re-stored every iteration: a store-to-load chain of about 10 cycles).
+    LLVM knows that stack memory no other pointer reaches cannot alias the kernel's arrays (no
+    runtime alias checks against them; no allocation per task). It does not, as hoped, keep a
+    running sum held there in a register across the loop that updates it: the assembly still
+    re-loads and re-stores it every iteration. Measured: scan forward 5.2-5.5 -> 4.9-5.0 ms at
+    (64, 32, 256, 16), before the unsigned indices.
     """
     raise NotImplementedError("stack_array runs inside numba kernels only")
 
