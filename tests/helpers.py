@@ -25,7 +25,9 @@ def assert_close(actual, expected, atol=None, rtol=None, name="tensor"):
     max_abs = err.max().item() if err.numel() else 0.0
     max_rel = (err / e.abs().clamp_min(1e-30)).max().item() if err.numel() else 0.0
     ok = bool((err <= atol + rtol * e.abs()).all())
-    assert ok, f"{name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol}, rtol {rtol})"
+    assert ok, (
+        f"{name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol}, rtol {rtol})"
+    )
 
 
 def linear_loss_grads(y, h, leaves, seed=1):
@@ -86,6 +88,17 @@ def gradcheck_with_initial_state(layer, x) -> None:
         return (y, *(torch.view_as_real(t) if t.is_complex() else t for t in s))
 
     assert torch.autograd.gradcheck(f, (x, *init))
+
+
+def assert_resume_equals_straight(run, out, common) -> None:
+    """``longssm train`` for 3 steps straight (out/a) == 2 steps then ``--resume`` for the third
+    (out/b): bitwise equal weights. ``run(args)`` runs the CLI and returns (code, stdout, stderr);
+    ``common`` are the train arguments of both runs."""
+    assert run(["train", "--out", str(out / "a"), *common, "--train.steps=3"])[0] == 0
+    assert run(["train", "--out", str(out / "b"), *common, "--train.steps=2"])[0] == 0
+    code, _, err = run(["train", "--out", str(out / "b"), "--resume", "--quiet", "--train.steps=3"])
+    assert code == 0, err
+    assert_runs_equal(out / "a", out / "b")
 
 
 def assert_runs_equal(run_a, run_b) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import longssm.train.loop as train_loop
-from helpers import assert_runs_equal
+from helpers import assert_resume_equals_straight
 from longssm.checkpoint import checkpoint_dirs, load_model
 from longssm.cli import main
 
@@ -107,12 +107,7 @@ def test_init_from_run_resumes_exactly(env, capsys):
     source = _source(env, capsys)
     common = ["--init-from", str(source), f"--data.corpus={env / 'corpus'}",
               "--train.policy=fitted-noise", "--train.checkpoint_every=2", *SMALL]  # fmt: skip
-    assert _run(["train", "--out", str(env / "a"), *common, "--train.steps=3"], capsys)[0] == 0
-    assert _run(["train", "--out", str(env / "b"), *common, "--train.steps=2"], capsys)[0] == 0
-    code, _, err = _run(["train", "--out", str(env / "b"), "--resume", "--quiet",
-                         "--train.steps=3"], capsys)  # fmt: skip
-    assert code == 0, err
-    assert_runs_equal(env / "a", env / "b")
+    assert_resume_equals_straight(lambda args: _run(args, capsys), env, common)
 
 
 def _corrupt(source):

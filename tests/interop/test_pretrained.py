@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from helpers import assert_close, assert_runs_equal
+from helpers import assert_close, assert_resume_equals_straight
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -142,12 +142,7 @@ def test_init_from_resumes_exactly(env, capsys):
     common = ["--init-from", str(env / "hf"), "--quiet", f"--data.corpus={corpus}",
               "--data.seq_len=8", "--data.batch_size=2", "--train.policy=previous",
               "--train.eval_batches=1", "--train.checkpoint_every=2"]  # fmt: skip
-    assert _run(["train", "--out", str(env / "a"), *common, "--train.steps=3"], capsys)[0] == 0
-    assert _run(["train", "--out", str(env / "b"), *common, "--train.steps=2"], capsys)[0] == 0
-    code, _, err = _run(["train", "--out", str(env / "b"), "--resume", "--quiet",
-                         "--train.steps=3"], capsys)  # fmt: skip
-    assert code == 0, err
-    assert_runs_equal(env / "a", env / "b")
+    assert_resume_equals_straight(lambda args: _run(args, capsys), env, common)
 
 
 def _llama_dir(path):

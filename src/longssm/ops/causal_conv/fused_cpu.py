@@ -22,8 +22,8 @@ from contextlib import contextmanager
 
 import torch
 
-from longssm.ops._common import compute_dtype, numba_available, numpy_view, torch_threads_kept
-from longssm.ops.causal_conv.naive import check_conv_inputs
+from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
+from longssm.ops.causal_conv.naive import check_conv_inputs, start_history
 
 # numba threads of the conv kernels (at most the caller's setting). The convolution is a few
 # FMAs per element, memory-bound and a few milliseconds long at training sizes: on the 2-core
@@ -121,13 +121,7 @@ def causal_conv_fused(
     if not numba_available():
         raise ImportError("causal_conv_fused needs numba (pip install numba)")
     batch, T, channels = x.shape
-    width = weight.shape[1] - 1
-    dtype = compute_dtype(x, weight, bias, initial_state)
-    hist = (
-        x.new_zeros(batch, channels, width, dtype=dtype)
-        if initial_state is None
-        else initial_state.to(dtype)
-    )  # (B, C, K-1)
+    dtype, hist = start_history(x, weight, bias, initial_state)  # (B, C, K-1)
     if T == 0:
         return x.new_zeros(batch, 0, channels), (hist if output_final_state else None)
     b = x.new_zeros(channels, dtype=dtype) if bias is None else bias.to(dtype)

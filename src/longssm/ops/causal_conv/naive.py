@@ -50,6 +50,16 @@ def check_conv_inputs(
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+def start_history(x, weight, bias, initial_state) -> tuple[torch.dtype, torch.Tensor]:
+    """The compute dtype and the history a segment starts from: initial_state (batch, C, K-1) in
+    that dtype, or zeros (the shared start of every form)."""
+    dtype = compute_dtype(x, weight, bias, initial_state)
+    if initial_state is not None:
+        return dtype, initial_state.to(dtype)
+    batch, _, channels = x.shape
+    return dtype, x.new_zeros(batch, channels, weight.shape[1] - 1, dtype=dtype)
+
+
 def activate(v: torch.Tensor, activation: str | None) -> torch.Tensor:
     """v, or silu(v) = v σ(v)."""
     return F.silu(v) if activation == "silu" else v
@@ -87,12 +97,7 @@ def causal_conv_naive(
     check_conv_inputs(x, weight, bias, initial_state, activation)
     batch, T, channels = x.shape
     K = weight.shape[1]
-    dtype = compute_dtype(x, weight, bias, initial_state)
-    hist = (
-        x.new_zeros(batch, channels, K - 1, dtype=dtype)
-        if initial_state is None
-        else initial_state.to(dtype)
-    )
+    dtype, hist = start_history(x, weight, bias, initial_state)  # (B, C, K-1)
     u = x.to(dtype)
     w = weight.to(dtype)
     ys = []

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from longssm.ops._common import compute_dtype
-from longssm.ops.causal_conv.naive import activate, check_conv_inputs
+from longssm.ops.causal_conv.naive import activate, check_conv_inputs, start_history
 
 
 def causal_conv_torch(
@@ -25,12 +24,7 @@ def causal_conv_torch(
     check_conv_inputs(x, weight, bias, initial_state, activation)
     batch, T, channels = x.shape
     width = weight.shape[1] - 1
-    dtype = compute_dtype(x, weight, bias, initial_state)
-    prev = (
-        x.new_zeros(batch, channels, width, dtype=dtype)
-        if initial_state is None
-        else initial_state.to(dtype)
-    )
+    dtype, prev = start_history(x, weight, bias, initial_state)  # (B, C, K-1)
     if T == 0:
         return x.new_zeros(batch, 0, channels), (prev if output_final_state else None)
     window = torch.cat([prev, x.to(dtype).transpose(1, 2)], dim=-1)  # (B, C, K-1+T)
