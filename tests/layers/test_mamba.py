@@ -182,3 +182,35 @@ def test_auto_scan_is_default_and_logs_its_path_once(monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records if "Mamba scan" in r.getMessage()]
     expected = "fused" if scan_path(x) == "fused" else "chunk"
     assert lines == [f"Mamba scan: {expected} path (scan='auto')"]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_project_in_equals_one_projection_split_in_two(bias):
+    """project_in's two half-weight matmuls == in_proj(x).chunk(2): outputs, and the gradients of
+    the input, weight and bias (float64); with a forward hook on in_proj it calls in_proj once."""
+    torch.manual_seed(0)
+    layer = make_layer(bias=bias)
+    x = torch.randn(3, 7, D_MODEL, dtype=torch.float64, requires_grad=True)
+    gx, gz = torch.randn(2, 3, 7, layer.d_inner, dtype=torch.float64)
+
+    def grads(xs, z):
+        params = [x, layer.in_proj.weight] + ([layer.in_proj.bias] if bias else [])
+        return torch.autograd.grad((xs * gx).sum() + (z * gz).sum(), params)
+
+    split = layer.project_in(x)
+    whole = layer.in_proj(x).chunk(2, dim=-1)
+    assert all(t.is_contiguous() for t in split)
+    for got, want in zip(split, whole):
+        assert_close(got, want, rtol=1e-14, atol=1e-14)
+    for got, want in zip(grads(*split), grads(*whole)):
+        assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+    seen = []
+    handle = layer.in_proj.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        hooked = layer.project_in(x)
+    finally:
+        handle.remove()
+    assert seen == [(3, 7, 2 * layer.d_inner)]
+    for got, want in zip(hooked, whole):
+        assert torch.equal(got, want)

@@ -130,7 +130,7 @@ def _split_conv(conv1d, x_hat: torch.Tensor, history) -> tuple[torch.Tensor, tor
 
 def _gated_inputs(layer: GatedBlock, u: torch.Tensor, state):
     """x̂, z, c, c_off and the scan input xs = silu(c) of a Mamba / Longhorn block."""
-    x_hat, z = layer.in_proj(u).chunk(2, dim=-1)  # (b, T, Di) each
+    x_hat, z = layer.project_in(u)  # (b, T, Di) each
     c, c_off = _split_conv(layer.conv1d, x_hat, None if state is None else state.conv)
     return x_hat, z, c, c_off, F.silu(c)
 

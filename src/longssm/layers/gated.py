@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module
+from torch.nn.utils import parametrize
 
 from longssm.layers.base import (
     check_input,
@@ -135,6 +137,26 @@ class GatedBlock(nn.Module):
             xs, smr_hist = self.smr_gate(xs, smr_hist)  # (B, T, Di), (B, Di, m-1)
         return xs, torch.cat([conv_hist, smr_hist], dim=-1)
 
+    def project_in(self, x: torch.Tensor):
+        """in_proj(x) split into the scan branch and the gate branch: x (..., D) -> (x, z), each
+        (..., d_inner).
+
+        A plain ``nn.Linear`` runs as two matmuls, one per half of its weight, so that both halves
+        come out contiguous: the fused kernels then read them without a copy, and the backward adds
+        two input gradients instead of concatenating two output gradients (one call plus chunk(2)
+        cost two copies and a concatenation of (batch, T, d_inner) per layer). Anything else in
+        in_proj's place (a LoRA wrapper, a parametrisation such as pruning's, forward hooks) runs
+        as one call and chunk(2), so that it sees the whole projection.
+        """
+        proj = self.in_proj
+        if type(proj) is not nn.Linear or _has_hooks(proj) or parametrize.is_parametrized(proj):
+            return proj(x).chunk(2, dim=-1)
+        E, weight, bias = self.d_inner, proj.weight, proj.bias
+        return (
+            F.linear(x, weight[:E], None if bias is None else bias[:E]),
+            F.linear(x, weight[E:], None if bias is None else bias[E:]),
+        )
+
     def _split_x_proj(self, x: torch.Tensor):
         """x_proj(x) split into the low-rank step input (..., R) and two (..., N) vectors."""
         return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -173,7 +195,7 @@ class GatedBlock(nn.Module):
             check_state(state, self.initial_state(x.shape[0], x.device, x.dtype), self.NAME)
         if x.shape[1] == 0:
             return empty_sequence(self, x, state)
-        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
+        xs, z = self.project_in(x)  # (B, T, Di) each
         conv_hist, smr_hist = self._histories(None if state is None else state.conv)
         xs, conv_state = causal_conv(self.conv1d, xs, conv_hist, activation="silu")  # (B, T, Di)
         xs, conv_state = self._replay(xs, conv_state, smr_hist)  # (B, T, Di)
@@ -189,9 +211,19 @@ class GatedBlock(nn.Module):
             state = self.initial_state(batch, x_t.device, x_t.dtype)
         else:
             check_state(state, self.initial_state(batch, x_t.device, x_t.dtype), self.NAME)
-        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
+        xs, z = self.project_in(x_t)  # (B, Di) each
         conv_hist, smr_hist = self._histories(state.conv)
         xs, conv_state = causal_conv_step(self.conv1d, xs, conv_hist)  # (B, Di), (B, Di, K-1)
         xs, conv_state = self._replay(F.silu(xs), conv_state, smr_hist, step=True)  # (B, Di)
         y, h = self._scan_step(xs, state.ssm, offset)  # (B, Di), (B, Di, N)
         return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run forward hooks (its own or global ones)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or getattr(_module, "_global_forward_hooks", None)
+        or getattr(_module, "_global_forward_pre_hooks", None)
+    )
