@@ -1,15 +1,16 @@
 """Vectorisation guard: the fused kernels' inner loops keep their SIMD instructions.
 
-``vector_probe.py`` compiles the per-task functions of the fused causal convolution and of the
-fused selective scan from scratch (a fresh process with an empty numba cache: numba shows no
-assembly for cached machine code) and counts, in ``inspect_asm``'s x86 assembly, the inner loops
-whose body holds packed floating-point arithmetic (any vector width: the kernels ask for 512-bit
-registers with ``wide_vectors``, LLVM keeps some loops at 256 bits, and a vector body's remainder
-loop is narrower). A loop that loses vectorisation (an extra array behind too many alias checks,
-a data-dependent branch, a Python-style division with its zero check) is left as a scalar loop
-and the count drops: with an early exit added to the convolution's tap loop, the counts fell from
-3 to 1 (forward) and 12 to 10 (backward); in the scan's state update from 4 to 3, in its reverse
-step from 4 to 3 (numba 0.68, an AVX-512 CPU; the scans compiled with the output gate on). The
+``vector_probe.py`` compiles the per-task functions of the fused causal convolution, the fused
+selective scan and the fused RMSNorm from scratch (a fresh process with an empty numba cache:
+numba shows no assembly for cached machine code) and counts, in ``inspect_asm``'s x86 assembly,
+the inner loops whose body holds packed floating-point arithmetic (any vector width: the kernels
+ask for 512-bit registers with ``wide_vectors``, LLVM keeps some loops at 256 bits, and a vector
+body's remainder loop is narrower). A loop that loses vectorisation (an extra array behind too
+many alias checks, a data-dependent branch, a Python-style division with its zero check) is left
+as a scalar loop and the count drops: with an early exit added to the convolution's tap loop, the
+counts fell from 3 to 1 (forward) and 12 to 10 (backward); in the scan's state update from 4 to
+3, in its reverse step from 4 to 3; in RMSNorm's element-wise loops from 2 to 0 (forward) and 4
+to 2 (backward) (numba 0.68, an AVX-512 CPU; the scans compiled with the output gate on). The
 control pair (one loop with and without an early exit) shows the probe telling the two apart on
 the machine at hand. float32 only: the training dtype (float64 runs the same loops at half the
 lanes).
@@ -31,11 +32,19 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 
 # Vectorised inner loops per kernel (vector bodies and their remainders). conv forward: the tap
 # FMA loop, the SiLU loop; conv backward: the recomputed v's tap loop, the SiLU derivative, ∂b,
-# ∂w, ∂x, ∂history; the scans (compiled with the output gate on) add the gate's loops. The counts
+# ∂w, ∂x, ∂history; the scans (compiled with the output gate on) add the gate's loops; RMSNorm: the
+# row sums and the element-wise loops of each direction. The counts
 # are those measured here (numba 0.68, LLVM's cost model): among them the state update over
 # (n, lanes) of the scan's forward and the reverse step of its backward (each counted as lost when
 # de-vectorised, see the module docstring).
-REQUIRED = {"conv_forward": 3, "conv_backward": 12, "scan_forward": 4, "scan_backward": 4}
+REQUIRED = {
+    "conv_forward": 3,
+    "conv_backward": 12,
+    "scan_forward": 4,
+    "scan_backward": 4,
+    "norm_forward": 2,
+    "norm_backward": 4,
+}
 
 
 @pytest.fixture(scope="module")

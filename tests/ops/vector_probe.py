@@ -107,6 +107,17 @@ def scan_calls(dtype):
     return {"scan_forward": k._forward_task, "scan_backward": k._backward_task}
 
 
+def norm_calls(dtype):
+    from longssm.ops.rms_norm import _fused_kernels as k
+
+    R, D = 3, 40
+    x, y, gy, dx = (np.ones((R, D), dtype) for _ in range(4))
+    w, rstd, dw = np.ones(D, dtype), np.ones(R, dtype), np.ones(D, dtype)
+    k._forward_task(x, w, 1e-5, y, rstd, True, 0, R)
+    k._backward_task(x, w, rstd, gy, dx, dw, 0, R)
+    return {"norm_forward": k._forward_task, "norm_backward": k._backward_task}
+
+
 def axpy(w, a, out):
     """out += w a: one loop that vectorises (the control that the probe sees vector loops)."""
     for c in range(out.shape[0]):
@@ -138,7 +149,7 @@ def main(dtypes: list[str]) -> dict:
     report = {}
     for name in dtypes:
         dtype = np.dtype(name)
-        for calls in (control_calls, conv_calls, scan_calls):
+        for calls in (control_calls, conv_calls, scan_calls, norm_calls):
             for kernel, fn in calls(dtype).items():
                 sig = next(s for s in fn.signatures if str(s[0].dtype) == name)
                 report.setdefault(kernel, {})[name] = loop_report(fn.inspect_asm(sig))

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from longssm.layers.base import tag_no_weight_decay
+from longssm.ops.rms_norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -22,10 +23,8 @@ class RMSNorm(nn.Module):
         self.weight = tag_no_weight_decay(nn.Parameter(torch.ones(d_model)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        h = x.to(compute)  # (..., D)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        """x (..., D) -> (..., D); fused numba kernels on CPU (``longssm.ops.rms_norm``)."""
+        return rms_norm(x, self.weight, self.eps)
 
 
 def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:

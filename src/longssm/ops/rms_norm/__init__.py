@@ -1,0 +1,62 @@
+"""RMSNorm over the last axis: y = w ⊙ x / sqrt(mean(x²) + eps).
+
+Forms, one signature ``(x, weight, eps)``: ``rms_norm_naive`` (plain torch: the reference, and the
+form on GPUs and in half precision) and ``rms_norm_fused`` (numba kernels, CPU, float32 / float64).
+``rms_norm(..., path=...)`` is the one place that picks a form: ``path="auto"`` takes the fused
+form where it runs (``norm_path``). Timings in README.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from longssm.ops._common import check_path, numba_available, path_unavailable
+from longssm.ops.rms_norm.fused_cpu import DTYPES, rms_norm_fused
+from longssm.ops.rms_norm.naive import rms_norm_naive
+
+PATHS = ("auto", "fused", "naive")
+"""The values of ``rms_norm(path=...)``."""
+
+
+def _why_not_fused(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    """Why the fused form cannot run on these tensors, or None when it can."""
+    if not numba_available():
+        return "numba is not installed"
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        return "it runs on CPU tensors only"
+    if x.dtype not in DTYPES or weight.dtype != x.dtype:
+        return "it needs x and weight both float32 or both float64"
+    return None
+
+
+def norm_path(x: torch.Tensor, weight: torch.Tensor) -> str:
+    """The form ``path="auto"`` runs: "fused" for CPU tensors in float32 / float64 of one dtype
+    when numba is importable, else "naive"."""
+    return "naive" if _why_not_fused(x, weight) else "fused"
+
+
+def resolve_path(path: str, x: torch.Tensor, weight: torch.Tensor) -> str:
+    """The form ``rms_norm(..., path=path)`` runs for these tensors.
+
+    Raises:
+        ValueError: ``path`` is not one of ``PATHS``, or is "fused" where it cannot run.
+    """
+    check_path("rms_norm", path, PATHS)
+    if path == "auto":
+        return norm_path(x, weight)
+    if path == "fused":
+        reason = _why_not_fused(x, weight)
+        if reason:
+            raise path_unavailable("rms_norm", path, reason, "naive")
+    return path
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, path: str = "auto") -> torch.Tensor:
+    """RMSNorm by the form ``path`` names (see ``resolve_path``). Args: x (..., D); weight (D,);
+    eps. Returns y (..., D)."""
+    if resolve_path(path, x, weight) == "fused":
+        return rms_norm_fused(x, weight, eps)
+    return rms_norm_naive(x, weight, eps)
+
+
+__all__ = ["PATHS", "norm_path", "resolve_path", "rms_norm", "rms_norm_fused", "rms_norm_naive"]

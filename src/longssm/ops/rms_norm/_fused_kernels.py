@@ -1,0 +1,108 @@
+"""Numba kernels of the fused CPU RMSNorm; imported lazily by ``fused_cpu.py``.
+
+Glossary (symbol -> code name, shape; one task = a block of ``ROWS`` rows):
+    x (input rows)                     x              (rows, D)
+    w (weight)                         w              (D,)
+    r = 1 / sqrt(mean(x²) + eps)       rstd           (rows,)
+    y = w ⊙ x r                        y              (rows, D)
+    ∂L/∂w per task                     dw_part        (n_tasks, D)
+
+Sums over a row run in ``LANES`` = 16 interleaved partial sums (lane j takes columns j, j+16, ...),
+then ``lane_sum``'s fixed pairwise tree: deterministic, and the inner loop vectorises without
+reassociating anything (the only fast-math flag is ``contract``: FMAs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from longssm.ops._numba import (
+    FASTMATH,
+    LANES,
+    cache_depends_on_primitives,
+    lane_sum,
+    stack_array,
+    wide_vectors,
+)
+
+ROWS = 64  # rows per task
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _row_sum_of_products(p, q, acc):
+    """Σ_c p[c] q[c] over one row: 16 interleaved partial sums in acc (a stack row), then the tree."""
+    D = p.shape[0]
+    full = D - D % LANES
+    for j in range(LANES):
+        acc[j] = 0
+    for c0 in range(0, full, LANES):
+        for j in range(LANES):
+            acc[j] += p[c0 + j] * q[c0 + j]
+    for j in range(D - full):
+        acc[j] += p[full + j] * q[full + j]
+    return lane_sum(acc)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _forward_task(x, w, eps, y, rstd, save, r0, r1):
+    wide_vectors()
+    D = x.shape[1]
+    one = x.dtype.type(1)
+    acc = stack_array(1, LANES, x.dtype)[0]
+    for i in range(r0, r1):
+        row, out = x[i], y[i]
+        r = one / np.sqrt(_row_sum_of_products(row, row, acc) / D + eps)
+        if save:
+            rstd[i] = r
+        for c in range(D):
+            out[c] = w[c] * (row[c] * r)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def rms_norm_forward(x, w, eps, y, rstd, save):
+    """Fill y (rows, D) and, with ``save``, rstd (rows,); parallel over blocks of ROWS rows."""
+    n_tasks = (x.shape[0] + ROWS - 1) // ROWS
+    for task in prange(n_tasks):
+        r0 = task * ROWS
+        _forward_task(x, w, eps, y, rstd, save, r0, min(r0 + ROWS, x.shape[0]))
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _backward_task(x, w, rstd, gy, dx, dw, r0, r1):
+    """dx rows r0 .. r1-1 and this task's partial sum dw (D,) of ∂L/∂w = Σ_rows g ⊙ x̂.
+
+    With x̂ = x r and gw = g ⊙ w: ∂L/∂x = r (gw − x̂ Σ_c gw_c x̂_c / D).
+    """
+    wide_vectors()
+    D = x.shape[1]
+    rows = stack_array(3, LANES, x.dtype)
+    acc = rows[0]
+    gw = np.empty(D, x.dtype)
+    xh = np.empty(D, x.dtype)
+    for c in range(D):
+        dw[c] = 0
+    for i in range(r0, r1):
+        row, g, out = x[i], gy[i], dx[i]
+        r = rstd[i]
+        for c in range(D):
+            xh[c] = row[c] * r
+            gw[c] = g[c] * w[c]
+            dw[c] += g[c] * xh[c]
+        k = _row_sum_of_products(gw, xh, acc) / D
+        for c in range(D):
+            out[c] = r * (gw[c] - xh[c] * k)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def rms_norm_backward(x, w, rstd, gy, dx, dw_part):
+    """Given gy = ∂L/∂y (rows, D), write dx (rows, D) and the per-task partial sums dw_part
+    (n_tasks, D), reduced by the caller."""
+    n_tasks = (x.shape[0] + ROWS - 1) // ROWS
+    for task in prange(n_tasks):
+        r0 = task * ROWS
+        _backward_task(x, w, rstd, gy, dx, dw_part[task], r0, min(r0 + ROWS, x.shape[0]))
+
+
+# Recompile (not load stale machine code) when ops/_numba.py's primitives change.
+cache_depends_on_primitives(globals())

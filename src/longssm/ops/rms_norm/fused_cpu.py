@@ -1,0 +1,81 @@
+"""Fused CPU RMSNorm: numba kernels with a hand-written backward.
+
+Same results as ``rms_norm_naive`` up to rounding (see there for the formula). The forward writes
+y and keeps r = 1 / sqrt(mean(x²) + eps) per row; the backward writes ∂L/∂x in one pass over
+each row and per-task partial sums of ∂L/∂w (reduced here in float64). One pass each way where
+torch's autograd of the naive form runs about a dozen element-wise ops (README.md, timings).
+
+The kernels live in ``_fused_kernels.py``, imported (with numba) on the first call. CPU tensors in
+float32 or float64 only, x and weight of one dtype: ``rms_norm`` (the dispatcher in
+``__init__.py``) runs the naive form otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
+from longssm.ops.rms_norm.naive import check_rms_norm_inputs
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def _kernels():
+    """The numba kernels module, imported on first use (importing numba takes about a second)."""
+    from longssm.ops.rms_norm import _fused_kernels
+
+    return _fused_kernels
+
+
+class _FusedRMSNorm(torch.autograd.Function):
+    """Autograd wrapper; x (rows, D) and w (D,) contiguous, of one dtype (float32 or float64)."""
+
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        save = any(ctx.needs_input_grad)
+        y = torch.empty_like(x)  # (rows, D)
+        rstd = x.new_empty(x.shape[0] if save else 0)  # (rows,)
+        with torch_threads_kept():
+            _kernels().rms_norm_forward(
+                numpy_view(x), numpy_view(w), eps, numpy_view(y), numpy_view(rstd), save
+            )
+        if save:
+            ctx.save_for_backward(x, w, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        kern = _kernels()
+        x, w, rstd = ctx.saved_tensors
+        gy = gy.to(x.dtype).contiguous()
+        dx = torch.empty_like(x)  # (rows, D)
+        dw_part = x.new_empty(-(-x.shape[0] // kern.ROWS), x.shape[1])  # (tasks, D)
+        with torch_threads_kept():
+            kern.rms_norm_backward(*(numpy_view(t) for t in (x, w, rstd, gy, dx, dw_part)))
+        dw = dw_part.sum(0, dtype=torch.float64).to(x.dtype)  # (D,)
+        return dx, dw, None
+
+
+def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis by fused numba kernels. Args: x (..., D); weight (D,) of x's
+    dtype (float32 or float64), both on the CPU; eps. Returns y (..., D).
+
+    Raises:
+        ValueError: on a mismatched shape or eps, other dtypes, or tensors off the CPU.
+        ImportError: when numba is not installed.
+    """
+    check_rms_norm_inputs(x, weight, eps)
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        raise ValueError("rms_norm_fused runs on CPU tensors only; use rms_norm_naive")
+    if x.dtype not in DTYPES or weight.dtype != x.dtype:
+        raise ValueError(
+            "rms_norm_fused needs x and weight both float32 or both float64, got "
+            f"{x.dtype} and {weight.dtype}; use rms_norm_naive"
+        )
+    if not numba_available():
+        raise ImportError("rms_norm_fused needs numba (pip install numba)")
+    shape = x.shape
+    if x.numel() == 0:
+        return x * weight
+    y = _FusedRMSNorm.apply(x.reshape(-1, shape[-1]).contiguous(), weight.contiguous(), float(eps))
+    return y.reshape(shape)

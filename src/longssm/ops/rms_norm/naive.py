@@ -1,0 +1,30 @@
+"""RMSNorm in plain torch: the reference form (and the form for GPUs and half precision).
+
+    y = w ⊙ x̂,   x̂ = x · r,   r = 1 / sqrt(mean_c(x_c²) + eps)      over the last axis of x
+
+computed in float32 (float64 stays float64), then cast back to x's dtype before the weight.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_rms_norm_inputs(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
+    """Raise a ValueError unless weight is (D,) for x (..., D) and eps is a non-negative number."""
+    if x.ndim < 1 or weight.shape != (x.shape[-1],):
+        raise ValueError(
+            f"rms_norm: weight must have shape ({x.shape[-1] if x.ndim else '?'},) for x of shape "
+            f"{tuple(x.shape)}, got {tuple(weight.shape)}"
+        )
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"rms_norm: eps must be a non-negative number, got {eps!r}")
+
+
+def rms_norm_naive(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis. Args: x (..., D); weight (D,); eps. Returns y (..., D)."""
+    check_rms_norm_inputs(x, weight, eps)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    h = x.to(compute)  # (..., D)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
