@@ -170,7 +170,8 @@ def test_auto_path_and_unavailable_fused(monkeypatch):
 
 
 @needs_numba
-def test_fused_runs_on_its_thread_count_and_restores_the_callers():
+def test_fused_runs_on_its_thread_count_and_restores_the_callers(monkeypatch):
+    """THREADS None keeps the caller's numba setting; a cap lowers it inside the call only."""
     import numba
 
     from longssm.ops.causal_conv import fused_cpu
@@ -179,12 +180,15 @@ def test_fused_runs_on_its_thread_count_and_restores_the_callers():
     before = numba.get_num_threads()
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     try:
-        y, _ = run(causal_conv_fused, inp, "silu")
-        y.sum().backward()
-        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
-        seen = []
-        with fused_cpu._numba_threads(fused_cpu.THREADS):
-            seen.append(numba.get_num_threads())
-        assert seen == [min(fused_cpu.THREADS, numba.config.NUMBA_NUM_THREADS)]
+        for cap in (None, 1):
+            monkeypatch.setattr(fused_cpu, "THREADS", cap)
+            y, _ = run(causal_conv_fused, inp, "silu")
+            y.sum().backward()
+            assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+            seen = []
+            with fused_cpu._numba_threads(fused_cpu.THREADS):
+                seen.append(numba.get_num_threads())
+            want = numba.config.NUMBA_NUM_THREADS if cap is None else 1
+            assert seen == [want]
     finally:
         numba.set_num_threads(before)

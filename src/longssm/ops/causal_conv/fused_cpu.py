@@ -25,20 +25,24 @@ import torch
 from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
 from longssm.ops.causal_conv.naive import check_conv_inputs, start_history
 
-# numba threads of the conv kernels (at most the caller's setting). The convolution is a few
-# FMAs per element, memory-bound and a few milliseconds long at training sizes: on the 2-core
-# machine, 2 threads lost to 1 at (64, 32, 256, K=4) fwd+bwd (12.3 ms vs 1.7 ms, best of 7, load
-# about 3) and won only the best-of-7 at (16, 256, 512, 4) (4.9 vs 7.4 ms) with a worse median
-# (14.4 vs 8.2 ms): a second worker waits for a core that torch or another process holds.
-# One thread also leaves no numba workers spinning beside torch's pool. README.md, "Threads".
-THREADS = 1
+# numba threads of the conv kernels: None = the caller's numba setting (as the scans), or a cap.
+# Measured on the 2-core machine at load 1.3 (benchmarks/causal_conv.py, docs/results/
+# causal_conv.md; medians, fwd+bwd with the SiLU): 2 threads 5.4 ms vs 1 thread 9.6 ms at
+# (16, 256, 512, 4), 1.9 vs 2.7 ms at (64, 32, 256, 4); the benchmark LM's step 2-5 ms faster.
+# At load 3-4 (an earlier run) the second worker waited for a busy core and 1 thread won: a cap
+# of 1 is the switch for a crowded machine. README.md, "Threads".
+THREADS: int | None = None
 
 
 @contextmanager
-def _numba_threads(n: int):
-    """Run the block with at most ``n`` numba threads, then restore the caller's setting."""
+def _numba_threads(n: int | None):
+    """Run the block with at most ``n`` numba threads (None: as set), then restore the caller's
+    setting."""
     import numba
 
+    if n is None:
+        yield
+        return
     before = numba.get_num_threads()
     numba.set_num_threads(max(1, min(n, before)))
     try:
