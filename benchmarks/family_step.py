@@ -53,7 +53,9 @@ def build(mixer: str):
 
 def make_step(model, batch: int, T: int):
     """A closure running forward + backward + AdamW on fixed random tokens (batch, T + 1)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    from longssm.train.optim import adamw
+
+    opt = adamw(model.parameters(), lr=1e-3)  # as `longssm train` (fused where torch has it)
     tokens = torch.randint(0, VOCAB, (batch, T + 1), generator=torch.Generator().manual_seed(0))
 
     def step():

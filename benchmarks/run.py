@@ -280,7 +280,10 @@ def child_train(spec: dict) -> dict:
 
     torch.manual_seed(0)
     model = build_model(spec["impl"], spec["model"]).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    from longssm.train.optim import adamw
+
+    # every implementation gets the AdamW of `longssm train` (fused where torch has it)
+    opt = adamw(model.parameters(), lr=1e-3)
     batch, T = spec["batch"], spec["T"]
     tokens = torch.randint(0, 257, (batch, T + 1), generator=torch.Generator().manual_seed(0))
 

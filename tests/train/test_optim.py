@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from longssm.layers.base import tag_no_weight_decay, tag_ssm_param
-from longssm.train.optim import lr_at, param_groups, set_lr
+from longssm.train.optim import adamw, lr_at, param_groups, set_lr
 
 
 class Tagged(nn.Module):
@@ -108,3 +108,35 @@ def test_set_lr_applies_each_groups_scale():
     plain = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     set_lr(plain, 0.5)
     assert plain.param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adamw_is_fused_for_float_cpu_params_and_matches_the_loop(dtype):
+    """The fused AdamW (float32 / float64 on the CPU) follows the per-tensor loop's updates over
+    20 steps with two groups (decayed and not) to round-off; other dtypes get the loop."""
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(17, 5, generator=g, dtype=dtype) for _ in range(3)]
+    fused_params = [nn.Parameter(t.clone()) for t in start]
+    loop_params = [nn.Parameter(t.clone()) for t in start]
+
+    def groups(params):
+        return [
+            {"params": params[:2], "weight_decay": 0.1},
+            {"params": params[2:], "weight_decay": 0.0},
+        ]
+
+    fused = adamw(groups(fused_params), lr=1e-2, betas=(0.9, 0.95))
+    loop = torch.optim.AdamW(groups(loop_params), lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    assert fused.defaults["fused"] is True
+    for _ in range(20):
+        for p, q in zip(fused_params, loop_params):
+            p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q, s in zip(fused_params, loop_params, start):
+        assert not torch.equal(p, s)
+        torch.testing.assert_close(p, q, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+
+    half = adamw([nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))], lr=1e-3)
+    assert not half.defaults.get("fused") and half.defaults["foreach"] is False

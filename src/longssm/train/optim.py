@@ -48,6 +48,23 @@ def param_groups(
     return [g for g in groups if g["params"]]
 
 
+def adamw(params, **options) -> torch.optim.AdamW:
+    """torch's AdamW over ``params`` (tensors or group dicts), in its fused form (one kernel over
+    all tensors) when every parameter is a float32 / float64 tensor on the CPU or a CUDA device,
+    else the per-tensor loop. Same update rule: float32 results were bit-identical in a 20-step
+    check, float64 differ at round-off. The benchmark LM's AdamW step took 0.68 ms fused against
+    2.2-2.3 ms looped (torch 1 thread)."""
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(
+        p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
+        for p in tensors
+    )
+    return torch.optim.AdamW(
+        groups, **options, **({"fused": True} if fused else {"foreach": False})
+    )
+
+
 def lr_at(step: int, peak: float, total: int, warmup: int, min_ratio: float) -> float:
     """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``min_ratio * peak``."""
     if warmup > 0 and step < warmup:

@@ -44,7 +44,7 @@ from longssm.train.metrics import (
     unigram_entropy,
     write_metrics,
 )
-from longssm.train.optim import param_groups
+from longssm.train.optim import adamw, param_groups
 from longssm.train.tensorboard import check_tensorboard
 
 # Config fields that may change when a run is resumed (they do not alter the trajectory).
@@ -216,11 +216,10 @@ def _build(cfg: RunConfig, run_dir: Path, ctx: DistContext, latest, meta, log) -
     if tc.init_from and latest is None:
         init_source = load_pretrained_weights(model, tc.init_from)
     policy = make_policy(tc.policy, model, noise_std=tc.noise_std, seed=tc.seed)
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         param_groups(model, tc.lr, tc.weight_decay, tc.ssm_lr, extra=policy.parameters()),
         lr=tc.lr,
         betas=(tc.beta1, tc.beta2),
-        foreach=False,
     )
     if ctx.is_main:
         check_disk_space(run_dir, model)
