@@ -43,6 +43,24 @@ def test_matches_naive_outputs_state_and_grads(shape, with_h0):
     check_against_naive(make_inputs(*shape, with_h0=with_h0))
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [(40, 5, 50, 3), (3, 6, 200, 2), (9, 4, 70, 2)],
+    ids=["one-group-of-4-blocks", "groups-of-2-blocks", "groups-of-1-and-empty"],
+)
+def test_block_groups_of_the_backward_sum_dB_dC_over_every_channel(shape):
+    """The backward's tasks run groups of channel blocks and add their ∂B, ∂C into one row per
+    group (``backward_groups``): one group of several blocks per batch row, groups of two blocks,
+    and more groups than blocks (empty groups) all give the naive loop's gradients."""
+    from longssm.ops.selective_scan.fused_cpu import backward_groups
+
+    batch, _, d_inner, _ = shape
+    n_blocks = -(-d_inner // 16)
+    groups = backward_groups(batch, n_blocks)
+    assert groups == {40: 1, 3: 11, 9: 4}[batch]
+    check_against_naive(make_inputs(*shape, with_h0=True))
+
+
 def test_gradient_through_y_only_and_final_state_only():
     inp = make_inputs(2, 40, 5, 3)
     leaves = [inp[k] for k in NAMES]

@@ -102,7 +102,7 @@ def scan_calls(dtype):
     k._forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, True, True, 0, 0)
     parts = (dB, dC, dA, dD)
     k._backward_task(
-        x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, True, 0, 0
+        x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, True, 0, 0, 0
     )
     return {"scan_forward": k._forward_task, "scan_backward": k._backward_task}
 

@@ -145,9 +145,10 @@ _LAM, _A, _DA, _ST_ROWS = range(4)
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward_task(
-    x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk
+    x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk, grp
 ):
-    """Reverse-time scan of one task; states recomputed from the checkpoints, K steps at a time.
+    """Reverse-time scan of channel block blk of batch row b; states recomputed from the
+    checkpoints, K steps at a time. Adds this block's ∂L/∂B, ∂L/∂C to dB_part, dC_part[b, grp].
 
     With ``gated``, gy is ∂L/∂(y ⊙ silu(z)): each step first turns it into ∂L/∂y and writes dz.
     """
@@ -234,8 +235,8 @@ def _backward_task(
                 cn = Cm[b, t, n]
                 # ∂L/∂C_t,n and ∂L/∂B_t,n (this block's lanes): Σ_j ∂L/∂y_j h_t and Σ_j lam Δx,
                 # summed from rows written at least one step ago (``lane_dot``).
-                dC_part[b, blk, t, n] = lane_dot(v[_GY], hbuf[s + 1, n])
-                dB_part[b, blk, t, n] = lane_dot_affine(st[n, _LAM], v[_GY], cn, v[_U])
+                dC_part[b, grp, t, n] += lane_dot(v[_GY], hbuf[s + 1, n])
+                dB_part[b, grp, t, n] += lane_dot_affine(st[n, _LAM], v[_GY], cn, v[_U])
                 for j in range(LANES):
                     # lam becomes ∂L/∂h_t: the carried part plus y_t's (y_t = Σ_n C_t h_t + D x_t).
                     lam = st[n, _LAM, j] + v[_GY, j] * cn
@@ -273,17 +274,23 @@ def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, par
     saved by ``scan_forward``). ``parts`` = (dB_part, dC_part, dA_part, dD_part).
 
     Writes dx, ddt (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; the parameters
-    shared across tasks get per-task partial sums, reduced by the caller: dB_part, dC_part
-    (batch, n_blocks, T, d_state), dA_part (batch, d_state, d_inner) and dD_part (batch, d_inner),
-    the last two in float64.
+    shared across tasks get per-task partial sums, reduced by the caller: dA_part (batch, d_state,
+    d_inner) and dD_part (batch, d_inner), in float64, and dB_part, dC_part (batch, n_groups, T,
+    d_state), zero-filled by the caller. A task is one batch row and one group of consecutive
+    channel blocks (n_groups groups, the caller's choice); it runs its blocks in order, adding
+    each block's ∂L/∂B, ∂L/∂C into its group's rows: with one group per batch row the sums over
+    the channels are complete here, and no (batch, n_blocks, T, d_state) partials are written and
+    read back.
     """
     n_batch, n_inner = x.shape[0], x.shape[2]
     n_blocks = (n_inner + LANES - 1) // LANES
-    for task in prange(n_batch * n_blocks):
-        b, blk = task // n_blocks, task % n_blocks
-        _backward_task(
-            x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk
-        )
+    n_groups = parts[0].shape[1]
+    per_group = (n_blocks + n_groups - 1) // n_groups
+    for task in prange(n_batch * n_groups):
+        b, grp = task // n_groups, task % n_groups
+        for blk in range(grp * per_group, min((grp + 1) * per_group, n_blocks)):
+            _backward_task(x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0,
+                           gated, b, blk, grp)  # fmt: skip
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

@@ -72,13 +72,13 @@ class _FusedScan(torch.autograd.Function):
         z, ypre = gate if ctx.gated else (_unused(x), _unused(x))
         batch, T, d_inner = x.shape
         d_state = AT.shape[0]
-        n_blocks = -(-d_inner // kern.LANES)
+        n_groups = backward_groups(batch, -(-d_inner // kern.LANES))
         gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
         dx = torch.empty_like(x)  # (B, T, Di)
         ddt = torch.empty_like(x)  # (B, T, Di)
         dz = torch.empty_like(x) if ctx.gated else _unused(x)  # (B, T, Di)
-        dB_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
-        dC_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
+        dB_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
+        dC_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
         dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
         dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
@@ -93,7 +93,15 @@ class _FusedScan(torch.autograd.Function):
         dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
         dz = dz if ctx.gated else None
-        return dx, ddt, dAT, dB_part.sum(1), dC_part.sum(1), dD, dh0, dz
+        dB, dC = (p[:, 0] if n_groups == 1 else p.sum(1) for p in (dB_part, dC_part))
+        return dx, ddt, dAT, dB, dC, dD, dh0, dz
+
+
+def backward_groups(batch: int, n_blocks: int, tasks: int = 32) -> int:
+    """Channel-block groups per batch row in the backward (``scan_backward``): enough for about
+    ``tasks`` parallel tasks, and one per row once the batch gives that many. A function of the
+    shapes only, so the summation order of ∂L/∂B, ∂L/∂C does not depend on the thread count."""
+    return max(1, min(n_blocks, -(-tasks // batch)))
 
 
 def _unused(x: torch.Tensor) -> torch.Tensor:
