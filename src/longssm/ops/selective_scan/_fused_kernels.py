@@ -54,11 +54,11 @@ _F_D, _F_X, _F_DT, _F_U, _F_ACC, _F_ROWS = range(6)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated, b, d0):
+def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0):
     """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring).
 
-    With ``gated``, y gets the scan's output times silu(z) and, with ``save``, ypre the output
-    itself (for the backward).
+    With ``gated``, y gets the scan's output times silu(z) (the backward recomputes the output
+    before the gate from the checkpoints: it is not stored).
     """
     wide_vectors()
     T, n_inner = x.shape[1], x.shape[2]
@@ -104,8 +104,6 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated, 
             for j in range(w):
                 col = np.uint64(d0 + j)
                 out = acc[j] + xs[j] * dv[j]
-                if save:
-                    ypre[b, t, col] = out
                 zj = z[b, t, col]
                 y[b, t, col] = out * (zj / (one + fast_exp(-zj)))  # y_t silu(z_t)
         else:
@@ -117,11 +115,10 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated, 
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated):
+def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
 
-    With ``gated``, y = scan output ⊙ silu(z) (z: (batch, T, d_inner)) and, with ``save``, ypre
-    (batch, T, d_inner) the output before the gate; else z and ypre are not read or written.
+    With ``gated``, y = scan output ⊙ silu(z) (z: (batch, T, d_inner)); else z is not read.
     Parallel over the flattened (batch row, channel block) index.
     """
     n_batch, n_inner = x.shape[0], x.shape[2]
@@ -129,23 +126,24 @@ def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated):
     for task in prange(n_batch * n_blocks):
         b = task // n_blocks
         d0 = (task % n_blocks) * LANES
-        _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, ypre, hT, ckpt, save, gated, b, d0)
+        _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0)
 
 
 # Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: inputs of step t,
-# Δx, Σ_n λ B_n, Σ_n ∂L/∂(ΔA) A, the gate's z_t and y_t (the gate's loop runs over all 16 lanes,
-# past w on zeros: a fixed trip count, 1 ms of 20 faster than over w lanes); on the stack (``stack_array``). st (N, _ST_ROWS, LANES), per state
+# Δx, Σ_n λ B_n, Σ_n ∂L/∂(ΔA) A, the gate's z_t (the gate's loop runs over all 16 lanes, past w
+# on zeros: a fixed trip count, 1 ms of 20 faster than over w lanes; y_t before the gate comes
+# from the recomputed ``ybuf``); on the stack (``stack_array``). st (N, _ST_ROWS, LANES), per state
 # index n: λ, A, the running Σ_t ∂L/∂(ΔA) Δ of the current checkpoint block. dB and dC are summed
 # over the lanes by ``lane_dot`` and ``lane_dot_affine`` from rows written at least one step
 # earlier. Keeping the per-(n, lane) values of one n side by side in one array lets LLVM vectorise
 # the reverse step with few runtime alias checks (a loop over many distinct arrays stays scalar).
-_X, _DT, _GY, _U, _GU, _GDA, _DD, _Z, _YP, _ROWS = range(10)
+_X, _DT, _GY, _U, _GU, _GDA, _DD, _Z, _ROWS = range(9)
 _LAM, _A, _DA, _ST_ROWS = range(4)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward_task(
-    x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk, grp
+    x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk, grp
 ):
     """Reverse-time scan of channel block blk of batch row b; states recomputed from the
     checkpoints, K steps at a time. Adds this block's ∂L/∂B, ∂L/∂C to dB_part, dC_part[b, grp].
@@ -171,6 +169,9 @@ def _backward_task(
     hbuf[0] = 0
     ebuf = np.empty((CHECKPOINT, N, LANES), dtype)  # exp(Δ_t A) of one block (written first)
     v = stack_array(_ROWS, LANES, dtype)  # on the stack: see ``stack_array``
+    # y_t before the gate, recomputed with the block's states (gated only; the forward stores
+    # only the gated output): Σ_n C_t,n h_t + D x_t, summed in the forward's order
+    ybuf = stack_array(CHECKPOINT, LANES, dtype)
     for n in range(N):
         for j in range(w):
             st[n, _A, j] = AT[n, np.uint64(d0 + j)]
@@ -190,7 +191,6 @@ def _backward_task(
             prefetch(ddt, b, t0 + s, d0)
             if gated:
                 prefetch(z, b, t0 + s, d0)
-                prefetch(ypre, b, t0 + s, d0)
                 prefetch(dz, b, t0 + s, d0)
             if t0 > 0:
                 prefetch(x, b, t0 - CHECKPOINT + s, d0)
@@ -206,6 +206,16 @@ def _backward_task(
                     e = fast_exp(v[_DT, j] * st[n, _A, j])
                     ebuf[s, n, j] = e
                     hbuf[s + 1, n, j] = e * hbuf[s, n, j] + v[_U, j] * bn
+            if gated:
+                yrow = ybuf[s]
+                for j in range(LANES):
+                    yrow[j] = 0
+                for n in range(N):
+                    cn = Cm[b, t0 + s, n]
+                    for j in range(LANES):
+                        yrow[j] += cn * hbuf[s + 1, n, j]
+                for j in range(LANES):
+                    yrow[j] = yrow[j] + v[_X, j] * dv[j]
         for s in range(steps - 1, -1, -1):
             t = t0 + s
             for j in range(w):
@@ -215,13 +225,12 @@ def _backward_task(
             if gated:
                 for j in range(w):
                     v[_Z, j] = z[b, t, np.uint64(d0 + j)]
-                    v[_YP, j] = ypre[b, t, np.uint64(d0 + j)]
                 for j in range(LANES):
                     # out = y silu(z): ∂L/∂y = g silu(z), ∂L/∂z = g y σ(z) (1 + z (1 - σ(z))).
                     zj = v[_Z, j]
                     den = one + fast_exp(-zj)
                     sg = one / den
-                    v[_Z, j] = v[_GY, j] * v[_YP, j] * (sg * (one + zj * (one - sg)))
+                    v[_Z, j] = v[_GY, j] * ybuf[s, j] * (sg * (one + zj * (one - sg)))
                     v[_GY, j] = v[_GY, j] * (zj / den)
                 for j in range(w):
                     dz[b, t, np.uint64(d0 + j)] = v[_Z, j]
@@ -268,10 +277,10 @@ def _backward_task(
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0, gated):
+def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated):
     """Gradients of the scan given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂h_T; with
-    ``gated``, gy = ∂L/∂(y ⊙ silu(z)) and dz (batch, T, d_inner) is written too (z and ypre as
-    saved by ``scan_forward``). ``parts`` = (dB_part, dC_part, dA_part, dD_part).
+    ``gated``, gy = ∂L/∂(y ⊙ silu(z)) and dz (batch, T, d_inner) is written too (y before the
+    gate recomputed with the states). ``parts`` = (dB_part, dC_part, dA_part, dD_part).
 
     Writes dx, ddt (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; the parameters
     shared across tasks get per-task partial sums, reduced by the caller: dA_part (batch, d_state,
@@ -289,8 +298,8 @@ def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, par
     for task in prange(n_batch * n_groups):
         b, grp = task // n_groups, task % n_groups
         for blk in range(grp * per_group, min((grp + 1) * per_group, n_blocks)):
-            _backward_task(x, dt, AT, Bm, Cm, Dv, ckpt, z, ypre, gy, gh, dx, ddt, dz, parts, dh0,
-                           gated, b, blk, grp)  # fmt: skip
+            _backward_task(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated,
+                           b, blk, grp)  # fmt: skip
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

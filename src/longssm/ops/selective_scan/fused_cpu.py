@@ -54,22 +54,21 @@ class _FusedScan(torch.autograd.Function):
         gated = z is not None
         n_ckpt = -(-T // kern.CHECKPOINT) if save else 0
         y = torch.empty_like(x)  # (B, T, Di)
-        ypre = torch.empty_like(x) if gated and save else _unused(x)  # (B, T, Di) y before the gate
         hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
-        tensors = (x, dt, AT, B, C, D, h0, z if gated else _unused(x), y, ypre, hT, ckpt)
+        tensors = (x, dt, AT, B, C, D, h0, z if gated else _unused(x), y, hT, ckpt)
         with torch_threads_kept():
             kern.scan_forward(*(numpy_view(t) for t in tensors), save, gated)
         if save:
             ctx.gated = gated
-            ctx.save_for_backward(x, dt, AT, B, C, D, ckpt, *((z, ypre) if gated else ()))
+            ctx.save_for_backward(x, dt, AT, B, C, D, ckpt, *((z,) if gated else ()))
         return y, hT
 
     @staticmethod
     def backward(ctx, gy, gh):
         kern = _kernels()
         x, dt, AT, B, C, D, ckpt, *gate = ctx.saved_tensors
-        z, ypre = gate if ctx.gated else (_unused(x), _unused(x))
+        z = gate[0] if ctx.gated else _unused(x)
         batch, T, d_inner = x.shape
         d_state = AT.shape[0]
         n_groups = backward_groups(batch, -(-d_inner // kern.LANES))
@@ -85,7 +84,7 @@ class _FusedScan(torch.autograd.Function):
         parts = tuple(numpy_view(t) for t in (dB_part, dC_part, dA_part, dD_part))
         with torch_threads_kept():
             kern.scan_backward(
-                *(numpy_view(t) for t in (x, dt, AT, B, C, D, ckpt, z, ypre, gy, gh, dx, ddt, dz)),
+                *(numpy_view(t) for t in (x, dt, AT, B, C, D, ckpt, z, gy, gh, dx, ddt, dz)),
                 parts,
                 numpy_view(dh0),
                 ctx.gated,
@@ -105,7 +104,7 @@ def backward_groups(batch: int, n_blocks: int, tasks: int = 32) -> int:
 
 
 def _unused(x: torch.Tensor) -> torch.Tensor:
-    """A (0, 0, 0) array in x's dtype: the kernels' stand-in for z, ypre, dz when ungated."""
+    """A (0, 0, 0) array in x's dtype: the kernels' stand-in for z and dz when ungated."""
     return x.new_empty(0, 0, 0)
 
 
