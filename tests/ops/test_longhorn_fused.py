@@ -55,6 +55,17 @@ def check_against_naive(inp, **tol):
         assert_close(g, g_ref, name=f"d loss / d {name}", **tol)
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [(40, 5, 50, 3), (3, 6, 200, 2), (9, 4, 70, 2)],
+    ids=["one-group-of-4-blocks", "groups-of-2-blocks", "groups-of-1-and-empty"],
+)
+def test_block_groups_of_the_backward_sum_dk_dq_over_every_channel(shape):
+    """The backward's tasks run groups of channel blocks and add their ∂k, ∂q into one row per
+    group (``ops._common.backward_groups``: 1, 11 and 4 groups here): the naive loop's gradients."""
+    check_against_naive(make_inputs(*shape))
+
+
 @pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-h0"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_matches_naive_outputs_state_and_grads(shape, with_h0):

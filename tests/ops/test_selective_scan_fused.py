@@ -52,7 +52,7 @@ def test_block_groups_of_the_backward_sum_dB_dC_over_every_channel(shape):
     """The backward's tasks run groups of channel blocks and add their ∂B, ∂C into one row per
     group (``backward_groups``): one group of several blocks per batch row, groups of two blocks,
     and more groups than blocks (empty groups) all give the naive loop's gradients."""
-    from longssm.ops.selective_scan.fused_cpu import backward_groups
+    from longssm.ops._common import backward_groups
 
     batch, _, d_inner, _ = shape
     n_blocks = -(-d_inner // 16)

@@ -64,6 +64,14 @@ def path_unavailable(op: str, path: str, reason: str, fallback: str = "chunk") -
     )
 
 
+def backward_groups(batch: int, n_blocks: int, tasks: int = 32) -> int:
+    """Channel-block groups per batch row in a fused backward (the selective scan's and
+    Longhorn's): enough for about ``tasks`` parallel tasks, and one per row once the batch gives
+    that many. A function of the shapes only, so the summation order of the gradients summed over
+    the channels (∂L/∂B, ∂L/∂C; ∂L/∂k, ∂L/∂q) does not depend on the thread count."""
+    return max(1, min(n_blocks, -(-tasks // batch)))
+
+
 def output_grads(gy, gh, x: torch.Tensor, state_shape) -> tuple[torch.Tensor, torch.Tensor]:
     """∂L/∂y and ∂L/∂h_T as contiguous tensors in x's dtype and device, for a hand-written
     backward; an output that does not reach the loss has no gradient (None) and gets zeros."""
@@ -79,6 +87,7 @@ def numpy_view(t: torch.Tensor):
 
 
 __all__ = [
+    "backward_groups",
     "check_path",
     "check_shapes",
     "compute_dtype",

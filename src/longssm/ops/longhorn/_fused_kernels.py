@@ -109,9 +109,10 @@ _LAM, _PK, _ST_ROWS = range(3)
 
 @njit(cache=True, fastmath=FASTMATH)
 def _backward_task(
-    x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0, b, blk
+    x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0, b, blk, grp
 ):
-    """Reverse-time scan of one task; states recomputed from the checkpoints, K steps at a time."""
+    """Reverse-time scan of channel block blk of batch row b; states recomputed from the
+    checkpoints, K steps at a time. Adds this block's ∂L/∂k, ∂L/∂q to dk_part, dq_part[b, grp]."""
     wide_vectors()
     T, n_inner = x.shape[1], x.shape[2]
     N = k.shape[2]
@@ -173,7 +174,7 @@ def _backward_task(
                 qn = q[b, t, n]
                 kk = kn * kn
                 # ∂L/∂q_t,n (this block's lanes) from rows written at least one step ago.
-                dq_part[b, blk, t, n] = lane_dot(v[_GY], hbuf[s + 1, n])
+                dq_part[b, grp, t, n] += lane_dot(v[_GY], hbuf[s + 1, n])
                 for j in range(LANES):
                     # lam becomes ∂L/∂S_t: the carried part plus y_t's (y_t = Σ_n q_t S_t + D x_t).
                     lam = st[n, _LAM, j] + v[_GY, j] * qn
@@ -184,7 +185,7 @@ def _backward_task(
                     v[_GU, j] += lam * kn
                     v[_GE, j] += da * kk
                     st[n, _LAM, j] = (one - v[_EP, j] * kk) * lam
-                dk_part[b, blk, t, n] = lane_sum(st[n, _PK])
+                dk_part[b, grp, t, n] += lane_sum(st[n, _PK])
             for j in range(w):
                 # u = ε x: ∂L/∂x = ε Σ_n lam k_n + D ∂L/∂y, ∂L/∂ε = x Σ_n lam k_n - Σ_n ∂L/∂a k_n².
                 dx[b, t, np.uint64(d0 + j)] = v[_GU, j] * v[_EP, j] + v[_GY, j] * dv[j]
@@ -204,31 +205,21 @@ def _backward_task(
 def longhorn_backward(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0):
     """Gradients given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂S_T.
 
-    Writes dx, deps (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; per-task partial
-    sums for the rest, reduced by the caller: dk_part, dq_part (batch, n_blocks, T, d_state) and
-    dD_part (batch, d_inner) in float64.
+    Writes dx, deps (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; partial sums
+    for the rest, reduced by the caller: dD_part (batch, d_inner) in float64 per task, and dk_part,
+    dq_part (batch, n_groups, T, d_state), zero-filled by the caller. A task is one batch row and
+    one group of consecutive channel blocks (as the selective scan's backward): it adds each
+    block's ∂L/∂k, ∂L/∂q into its group's rows, in block order.
     """
     n_batch, n_inner = x.shape[0], x.shape[2]
     n_blocks = (n_inner + LANES - 1) // LANES
-    for task in prange(n_batch * n_blocks):
-        _backward_task(
-            x,
-            eps,
-            k,
-            q,
-            Dv,
-            ckpt,
-            gy,
-            gh,
-            dx,
-            deps,
-            dk_part,
-            dq_part,
-            dD_part,
-            dh0,
-            task // n_blocks,
-            task % n_blocks,
-        )
+    n_groups = dk_part.shape[1]
+    per_group = (n_blocks + n_groups - 1) // n_groups
+    for task in prange(n_batch * n_groups):
+        b, grp = task // n_groups, task % n_groups
+        for blk in range(grp * per_group, min((grp + 1) * per_group, n_blocks)):
+            _backward_task(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part,
+                           dh0, b, blk, grp)  # fmt: skip
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import (
+    backward_groups,
     compute_dtype,
     numba_available,
     numpy_view,
@@ -63,12 +64,12 @@ class _FusedLonghorn(torch.autograd.Function):
         x, eps, k, q, D, ckpt = ctx.saved_tensors
         batch, T, d_inner = x.shape
         d_state = k.shape[2]
-        n_blocks = -(-d_inner // kern.LANES)
+        n_groups = backward_groups(batch, -(-d_inner // kern.LANES))
         gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
         dx = torch.empty_like(x)  # (B, T, Di)
         deps = torch.empty_like(x)  # (B, T, Di)
-        dk_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
-        dq_part = torch.empty(batch, n_blocks, T, d_state, dtype=x.dtype)  # (B, nblk, T, N)
+        dk_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
+        dq_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
         dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
         with torch_threads_kept():
@@ -80,7 +81,8 @@ class _FusedLonghorn(torch.autograd.Function):
                 )
             )
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
-        return dx, deps, dk_part.sum(1), dq_part.sum(1), dD, dh0
+        dk, dq = (p[:, 0] if n_groups == 1 else p.sum(1) for p in (dk_part, dq_part))
+        return dx, deps, dk, dq, dD, dh0
 
 
 def longhorn_fused(

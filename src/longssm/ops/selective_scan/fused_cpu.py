@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import (
+    backward_groups,
     compute_dtype,
     numba_available,
     numpy_view,
@@ -94,13 +95,6 @@ class _FusedScan(torch.autograd.Function):
         dz = dz if ctx.gated else None
         dB, dC = (p[:, 0] if n_groups == 1 else p.sum(1) for p in (dB_part, dC_part))
         return dx, ddt, dAT, dB, dC, dD, dh0, dz
-
-
-def backward_groups(batch: int, n_blocks: int, tasks: int = 32) -> int:
-    """Channel-block groups per batch row in the backward (``scan_backward``): enough for about
-    ``tasks`` parallel tasks, and one per row once the batch gives that many. A function of the
-    shapes only, so the summation order of ∂L/∂B, ∂L/∂C does not depend on the thread count."""
-    return max(1, min(n_blocks, -(-tasks // batch)))
 
 
 def _unused(x: torch.Tensor) -> torch.Tensor:
