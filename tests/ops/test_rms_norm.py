@@ -9,12 +9,10 @@ import torch
 
 from helpers import assert_close
 from longssm.models.norms import RMSNorm
-from longssm.ops import rms_norm as norm_module
+from longssm.ops import numba_available
 from longssm.ops.rms_norm import norm_path, resolve_path, rms_norm, rms_norm_fused, rms_norm_naive
 
-needs_numba = pytest.mark.skipif(
-    not norm_module.numba_available(), reason="the fused form needs numba"
-)
+needs_numba = pytest.mark.skipif(not numba_available(), reason="the fused form needs numba")
 # widths below, at and across the 16 lanes; row counts across the kernels' 64-row tasks
 SHAPES = [(1, 1), (3, 5), (2, 7, 16), (130, 17), (2, 33, 37), (4, 64, 128)]
 
@@ -110,6 +108,6 @@ def test_bad_input_gives_one_line_errors():
         rms_norm(x, torch.ones(8), -1.0)
     with pytest.raises(ValueError, match="path must be one of"):
         resolve_path("fast", x, torch.ones(8))
-    if norm_module.numba_available():
+    if numba_available():
         with pytest.raises(ValueError, match="both float32 or both float64"):
             rms_norm(x, torch.ones(8, dtype=torch.float64), 1e-5, path="fused")

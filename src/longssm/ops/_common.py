@@ -72,6 +72,12 @@ def backward_groups(batch: int, n_blocks: int, tasks: int = 32) -> int:
     return max(1, min(n_blocks, -(-tasks // batch)))
 
 
+def sum_groups(*parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each (batch, n_groups, ...) partial of a fused backward summed over its groups (axis 1);
+    a single group is returned as a view, without a sum."""
+    return tuple(p[:, 0] if p.shape[1] == 1 else p.sum(1) for p in parts)
+
+
 def output_grads(gy, gh, x: torch.Tensor, state_shape) -> tuple[torch.Tensor, torch.Tensor]:
     """∂L/∂y and ∂L/∂h_T as contiguous tensors in x's dtype and device, for a hand-written
     backward; an output that does not reach the loss has no gradient (None) and gets zeros."""
@@ -96,6 +102,7 @@ __all__ = [
     "numpy_view",
     "output_grads",
     "path_unavailable",
+    "sum_groups",
     "triton_available",
 ]
 

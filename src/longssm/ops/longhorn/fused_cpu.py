@@ -24,6 +24,7 @@ from longssm.ops._common import (
     numba_available,
     numpy_view,
     output_grads,
+    sum_groups,
     torch_threads_kept,
 )
 from longssm.ops.longhorn.naive import check_longhorn_inputs, longhorn_eps
@@ -81,7 +82,7 @@ class _FusedLonghorn(torch.autograd.Function):
                 )
             )
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
-        dk, dq = (p[:, 0] if n_groups == 1 else p.sum(1) for p in (dk_part, dq_part))
+        dk, dq = sum_groups(dk_part, dq_part)  # (B, T, N) each
         return dx, deps, dk, dq, dD, dh0
 
 

@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import check_path, numba_available, path_unavailable
-from longssm.ops.rms_norm.fused_cpu import DTYPES, rms_norm_fused
+from longssm.ops._common import check_path, path_unavailable
+from longssm.ops.rms_norm.fused_cpu import rms_norm_fused, why_not_fused
 from longssm.ops.rms_norm.naive import rms_norm_naive
 
 PATHS = ("auto", "fused", "naive")
 """The values of ``rms_norm(path=...)``."""
 
 
-def _why_not_fused(x: torch.Tensor, weight: torch.Tensor) -> str | None:
-    """Why the fused form cannot run on these tensors, or None when it can."""
-    if not numba_available():
-        return "numba is not installed"
-    if x.device.type != "cpu" or weight.device.type != "cpu":
-        return "it runs on CPU tensors only"
-    if x.dtype not in DTYPES or weight.dtype != x.dtype:
-        return "it needs x and weight both float32 or both float64"
-    return None
-
-
 def norm_path(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The form ``path="auto"`` runs: "fused" for CPU tensors in float32 / float64 of one dtype
     when numba is importable, else "naive"."""
-    return "naive" if _why_not_fused(x, weight) else "fused"
+    return "naive" if why_not_fused(x, weight) else "fused"
 
 
 def resolve_path(path: str, x: torch.Tensor, weight: torch.Tensor) -> str:
@@ -45,7 +34,7 @@ def resolve_path(path: str, x: torch.Tensor, weight: torch.Tensor) -> str:
     if path == "auto":
         return norm_path(x, weight)
     if path == "fused":
-        reason = _why_not_fused(x, weight)
+        reason = why_not_fused(x, weight)
         if reason:
             raise path_unavailable("rms_norm", path, reason, "naive")
     return path

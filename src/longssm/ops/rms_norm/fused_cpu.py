@@ -56,24 +56,34 @@ class _FusedRMSNorm(torch.autograd.Function):
         return dx, dw, None
 
 
+def why_not_fused(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    """Why the fused form cannot run on these tensors, or None when it can."""
+    if not numba_available():
+        return "numba is not installed"
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        return "it runs on CPU tensors only"
+    if x.dtype not in DTYPES or weight.dtype != x.dtype:
+        return (
+            f"it needs x and weight both float32 or both float64, got {x.dtype} and {weight.dtype}"
+        )
+    return None
+
+
 def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last axis by fused numba kernels. Args: x (..., D); weight (D,) of x's
     dtype (float32 or float64), both on the CPU; eps. Returns y (..., D).
 
     Raises:
-        ValueError: on a mismatched shape or eps, other dtypes, or tensors off the CPU.
+        ValueError: on a mismatched shape or eps, other dtypes or tensors off the CPU
+            (``why_not_fused``).
         ImportError: when numba is not installed.
     """
     check_rms_norm_inputs(x, weight, eps)
-    if x.device.type != "cpu" or weight.device.type != "cpu":
-        raise ValueError("rms_norm_fused runs on CPU tensors only; use rms_norm_naive")
-    if x.dtype not in DTYPES or weight.dtype != x.dtype:
-        raise ValueError(
-            "rms_norm_fused needs x and weight both float32 or both float64, got "
-            f"{x.dtype} and {weight.dtype}; use rms_norm_naive"
-        )
     if not numba_available():
         raise ImportError("rms_norm_fused needs numba (pip install numba)")
+    reason = why_not_fused(x, weight)
+    if reason:
+        raise ValueError(f"rms_norm_fused cannot run: {reason}; use rms_norm_naive")
     shape = x.shape
     if x.numel() == 0:
         return x * weight

@@ -26,6 +26,7 @@ from longssm.ops._common import (
     numba_available,
     numpy_view,
     output_grads,
+    sum_groups,
     torch_threads_kept,
 )
 from longssm.ops.selective_scan.naive import check_gate, check_scan_inputs
@@ -93,7 +94,7 @@ class _FusedScan(torch.autograd.Function):
         dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
         dz = dz if ctx.gated else None
-        dB, dC = (p[:, 0] if n_groups == 1 else p.sum(1) for p in (dB_part, dC_part))
+        dB, dC = sum_groups(dB_part, dC_part)  # (B, T, N) each
         return dx, ddt, dAT, dB, dC, dD, dh0, dz
 
 
