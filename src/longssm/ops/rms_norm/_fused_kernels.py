@@ -76,8 +76,7 @@ def _backward_task(x, w, rstd, gy, dx, dw, r0, r1):
     """
     wide_vectors()
     D = x.shape[1]
-    rows = stack_array(3, LANES, x.dtype)
-    acc = rows[0]
+    acc = stack_array(1, LANES, x.dtype)[0]
     gw = np.empty(D, x.dtype)
     xh = np.empty(D, x.dtype)
     for c in range(D):
