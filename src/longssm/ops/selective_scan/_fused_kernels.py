@@ -72,8 +72,11 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0)
     dv, xs, ds, u, acc = rows[_F_D], rows[_F_X], rows[_F_DT], rows[_F_U], rows[_F_ACC]
     for n in range(N):
         for j in range(w):
-            h[n, j] = h0[b, np.uint64(d0 + j), n]
             a[n, j] = AT[n, np.uint64(d0 + j)]
+    if h0.shape[0] > 0:  # else h_0 = 0 (h is zero-filled): the caller passes a (0, 0, 0) array
+        for n in range(N):
+            for j in range(w):
+                h[n, j] = h0[b, np.uint64(d0 + j), n]
     for j in range(w):
         dv[j] = Dv[np.uint64(d0 + j)]
     for t in range(T):
@@ -117,6 +120,7 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0)
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
+    h0 is (batch, d_inner, d_state), or a (0, 0, 0) array for h_0 = 0 (no zero-filled input).
 
     With ``gated``, y = scan output ⊙ silu(z) (z: (batch, T, d_inner)); else z is not read.
     Parallel over the flattened (batch row, channel block) index.
@@ -175,7 +179,10 @@ def _backward_task(
     for n in range(N):
         for j in range(w):
             st[n, _A, j] = AT[n, np.uint64(d0 + j)]
-            st[n, _LAM, j] = gh[b, np.uint64(d0 + j), n]
+    if gh.shape[0] > 0:  # else ∂L/∂h_T = 0 (st is zero-filled): a (0, 0, 0) array
+        for n in range(N):
+            for j in range(w):
+                st[n, _LAM, j] = gh[b, np.uint64(d0 + j), n]
     for j in range(w):
         dv[j] = Dv[np.uint64(d0 + j)]
     for k in range(ckpt.shape[1] - 1, -1, -1):
@@ -270,8 +277,11 @@ def _backward_task(
             v[_DD, j] = 0
     for n in range(N):
         for j in range(w):
-            dh0[b, np.uint64(d0 + j), n] = st[n, _LAM, j]
             dA_part[b, n, np.uint64(d0 + j)] = dA_acc[n, j]
+    if dh0.shape[0] > 0:  # a (0, 0, 0) dh0: h_0 was zero, not an input (no gradient wanted)
+        for n in range(N):
+            for j in range(w):
+                dh0[b, np.uint64(d0 + j), n] = st[n, _LAM, j]
     for j in range(w):
         dD_part[b, np.uint64(d0 + j)] = dD_acc[j]
 
@@ -282,6 +292,7 @@ def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh
     ``gated``, gy = ∂L/∂(y ⊙ silu(z)) and dz (batch, T, d_inner) is written too (y before the
     gate recomputed with the states). ``parts`` = (dB_part, dC_part, dA_part, dD_part).
 
+    gh and dh0 may be (0, 0, 0) arrays: ∂L/∂h_T = 0, and no ∂L/∂h_0 wanted (h_0 was zero).
     Writes dx, ddt (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; the parameters
     shared across tasks get per-task partial sums, reduced by the caller: dA_part (batch, d_state,
     d_inner) and dD_part (batch, d_inner), in float64, and dB_part, dC_part (batch, n_groups, T,

@@ -25,7 +25,6 @@ from longssm.ops._common import (
     compute_dtype,
     numba_available,
     numpy_view,
-    output_grads,
     sum_groups,
     torch_threads_kept,
 )
@@ -48,7 +47,8 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, AT, B, C, D, h0, z):
-        # x, dt, z: (B, T, Di); AT: (N, Di); B, C: (B, T, N); D: (Di,); h0: (B, Di, N)
+        # x, dt, z: (B, T, Di); AT: (N, Di); B, C: (B, T, N); D: (Di,); h0: (B, Di, N), or a
+        # (0, 0, 0) array for h_0 = 0
         kern = _kernels()
         batch, T, d_inner = x.shape
         d_state = AT.shape[0]
@@ -74,7 +74,12 @@ class _FusedScan(torch.autograd.Function):
         batch, T, d_inner = x.shape
         d_state = AT.shape[0]
         n_groups = backward_groups(batch, -(-d_inner // kern.LANES))
-        gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
+        # ∂L/∂h_T = 0 when h_T does not reach the loss (the usual case): the kernels take a
+        # (0, 0, 0) array for it rather than a zero-filled (B, Di, N) one (a fill of 1 MB per
+        # layer at the benchmark size), and for dh0 when h_0 = 0 was not an input.
+        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
+        gh = _unused(x) if gh is None else gh.to(x.dtype).contiguous()
+        want_dh0 = ctx.needs_input_grad[6]
         dx = torch.empty_like(x)  # (B, T, Di)
         ddt = torch.empty_like(x)  # (B, T, Di)
         dz = torch.empty_like(x) if ctx.gated else _unused(x)  # (B, T, Di)
@@ -82,7 +87,7 @@ class _FusedScan(torch.autograd.Function):
         dC_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
         dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
-        dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
+        dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype) if want_dh0 else _unused(x)
         parts = tuple(numpy_view(t) for t in (dB_part, dC_part, dA_part, dD_part))
         with torch_threads_kept():
             kern.scan_backward(
@@ -95,11 +100,12 @@ class _FusedScan(torch.autograd.Function):
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
         dz = dz if ctx.gated else None
         dB, dC = sum_groups(dB_part, dC_part)  # (B, T, N) each
-        return dx, ddt, dAT, dB, dC, dD, dh0, dz
+        return dx, ddt, dAT, dB, dC, dD, (dh0 if want_dh0 else None), dz
 
 
 def _unused(x: torch.Tensor) -> torch.Tensor:
-    """A (0, 0, 0) array in x's dtype: the kernels' stand-in for z and dz when ungated."""
+    """A (0, 0, 0) array in x's dtype: the kernels' stand-in for z and dz when ungated, and for
+    h_0, ∂L/∂h_T and ∂L/∂h_0 when they are zero or not wanted."""
     return x.new_empty(0, 0, 0)
 
 
@@ -156,11 +162,8 @@ def selective_scan_fused(
         )
         return x.new_zeros(batch, 0, d_inner), (final if output_final_state else None)
 
-    h0 = (
-        x.new_zeros(batch, d_inner, d_state, dtype=dtype)
-        if initial_state is None
-        else initial_state.contiguous()
-    )  # (B, Di, N)
+    # (B, Di, N); h_0 = 0 goes in as a (0, 0, 0) array: the kernel starts from zeros unread
+    h0 = x.new_empty(0, 0, 0, dtype=dtype) if initial_state is None else initial_state.contiguous()
     Dc = x.new_zeros(d_inner, dtype=dtype) if D is None else D.to(dtype).contiguous()  # (Di,)
     y, hT = _FusedScan.apply(
         x.to(dtype).contiguous(),
