@@ -21,7 +21,10 @@ D_MODEL = 16
 
 def make_layer(d_conv=4, scan="chunk", **options):
     cfg = ModelConfig(
-        d_model=D_MODEL, d_state=4, expand=2, d_conv=d_conv,
+        d_model=D_MODEL,
+        d_state=4,
+        expand=2,
+        d_conv=d_conv,
         mixer_options={"scan": scan, "chunk_size": 8, **options},
     )
     layer = build_mixer(cfg, 0).double()
@@ -214,3 +217,27 @@ def test_project_in_equals_one_projection_split_in_two(bias):
     assert seen == [(3, 7, 2 * layer.d_inner)]
     for got, want in zip(hooked, whole):
         assert torch.equal(got, want)
+
+
+def test_step_sizes_equal_softplus_of_dt_proj_and_respect_hooks():
+    """The layer's Δ (the ``step_size`` op: fused on CPU) == F.softplus(dt_proj(u)) in float64,
+    with the gradients of u, dt_proj.weight and dt_proj.bias; a hooked dt_proj is called as a
+    module (the hook sees its output)."""
+    torch.manual_seed(0)
+    layer = make_layer().double()
+    u = torch.randn(3, 7, layer.dt_rank, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 7, layer.d_inner, dtype=torch.float64)
+    params = [u, layer.dt_proj.weight, layer.dt_proj.bias]
+    got = layer._step_sizes(u)
+    want = F.softplus(layer.dt_proj(u))
+    assert_close(got, want, rtol=1e-13, atol=1e-300)
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        assert_close(a, b, rtol=1e-12, atol=1e-12)
+    seen = []
+    handle = layer.dt_proj.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        hooked = layer._step_sizes(u)
+    finally:
+        handle.remove()
+    assert seen == [(3, 7, layer.d_inner)]
+    assert torch.equal(hooked, want)

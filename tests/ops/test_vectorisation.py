@@ -44,6 +44,8 @@ REQUIRED = {
     "scan_backward": 4,
     "norm_forward": 2,
     "norm_backward": 4,
+    "step_size_forward": 4,
+    "step_size_backward": 8,
 }
 
 

@@ -116,6 +116,19 @@ def norm_calls(dtype):
     return {"norm_forward": k._forward_task, "norm_backward": k._backward_task}
 
 
+def step_calls(dtype):
+    from longssm.ops.step_size import _fused_kernels as k
+
+    rows, R, D = 3, 4, 40
+    low, WT = np.ones((rows, R), dtype), np.ones((R, D), dtype)
+    bias, db = np.ones(D, dtype), np.ones(D, dtype)
+    out, gout, gpre = (np.ones((rows, D), dtype) for _ in range(3))
+    dWT = np.ones((R, D), dtype)
+    k._forward_task(low, WT, bias, out, 0, rows)
+    k._backward_task(low, WT, bias, gout, gpre, dWT, db, 0, rows)
+    return {"step_size_forward": k._forward_task, "step_size_backward": k._backward_task}
+
+
 def axpy(w, a, out):
     """out += w a: one loop that vectorises (the control that the probe sees vector loops)."""
     for c in range(out.shape[0]):
@@ -147,7 +160,7 @@ def main(dtypes: list[str]) -> dict:
     report = {}
     for name in dtypes:
         dtype = np.dtype(name)
-        for calls in (control_calls, conv_calls, scan_calls, norm_calls):
+        for calls in (control_calls, conv_calls, scan_calls, norm_calls, step_calls):
             for kernel, fn in calls(dtype).items():
                 sig = next(s for s in fn.signatures if str(s[0].dtype) == name)
                 report.setdefault(kernel, {})[name] = loop_report(fn.inspect_asm(sig))

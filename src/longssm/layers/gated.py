@@ -149,7 +149,7 @@ class GatedBlock(nn.Module):
         as one call and chunk(2), so that it sees the whole projection.
         """
         proj = self.in_proj
-        if type(proj) is not nn.Linear or _has_hooks(proj) or parametrize.is_parametrized(proj):
+        if not is_plain_linear(proj):
             return proj(x).chunk(2, dim=-1)
         E, weight, bias = self.d_inner, proj.weight, proj.bias
         return (
@@ -217,6 +217,17 @@ class GatedBlock(nn.Module):
         xs, conv_state = self._replay(F.silu(xs), conv_state, smr_hist, step=True)  # (B, Di)
         y, h = self._scan_step(xs, state.ssm, offset)  # (B, Di), (B, Di, N)
         return self.out_proj(y * F.silu(z)), self.STATE(ssm=h, conv=conv_state)
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` that a layer may replace by its own use of the
+    weight and bias (split matmuls, a fused kernel): no subclass or wrapper (LoRA), no
+    parametrisation (pruning's masks), no forward hooks, its own or global."""
+    return (
+        type(module) is nn.Linear
+        and not _has_hooks(module)
+        and not parametrize.is_parametrized(module)
+    )
 
 
 def _has_hooks(module: nn.Module) -> bool:

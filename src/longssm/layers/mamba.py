@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longssm.layers.base import add_offset, announce_scan_path, tag_ssm_param
-from longssm.layers.gated import GatedBlock
+from longssm.layers.gated import GatedBlock, is_plain_linear
 from longssm.layers.smr import SMRGate, check_smr
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
@@ -48,6 +48,7 @@ from longssm.ops.selective_scan import (
     selective_scan_step,
 )
 from longssm.ops.selective_scan import PATHS as SCANS
+from longssm.ops.step_size import step_size
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
 # Stored name of A's raw parameter per StableSSM map; "exp" keeps transformers' A_log.
@@ -170,8 +171,17 @@ class Mamba(GatedBlock):
     def _ssm_inputs(self, x: torch.Tensor):
         """Split x_proj(x) into Δ (after softplus), B and C; x (..., d_inner)."""
         dt_low, B, C = self._split_x_proj(x)  # (..., R), (..., N), (..., N)
-        dt = F.softplus(self.dt_proj(dt_low))  # (..., Di)
-        return dt, B, C
+        return self._step_sizes(dt_low), B, C  # (..., Di), (..., N), (..., N)
+
+    def _step_sizes(self, dt_low: torch.Tensor) -> torch.Tensor:
+        """Δ = softplus(dt_proj(dt_low)): dt_low (..., R) -> (..., Di). A plain ``nn.Linear``
+        dt_proj goes to the ``step_size`` op (fused numba kernels on CPU: the projection, bias and
+        softplus in one pass); anything else in its place (a wrapper, a parametrisation, hooks)
+        is called as a module."""
+        proj = self.dt_proj
+        if not is_plain_linear(proj):
+            return F.softplus(proj(dt_low))
+        return step_size(dt_low, proj.weight, proj.bias)
 
     def _scan(self, xs: torch.Tensor, h0: torch.Tensor | None, offset=None, gate=None):
         """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T; y gets

@@ -215,6 +215,92 @@ def _fast_exp_overload(x):
     return None
 
 
+# softplus and the sigmoid from one exp of -|x| (in (0, 1], never overflowing):
+#   softplus(x) = max(x, 0) + log1p(exp(-|x|)),   sigmoid(x) = 1 / (1 + t) or t / (1 + t), t = exp(-|x|)
+# with log1p(u) = 2 atanh(s) = 2 s (1 + s²/3 + s⁴/5 + ...), s = u / (2 + u) in (0, 1/3]: no
+# cancellation for small u, and the series' truncation ((1/9)^K / (2K + 1) at K terms) is below
+# one ulp at 7 terms in float32, 16 in float64. softplus keeps torch's threshold (x for x > 20,
+# as F.softplus with beta 1, threshold 20), so the fused step sizes equal the torch form's.
+SOFTPLUS_THRESHOLD = 20.0
+
+
+def _softplus32(x):
+    zero = np.float32(0.0)
+    u = fast_exp(-x if x > zero else x)
+    s = u / (np.float32(2.0) + u)
+    s2 = s * s
+    p = np.float32(1.0 / 13.0)
+    p = p * s2 + np.float32(1.0 / 11.0)
+    p = p * s2 + np.float32(1.0 / 9.0)
+    p = p * s2 + np.float32(1.0 / 7.0)
+    p = p * s2 + np.float32(1.0 / 5.0)
+    p = p * s2 + np.float32(1.0 / 3.0)
+    p = p * s2 + np.float32(1.0)
+    out = (x if x > zero else zero) + np.float32(2.0) * s * p
+    return x if x > np.float32(SOFTPLUS_THRESHOLD) else out
+
+
+def _softplus64(x):
+    u = fast_exp(-x if x > 0.0 else x)
+    s = u / (2.0 + u)
+    s2 = s * s
+    p = 1.0 / 31.0
+    p = p * s2 + 1.0 / 29.0
+    p = p * s2 + 1.0 / 27.0
+    p = p * s2 + 1.0 / 25.0
+    p = p * s2 + 1.0 / 23.0
+    p = p * s2 + 1.0 / 21.0
+    p = p * s2 + 1.0 / 19.0
+    p = p * s2 + 1.0 / 17.0
+    p = p * s2 + 1.0 / 15.0
+    p = p * s2 + 1.0 / 13.0
+    p = p * s2 + 1.0 / 11.0
+    p = p * s2 + 1.0 / 9.0
+    p = p * s2 + 1.0 / 7.0
+    p = p * s2 + 1.0 / 5.0
+    p = p * s2 + 1.0 / 3.0
+    p = p * s2 + 1.0
+    out = (x if x > 0.0 else 0.0) + 2.0 * s * p
+    return x if x > SOFTPLUS_THRESHOLD else out
+
+
+def fast_softplus(x):
+    """softplus(x) = log(1 + exp(x)) for float32 or float64 scalars inside the kernels, x itself
+    above 20 (torch's threshold); vectorises (see the comment above ``_softplus32``)."""
+    raise NotImplementedError("fast_softplus runs inside numba kernels only")
+
+
+@overload(fast_softplus, jit_options={"fastmath": FASTMATH})
+def _fast_softplus_overload(x):
+    if x == types.float32:
+        return _softplus32
+    if x == types.float64:
+        return _softplus64
+    return None
+
+
+def softplus_slope(x):
+    """d softplus / dx at x: sigmoid(x), and 1 above 20 (the derivative of torch's thresholded
+    softplus); float32 or float64 scalars inside the kernels."""
+    raise NotImplementedError("softplus_slope runs inside numba kernels only")
+
+
+@overload(softplus_slope, jit_options={"fastmath": FASTMATH})
+def _softplus_slope_overload(x):
+    if x not in (types.float32, types.float64):
+        return None
+    scalar = np.float32 if x == types.float32 else np.float64
+
+    def impl(x):
+        one = scalar(1.0)
+        t = fast_exp(-x if x > scalar(0.0) else x)
+        r = one / (one + t)
+        sig = r if x >= scalar(0.0) else t * r
+        return one if x > scalar(SOFTPLUS_THRESHOLD) else sig
+
+    return impl
+
+
 def _is_lane_row(p) -> bool:
     """A contiguous 1-d float32/float64 array (a row of ``LANES`` values)."""
     return (

@@ -1,0 +1,176 @@
+"""Mamba's step sizes Δ = softplus(u Wᵀ + b), forward + backward: the torch form (F.linear with
+K = R, then F.softplus: the layers' path before session 6) vs the fused numba kernels, float32,
+torch on 1 thread, numba on its default; then the benchmark LM's training step with its Δ on each
+form.
+
+Each op case is (rows..., R, D), the loss sum(Δ * g) with g fixed, gradients to u, W and b. Cases
+are interleaved within each of ``--repeats`` rounds after a warm-up (machine noise hits all alike);
+the page reports best, median and interquartile range, with the load average before and after.
+Writes the JSON and the result page:
+
+    PYTHONPATH=src python benchmarks/step_size.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numba
+import torch
+import torch.nn.functional as F
+
+from longssm.ops.step_size import step_size_fused, step_size_naive
+
+CASES = [((64, 32), 8, 256), ((2, 1024), 8, 256), ((16, 256), 16, 512)]
+FORMS = {"torch (F.linear + F.softplus)": step_size_naive, "fused": step_size_fused}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def op_step(rows, R, D, form):
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(*rows, R, generator=g, requires_grad=True)
+    W = (torch.randn(D, R, generator=g) * R**-0.5).requires_grad_()
+    b = (torch.randn(D, generator=g) - 4).requires_grad_()  # Δ ≈ 0.02, as Mamba's init
+    gy = torch.randn(*rows, D, generator=g)
+
+    def step():
+        for t in (u, W, b):
+            t.grad = None
+        form(u, W, b).backward(gy)
+
+    return step
+
+
+def lm_step(form_name: str):
+    """One training step (forward, backward, AdamW) of the issue-19 benchmark LM (Mamba, d_model
+    128, 4 layers, d_state 16, expand 2, d_conv 4, bytes; T = 32 x 64) with Δ on one form."""
+    import longssm.layers.mamba as mamba_layer
+    from longssm.models import ModelConfig, SSMLanguageModel
+    from longssm.train.optim import adamw
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(mixer="mamba", d_model=128, n_layers=4, d_state=16, d_conv=4, vocab_size=257)
+    model = SSMLanguageModel(cfg).train()
+    opt = adamw(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 257, (64, 33), generator=torch.Generator().manual_seed(0))
+    form = FORMS[form_name]
+
+    def step():
+        mamba_layer.step_size = lambda u, w, b, path="auto": form(u, w, b)
+        logits, _ = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 257), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed_rounds(steps: dict, repeats: int) -> dict:
+    times = {key: [] for key in steps}
+    for step in steps.values():
+        step()
+    for _ in range(repeats):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def measure(repeats: int) -> list[dict]:
+    import longssm.layers.mamba as mamba_layer
+
+    original = mamba_layer.step_size
+    groups = [
+        (f"{rows} R={R} D={D}", {name: op_step(rows, R, D, f) for name, f in FORMS.items()})
+        for rows, R, D in CASES
+    ]
+    groups.append(("LM step T=32 x 64", {name: lm_step(name) for name in FORMS}))
+    rows = []
+    try:
+        for case, steps in groups:
+            for form, ts in timed_rounds(steps, repeats).items():
+                q = statistics.quantiles(ts, n=4)
+                rows.append(
+                    dict(
+                        case=case,
+                        form=form,
+                        best_ms=min(ts) * 1e3,
+                        median_ms=statistics.median(ts) * 1e3,
+                        iqr_ms=[q[0] * 1e3, q[2] * 1e3],
+                    )
+                )
+    finally:
+        mamba_layer.step_size = original
+    return rows
+
+
+def page(result: dict) -> str:
+    lines = [
+        "# Fused step sizes Δ = softplus(u Wᵀ + b): timings",
+        "",
+        "Made by `PYTHONPATH=src python benchmarks/step_size.py` (data: "
+        "`benchmarks/results/step_size.json`). Forward + backward (gradients to u, W, b), "
+        f"float32, torch 1 thread, numba {result['numba_threads']} threads; ms per call over "
+        f"{result['repeats']} interleaved rounds; load average "
+        f"{result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after "
+        f"({result['cpus']} CPUs, shared: the spread is the machine's).",
+        "",
+        "| case | form | best | median | IQR |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['case']} | {r['form']} | {r['best_ms']:.2f} | {r['median_ms']:.2f} | "
+            f"{r['iqr_ms'][0]:.2f} – {r['iqr_ms'][1]:.2f} |"
+        )
+    lines += [
+        "",
+        "`LM step`: one training step (forward, backward, AdamW) of the issue-19 benchmark LM "
+        "(Mamba, d_model 128, 4 layers, d_state 16, expand 2, d_conv 4, bytes, T = 32 x 64 "
+        "rows) with its four layers' Δ on each form.",
+        "",
+        "There is no paper number for this op: Mamba's CUDA kernel adds the bias and applies "
+        "softplus inside its scan (`delta_bias`, `delta_softplus`) and leaves the rank-R "
+        "projection to a matmul; on the CPU that matmul (K = 8) runs far from the machine's "
+        "rate, so the fused form takes the projection too. See `src/longssm/ops/step_size/"
+        "README.md` and `docs/kernels.md`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/step_size.json"))
+    parser.add_argument("--page", default=str(ROOT / "docs/results/step_size.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    rows = measure(args.repeats)
+    result = dict(
+        rows=rows,
+        repeats=args.repeats,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        cpus=os.cpu_count(),
+        numba_threads=numba.get_num_threads(),
+        torch=torch.__version__,
+        numba=numba.__version__,
+        machine=platform.processor() or platform.machine(),
+    )
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    Path(args.page).write_text(page(result))
+    print(page(result))
+
+
+if __name__ == "__main__":
+    main()
