@@ -63,6 +63,9 @@ class _FusedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, wT, bias, hist, silu):
+        # an output that does not reach the loss (the final state, usually) comes to the backward
+        # as None, not as a zero-filled tensor that autograd would allocate for it
+        ctx.set_materialize_grads(False)
         # x: (B, T, C); wT: (K, C); bias: (C,); hist: (B, K-1, C)
         y = torch.empty_like(x)  # (B, T, C)
         with torch_threads_kept(), _numba_threads(THREADS):
