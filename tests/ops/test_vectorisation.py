@@ -9,10 +9,12 @@ body's remainder loop is narrower). A loop that loses vectorisation (an extra ar
 many alias checks, a data-dependent branch, a Python-style division with its zero check) is left
 as a scalar loop and the count drops: with an early exit added to the convolution's tap loop, the
 counts fell from 3 to 1 (forward) and 12 to 10 (backward); in the scan's state update from 4 to
-3, in its reverse step from 4 to 3; in RMSNorm's element-wise loops from 2 to 0 (forward) and 4
-to 2 (backward) (numba 0.68, an AVX-512 CPU; the scans compiled with the output gate on). The
-control pair (one loop with and without an early exit) shows the probe telling the two apart on
-the machine at hand. float32 only: the training dtype (float64 runs the same loops at half the
+3, in its backward's recomputation of the states from 4 to 3 (the reverse step is LLVM vector IR
+since session 6, ``_reverse_step``: no vectoriser to lose); in RMSNorm's element-wise loops from
+2 to 0 (forward) and 4 to 2 (backward); in the step sizes' softplus loops (``ops/step_size``) from
+4 to 2 (forward) and 8 to 6 (backward) (numba 0.68, an AVX-512 CPU; the scans compiled with the
+output gate on). The control pair (one loop with and without an early exit) shows the probe
+telling the two apart on the machine at hand. float32 only: the training dtype (float64 runs the same loops at half the
 lanes).
 """
 
@@ -35,7 +37,7 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 # ∂w, ∂x, ∂history; the scans (compiled with the output gate on) add the gate's loops; RMSNorm: the
 # row sums and the element-wise loops of each direction. The counts
 # are those measured here (numba 0.68, LLVM's cost model): among them the state update over
-# (n, lanes) of the scan's forward and the reverse step of its backward (each counted as lost when
+# (n, lanes) of the scan's forward and the state recomputation of its backward (each counted as lost when
 # de-vectorised, see the module docstring).
 REQUIRED = {
     "conv_forward": 3,

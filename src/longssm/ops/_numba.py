@@ -349,6 +349,53 @@ def _tree_sum(builder, vector):
     )
 
 
+class lane_vector_ops:  # noqa: N801 (used like a module of helpers inside one codegen)
+    """LLVM IR helpers on ``LANES``-wide vectors of one float dtype, for kernels' intrinsics.
+
+    ``load(data, offset)`` / ``store(value, data, offset)``: the LANES elements at ``data +
+    offset`` (data a pointer to the scalar, offset an i64 element count); ``splat(x)``; ``fma(a,
+    b, c)`` = a b + c with one rounding (``llvm.fma``); ``dot(p, q)`` = Σ_j p_j q_j, the products
+    rounded, then ``_tree_sum`` (``lane_dot``'s value); ``add_to(ptr, x)``: *ptr += x (a scalar).
+    """
+
+    def __init__(self, context, builder, dtype):
+        self.builder = builder
+        self.scalar = context.get_value_type(dtype)
+        self.type = ir.VectorType(self.scalar, LANES)
+        self.align = self.scalar.get_abi_size(context.target_data)
+        self.zero = ir.Constant(self.type, [0.0] * LANES)
+        self._fma = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(self.type, [self.type] * 3),
+            f"llvm.fma.v{LANES}{self.scalar.intrinsic_name}",
+        )
+
+    def _pointer(self, data, offset):
+        return self.builder.bitcast(self.builder.gep(data, [offset]), self.type.as_pointer())
+
+    def load(self, data, offset):
+        return self.builder.load(self._pointer(data, offset), align=self.align)
+
+    def store(self, value, data, offset):
+        self.builder.store(value, self._pointer(data, offset), align=self.align)
+
+    def splat(self, x):
+        i32 = ir.IntType(32)
+        one = self.builder.insert_element(ir.Constant(self.type, ir.Undefined), x, i32(0))
+        return self.builder.shuffle_vector(
+            one, one, ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
+        )
+
+    def fma(self, a, b, c):
+        return self.builder.call(self._fma, [a, b, c])
+
+    def dot(self, p, q):
+        return _tree_sum(self.builder, _rounded(self.builder, self.builder.fmul(p, q)))
+
+    def add_to(self, ptr, x):
+        self.builder.store(self.builder.fadd(self.builder.load(ptr), x), ptr)
+
+
 @intrinsic
 def lane_sum(typingctx, p):
     """Σ_j p[j] over the 16 lanes of a row (``_tree_sum``'s fixed pairwise tree: deterministic);
