@@ -355,7 +355,8 @@ class lane_vector_ops:  # noqa: N801 (used like a module of helpers inside one c
     ``load(data, offset)`` / ``store(value, data, offset)``: the LANES elements at ``data +
     offset`` (data a pointer to the scalar, offset an i64 element count); ``splat(x)``; ``fma(a,
     b, c)`` = a b + c with one rounding (``llvm.fma``); ``dot(p, q)`` = Σ_j p_j q_j, the products
-    rounded, then ``_tree_sum`` (``lane_dot``'s value); ``add_to(ptr, x)``: *ptr += x (a scalar).
+    rounded, then ``_tree_sum`` (``lane_dot``'s value); ``product`` and ``sum4``: the same
+    sums for four rows at once; ``add_to(ptr, x)``: *ptr += x (a scalar); ``add4_to``: four.
     """
 
     def __init__(self, context, builder, dtype):
@@ -392,8 +393,48 @@ class lane_vector_ops:  # noqa: N801 (used like a module of helpers inside one c
     def dot(self, p, q):
         return _tree_sum(self.builder, _rounded(self.builder, self.builder.fmul(p, q)))
 
+    def sum(self, x):
+        """Σ of a 16-lane vector by ``_tree_sum``."""
+        return _tree_sum(self.builder, x)
+
+    def product(self, p, q):
+        """p ⊙ q, each product rounded on its own (the terms of ``dot``)."""
+        return _rounded(self.builder, self.builder.fmul(p, q))
+
+    def sum4(self, rows):
+        """The ``_tree_sum`` of each of four 16-lane vectors, as one 4-lane vector: the same
+        additions on the same operands (same bits), two rows per vector add at the first level
+        and four at the next ones, so 15 shuffles and adds replace 4 x 11."""
+        b = self.builder
+        i32 = ir.IntType(32)
+
+        def pick(x, y, lanes):
+            return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, len(lanes)), lanes))
+
+        def level(x, y, low, high):
+            return b.fadd(pick(x, y, low), pick(x, y, high))
+
+        half = LANES // 2  # q_i = p_i + p_(i+8): rows (0, 1) and (2, 3) side by side
+        q01 = level(rows[0], rows[1], [*range(half), *range(16, 16 + half)],
+                    [*range(half, 16), *range(16 + half, 32)])  # fmt: skip
+        q23 = level(rows[2], rows[3], [*range(half), *range(16, 16 + half)],
+                    [*range(half, 16), *range(16 + half, 32)])  # fmt: skip
+        # r_i = q_i + q_(i+4): four rows of 4 lanes
+        lo = [k + 8 * g + 16 * h for h in (0, 1) for g in (0, 1) for k in range(4)]
+        r = level(q01, q23, lo, [i + 4 for i in lo])
+        s = level(
+            r, r, [0, 1, 4, 5, 8, 9, 12, 13], [2, 3, 6, 7, 10, 11, 14, 15]
+        )  # s_i = r_i + r_(i+2)
+        return level(s, s, [0, 2, 4, 6], [1, 3, 5, 7])  # s_0 + s_1 of each row
+
     def add_to(self, ptr, x):
         self.builder.store(self.builder.fadd(self.builder.load(ptr), x), ptr)
+
+    def add4_to(self, ptr, x):
+        """ptr[0:4] += x (a 4-lane vector)."""
+        b = self.builder
+        at = b.bitcast(ptr, x.type.as_pointer())
+        b.store(b.fadd(b.load(at, align=self.align), x), at, align=self.align)
 
 
 @intrinsic

@@ -185,16 +185,16 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
         dt = vec.load(v_a.data, i64(_DT * LANES))
         gu_slot = cgutils.alloca_once_value(builder, vec.zero)
         gda_slot = cgutils.alloca_once_value(builder, vec.zero)
-        n_state = cgutils.unpack_tuple(builder, st_a.shape)[0]
-        with cgutils.for_range(builder, n_state) as loop:
-            n = loop.index
+
+        def state(n):
+            """The update of state index n; returns the products of ∂L/∂C_t,n and ∂L/∂B_t,n."""
             row = builder.mul(n, i64(LANES))  # row n of hs, hs1, es
             base = builder.mul(n, i64(_ST_ROWS * LANES))  # st[n]
             bn = vec.splat(builder.load(builder.gep(b_a.data, [n])))
             cn = vec.splat(builder.load(builder.gep(c_a.data, [n])))
-            vec.add_to(builder.gep(dc_a.data, [n]), vec.dot(gy, vec.load(hs1_a.data, row)))
+            dc = vec.product(gy, vec.load(hs1_a.data, row))
             lam = vec.fma(gy, cn, vec.load(st_a.data, builder.add(base, i64(_LAM * LANES))))
-            vec.add_to(builder.gep(db_a.data, [n]), vec.dot(lam, u))
+            db = vec.product(lam, u)
             builder.store(vec.fma(lam, bn, builder.load(gu_slot)), gu_slot)
             e = vec.load(es_a.data, row)
             da = builder.fmul(builder.fmul(lam, vec.load(hs_a.data, row)), e)
@@ -203,6 +203,20 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
             da_at = builder.add(base, i64(_DA * LANES))
             vec.store(vec.fma(da, dt, vec.load(st_a.data, da_at)), st_a.data, da_at)
             vec.store(builder.fmul(e, lam), st_a.data, builder.add(base, i64(_LAM * LANES)))
+            return dc, db
+
+        n_state = cgutils.unpack_tuple(builder, st_a.shape)[0]
+        n_fours = builder.udiv(n_state, i64(4))
+        with cgutils.for_range(builder, n_fours) as loop:  # four state indices at a time
+            n0 = builder.mul(loop.index, i64(4))
+            terms = [state(builder.add(n0, i64(k))) for k in range(4)]
+            vec.add4_to(builder.gep(dc_a.data, [n0]), vec.sum4([dc for dc, _ in terms]))
+            vec.add4_to(builder.gep(db_a.data, [n0]), vec.sum4([db for _, db in terms]))
+        with cgutils.for_range(builder, builder.sub(n_state, builder.mul(n_fours, i64(4)))) as loop:
+            n = builder.add(builder.mul(n_fours, i64(4)), loop.index)
+            dc, db = state(n)
+            vec.add_to(builder.gep(dc_a.data, [n]), vec.sum(dc))
+            vec.add_to(builder.gep(db_a.data, [n]), vec.sum(db))
         vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
         vec.store(builder.load(gda_slot), v_a.data, i64(_GDA * LANES))
         return context.get_dummy_value()
