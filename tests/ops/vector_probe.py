@@ -59,14 +59,18 @@ def width(body: str) -> str:
 def loop_report(asm: str) -> dict:
     """Inner loops with packed floating-point arithmetic (at any width: a kernel's main bodies run
     at 512 bits where ``wide_vectors`` lets them, LLVM's cost model keeps some at 256, and a main
-    body's remainder loop is narrower), and with scalar arithmetic only; ``width`` is the widest
-    vector register of any loop."""
+    body's remainder loop is narrower), those among them with no scalar floating-point arithmetic
+    ("clean": a loop LLVM unrolled into scalar code with a few packed operations mixed in is not),
+    and loops with scalar arithmetic only; ``width`` is the widest vector register of any loop."""
     loops = inner_loops(asm)
     widths = [width(body) for body in loops]
     widest = max(widths, key=" xyz".index, default="")
     return {
         "width": widest + "mm" if widest else "none",
         "vector_loops": sum(1 for w in widths if w),
+        "clean_vector_loops": sum(
+            1 for body, w in zip(loops, widths) if w and not SCALAR.search(body)
+        ),
         "scalar_loops": sum(1 for body, w in zip(loops, widths) if not w and SCALAR.search(body)),
     }
 

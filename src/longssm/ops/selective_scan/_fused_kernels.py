@@ -98,14 +98,11 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0)
             ds[j] = dt[b, t, np.uint64(d0 + j)]
         for j in range(LANES):
             u[j] = ds[j] * xs[j]
-            acc[j] = 0
         for n in range(N):
             bn = Bm[b, t, n]
-            cn = Cm[b, t, n]
             for j in range(LANES):
-                hv = fast_exp(ds[j] * a[n, j]) * h[n, j] + u[j] * bn
-                h[n, j] = hv
-                acc[j] += cn * hv
+                h[n, j] = fast_exp(ds[j] * a[n, j]) * h[n, j] + u[j] * bn
+        _state_readout(h, Cm[b, t], acc)  # Σ_n C_t,n h_t,n
         if gated:
             prefetch(z, b, ahead, d0)
             for j in range(w):
