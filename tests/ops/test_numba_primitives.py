@@ -150,3 +150,56 @@ def test_softplus_and_its_slope_match_torch(dtype):
         keep = np.isfinite(ref)
         np.testing.assert_array_equal(got[~keep & ~np.isnan(ref)], ref[~keep & ~np.isnan(ref)])
         np.testing.assert_allclose(got[keep], ref[keep], rtol=4 * finfo.eps, atol=finfo.tiny)
+
+
+def _sum4_kernel():
+    """A numba function returning ``lane_vector_ops.sum4`` and ``sum`` of the four rows of a
+    (4, LANES) array, built here from the IR helpers the kernels' intrinsics use."""
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    from longssm.ops._numba import lane_vector_ops
+
+    @intrinsic
+    def sums(typingctx, rows, out4, out1):
+        sig = types.void(rows, out4, out1)
+
+        def codegen(context, builder, signature, args):
+            r, o4, o1 = (
+                context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)
+            )
+            vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+            i64 = ir.IntType(64)
+            vectors = [vec.load(r.data, i64(k * LANES)) for k in range(4)]
+            vec.add4_to(o4.data, vec.sum4(vectors))
+            for k in range(4):
+                vec.add_to(builder.gep(o1.data, [i64(k)]), vec.sum(vectors[k]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @njit
+    def run(rows, out4, out1):
+        sums(rows, out4, out1)
+
+    return run
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum4_gives_the_bits_of_the_pairwise_tree(dtype):
+    """``lane_vector_ops.sum4`` (four rows' sums sharing shuffles, used by the scan's reverse step)
+    == ``sum`` row by row == the tree written out in Python, bit for bit, added to what the output
+    held (values of mixed magnitudes, so that a different order would round differently)."""
+    rng = np.random.default_rng(0)
+    run = _sum4_kernel()
+    for _ in range(20):
+        rows = (rng.standard_normal((4, LANES)) * 10.0 ** rng.integers(-6, 7, (4, LANES))).astype(
+            dtype
+        )
+        start = rng.standard_normal(4).astype(dtype)
+        out4, out1 = start.copy(), start.copy()
+        run(rows, out4, out1)
+        want = np.array([start[k] + tree(rows[k]) for k in range(4)], dtype)
+        np.testing.assert_array_equal(out4, want)
+        np.testing.assert_array_equal(out1, want)
