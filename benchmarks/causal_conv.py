@@ -13,17 +13,14 @@ load). Writes the JSON and the result page:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import time
 from functools import partial
 from pathlib import Path
 
 import numba
 import torch
 import torch.nn.functional as F
+from interleaved import interleaved_times, run_facts, summary, write_result
 
 from longssm.ops.causal_conv import causal_conv_fused, causal_conv_torch, fused_cpu
 
@@ -107,27 +104,9 @@ def measure(repeats: int) -> list[dict]:
     rows = []
     groups = [(shape, partial(cases, shape)) for shape in SHAPES] + [((64, 32, 256, 4), lm_steps)]
     for shape, make in groups:
-        steps = make()
-        times = {key: [] for key in steps}
-        for step in steps.values():
-            step()
-        for _ in range(repeats):
-            for key, step in steps.items():
-                t0 = time.perf_counter()
-                step()
-                times[key].append(time.perf_counter() - t0)
-        for (op, form, threads), ts in times.items():
-            q = statistics.quantiles(ts, n=4)
+        for (op, form, threads), ts in interleaved_times(make(), repeats).items():
             rows.append(
-                dict(
-                    shape=list(shape),
-                    op=op,
-                    form=form,
-                    numba_threads=threads,
-                    best_ms=min(ts) * 1e3,
-                    median_ms=statistics.median(ts) * 1e3,
-                    iqr_ms=[q[0] * 1e3, q[2] * 1e3],
-                )
+                dict(shape=list(shape), op=op, form=form, numba_threads=threads, **summary(ts))
             )
     return rows
 
@@ -175,19 +154,7 @@ def main() -> None:
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     rows = measure(args.repeats)
-    result = dict(
-        rows=rows,
-        repeats=args.repeats,
-        load_before=load_before,
-        load_after=os.getloadavg(),
-        cpus=os.cpu_count(),
-        torch=torch.__version__,
-        numba=numba.__version__,
-        machine=platform.processor() or platform.machine(),
-    )
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    Path(args.page).write_text(page(result))
-    print(page(result))
+    write_result(dict(rows=rows, **run_facts(args.repeats, load_before)), args.out, args.page, page)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,12 @@ Writes the JSON and the result page:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
-import numba
 import torch
 import torch.nn.functional as F
+from interleaved import interleaved_times, run_facts, summary, write_result
 
 from longssm.ops.step_size import step_size_fused, step_size_naive
 
@@ -72,18 +68,6 @@ def lm_step(form_name: str):
     return step
 
 
-def timed_rounds(steps: dict, repeats: int) -> dict:
-    times = {key: [] for key in steps}
-    for step in steps.values():
-        step()
-    for _ in range(repeats):
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - t0)
-    return times
-
-
 def measure(repeats: int) -> list[dict]:
     import longssm.layers.mamba as mamba_layer
 
@@ -96,17 +80,8 @@ def measure(repeats: int) -> list[dict]:
     rows = []
     try:
         for case, steps in groups:
-            for form, ts in timed_rounds(steps, repeats).items():
-                q = statistics.quantiles(ts, n=4)
-                rows.append(
-                    dict(
-                        case=case,
-                        form=form,
-                        best_ms=min(ts) * 1e3,
-                        median_ms=statistics.median(ts) * 1e3,
-                        iqr_ms=[q[0] * 1e3, q[2] * 1e3],
-                    )
-                )
+            for form, ts in interleaved_times(steps, repeats).items():
+                rows.append(dict(case=case, form=form, **summary(ts)))
     finally:
         mamba_layer.step_size = original
     return rows
@@ -156,20 +131,7 @@ def main() -> None:
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     rows = measure(args.repeats)
-    result = dict(
-        rows=rows,
-        repeats=args.repeats,
-        load_before=load_before,
-        load_after=os.getloadavg(),
-        cpus=os.cpu_count(),
-        numba_threads=numba.get_num_threads(),
-        torch=torch.__version__,
-        numba=numba.__version__,
-        machine=platform.processor() or platform.machine(),
-    )
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    Path(args.page).write_text(page(result))
-    print(page(result))
+    write_result(dict(rows=rows, **run_facts(args.repeats, load_before)), args.out, args.page, page)
 
 
 if __name__ == "__main__":

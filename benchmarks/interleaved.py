@@ -1,0 +1,62 @@
+"""Timing shared by the per-op benchmarks (``causal_conv.py``, ``step_size.py``): every case of a
+group runs once per round, rounds repeated (so machine noise hits all cases alike), summarised as
+best / median / interquartile range; the run's machine facts and the JSON and page written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numba
+import torch
+
+
+def interleaved_times(steps: dict, repeats: int) -> dict:
+    """Seconds of ``repeats`` calls of each step (one untimed warm-up call each first), the steps
+    taking turns within every round: {key: [seconds, ...]}."""
+    times = {key: [] for key in steps}
+    for step in steps.values():
+        step()
+    for _ in range(repeats):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def summary(seconds: list[float]) -> dict:
+    """best_ms, median_ms and iqr_ms ([first, third quartile]) of a list of seconds."""
+    q = statistics.quantiles(seconds, n=4)
+    return dict(
+        best_ms=min(seconds) * 1e3,
+        median_ms=statistics.median(seconds) * 1e3,
+        iqr_ms=[q[0] * 1e3, q[2] * 1e3],
+    )
+
+
+def run_facts(repeats: int, load_before) -> dict:
+    """The settings and machine of a finished run: rounds, load average before and now, CPUs,
+    numba's threads, versions, processor."""
+    return dict(
+        repeats=repeats,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        cpus=os.cpu_count(),
+        numba_threads=numba.get_num_threads(),
+        torch=torch.__version__,
+        numba=numba.__version__,
+        machine=platform.processor() or platform.machine(),
+    )
+
+
+def write_result(result: dict, out: str, page_path: str, page) -> None:
+    """Write the JSON to ``out`` and ``page(result)`` to ``page_path``; print the page."""
+    Path(out).write_text(json.dumps(result, indent=1))
+    text = page(result)
+    Path(page_path).write_text(text)
+    print(text)
