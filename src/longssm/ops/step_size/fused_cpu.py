@@ -3,8 +3,9 @@
 Same results as ``step_size_naive`` up to rounding. Where torch runs a matmul with K = R (8 at
 d_model 128: far from the machine's matmul rate), a bias add and softplus, each a pass over the
 (rows, D) output, the forward here writes Δ in one pass; the backward recomputes u Wᵀ + b row by row
-(R multiply-adds per element: cheaper than keeping it) and writes ∂L/∂u, with per-task partial
-sums of ∂L/∂W and ∂L/∂b reduced here in float64. Timings in README.md.
+(R multiply-adds per element: cheaper than keeping it) and writes g' = ∂L/∂(u Wᵀ + b), with
+per-task partial sums of ∂L/∂W and ∂L/∂b reduced here in float64; ∂L/∂u = g' W is one torch
+matmul. Timings in README.md.
 
 The kernels live in ``_fused_kernels.py``, imported (with numba) on the first call. CPU tensors in
 float32 or float64 only, all of one dtype: ``step_size`` (the dispatcher in ``__init__.py``) runs
