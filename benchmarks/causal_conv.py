@@ -12,15 +12,14 @@ load). Writes the JSON and the result page:
 
 from __future__ import annotations
 
-import argparse
-import os
 from functools import partial
 from pathlib import Path
 
+import interleaved
 import numba
 import torch
 import torch.nn.functional as F
-from interleaved import interleaved_times, run_facts, summary, write_result
+from interleaved import interleaved_times, summary
 
 from longssm.ops.causal_conv import causal_conv_fused, causal_conv_torch, fused_cpu
 
@@ -146,15 +145,14 @@ def page(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/causal_conv.json"))
-    parser.add_argument("--page", default=str(ROOT / "docs/results/causal_conv.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    load_before = os.getloadavg()
-    rows = measure(args.repeats)
-    write_result(dict(rows=rows, **run_facts(args.repeats, load_before)), args.out, args.page, page)
+    interleaved.main(
+        __doc__.splitlines()[0],
+        measure,
+        page,
+        repeats=7,
+        out=str(ROOT / "benchmarks/results/causal_conv.json"),
+        page_path=str(ROOT / "docs/results/causal_conv.md"),
+    )
 
 
 if __name__ == "__main__":

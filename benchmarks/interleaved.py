@@ -1,9 +1,11 @@
 """Timing shared by the per-op benchmarks (``causal_conv.py``, ``step_size.py``): every case of a
 group runs once per round, rounds repeated (so machine noise hits all cases alike), summarised as
-best / median / interquartile range; the run's machine facts and the JSON and page written."""
+best / median / interquartile range; the run's machine facts, the JSON and page written, and the
+scripts' common command line (``main``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -60,3 +62,18 @@ def write_result(result: dict, out: str, page_path: str, page) -> None:
     text = page(result)
     Path(page_path).write_text(text)
     print(text)
+
+
+def main(description: str, measure, page, repeats: int, out: str, page_path: str) -> None:
+    """The command line of a per-op benchmark: ``--repeats``, ``--out`` (JSON), ``--page``
+    (markdown); torch on 1 thread; ``measure(repeats)`` gives the rows, ``page(result)`` the
+    page."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--page", default=page_path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    rows = measure(args.repeats)
+    write_result(dict(rows=rows, **run_facts(args.repeats, load_before)), args.out, args.page, page)

@@ -13,13 +13,12 @@ Writes the JSON and the result page:
 
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
+import interleaved
 import torch
 import torch.nn.functional as F
-from interleaved import interleaved_times, run_facts, summary, write_result
+from interleaved import interleaved_times, summary
 
 from longssm.ops.step_size import step_size_fused, step_size_naive
 
@@ -123,15 +122,14 @@ def page(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=25)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/step_size.json"))
-    parser.add_argument("--page", default=str(ROOT / "docs/results/step_size.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    load_before = os.getloadavg()
-    rows = measure(args.repeats)
-    write_result(dict(rows=rows, **run_facts(args.repeats, load_before)), args.out, args.page, page)
+    interleaved.main(
+        __doc__.splitlines()[0],
+        measure,
+        page,
+        repeats=25,
+        out=str(ROOT / "benchmarks/results/step_size.json"),
+        page_path=str(ROOT / "docs/results/step_size.md"),
+    )
 
 
 if __name__ == "__main__":
