@@ -158,8 +158,14 @@ def test_dt_limit_clamps():
 
 
 def test_build_from_config_and_options():
-    cfg = ModelConfig(mixer="mamba2", d_model=32, d_state=8, expand=2, d_conv=0,
-                      mixer_options={"headdim": 16, "ngroups": 2, "chunk_size": 16})
+    cfg = ModelConfig(
+        mixer="mamba2",
+        d_model=32,
+        d_state=8,
+        expand=2,
+        d_conv=0,
+        mixer_options={"headdim": 16, "ngroups": 2, "chunk_size": 16},
+    )
     layer = build_mixer(cfg, 1)
     assert (layer.nheads, layer.headdim, layer.ngroups, layer.conv1d) == (4, 16, 2, None)
     assert layer.layer_idx == 1 and layer.chunk_size == 16
@@ -193,3 +199,36 @@ def test_bad_inputs_raise_clearly():
         layer(x, good.ssm)
     with pytest.raises(ValueError, match="batch, d_model"):
         layer.step(x, good)
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gated_norm_equals_its_formula(ngroups, dtype):
+    """RMSNormGated == w ⊙ g / sqrt(mean over each group of g² + eps), g = y silu(z), written out
+    in float64: output and the gradients of y, z and the weight. One group runs the ``rms_norm``
+    op (fused on CPU), two groups the torch ops."""
+    from longssm.layers.mamba2 import RMSNormGated
+
+    torch.manual_seed(0)
+    d = 40
+    norm = RMSNormGated(d, d // ngroups).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+    y = torch.randn(3, 7, d, dtype=dtype, requires_grad=True)
+    z = torch.randn(3, 7, d, dtype=dtype, requires_grad=True)
+    gout = torch.randn(3, 7, d, dtype=torch.float64)
+
+    def formula(y, z, w):
+        g = (y.double() * torch.nn.functional.silu(z.double())).unflatten(-1, (ngroups, -1))
+        g = g / torch.sqrt((g * g).mean(-1, keepdim=True) + norm.eps)
+        return w.double() * g.flatten(-2)
+
+    got, want = norm(y, z), formula(y, z, norm.weight)
+    assert got.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert_close(got, want.to(dtype), rtol=tol, atol=tol)
+    params = (y, z, norm.weight)
+    for a, b in zip(
+        torch.autograd.grad(got, params, gout.to(dtype)), torch.autograd.grad(want, params, gout)
+    ):
+        assert_close(a, b.to(dtype), rtol=10 * tol, atol=10 * tol)

@@ -41,6 +41,7 @@ from longssm.layers.base import (
     tag_ssm_param,
 )
 from longssm.layers.conv import causal_conv, causal_conv_step
+from longssm.ops.rms_norm import rms_norm
 from longssm.ops.ssd import PATHS as SCANS
 from longssm.ops.ssd import resolve_path, ssd, ssd_step
 
@@ -61,7 +62,8 @@ class RMSNormGated(nn.Module):
     """``rmsnorm(y * silu(z)) * weight`` with the mean square taken over groups of ``group_size``.
 
     Computed in float32 (float64 stays float64), as transformers' ``MambaRMSNormGated`` with
-    ``norm_before_gate=False``.
+    ``norm_before_gate=False``. With one group and y and the weight in the compute dtype, the norm
+    runs as the ``rms_norm`` op (fused numba kernels on CPU); otherwise in torch ops.
 
     Args:
         d: width of the last dimension (d_inner).
@@ -80,6 +82,9 @@ class RMSNormGated(nn.Module):
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         compute = torch.float64 if y.dtype == torch.float64 else torch.float32
         h = y.to(compute) * F.silu(z.to(compute))  # (..., d)
+        if self.group_size == h.shape[-1] and y.dtype == compute == self.weight.dtype:
+            # one group in the compute dtype: the ``rms_norm`` op (fused numba kernels on CPU)
+            return rms_norm(h, self.weight, self.eps)  # (..., d)
         groups = h.unflatten(-1, (-1, self.group_size))  # (..., G, d/G)
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * groups.flatten(-2).to(y.dtype)
@@ -169,8 +174,12 @@ class Mamba2(nn.Module):
         self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + nheads, bias=bias)
         if d_conv > 0:
             self.conv1d = nn.Conv1d(
-                self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
-                padding=d_conv - 1, bias=conv_bias,
+                self.conv_dim,
+                self.conv_dim,
+                d_conv,
+                groups=self.conv_dim,
+                padding=d_conv - 1,
+                bias=conv_bias,
             )
         else:
             self.conv1d = None
@@ -203,10 +212,12 @@ class Mamba2(nn.Module):
         dtype = self.A_log.dtype if dtype is None else dtype
         ssm_dtype = torch.promote_types(dtype, torch.float32)
         return Mamba2State(
-            ssm=torch.zeros(batch_size, self.nheads, self.headdim, self.d_state,
-                            device=device, dtype=ssm_dtype),
-            conv=torch.zeros(batch_size, self.conv_dim, max(self.d_conv - 1, 0),
-                             device=device, dtype=dtype),
+            ssm=torch.zeros(
+                batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype
+            ),
+            conv=torch.zeros(
+                batch_size, self.conv_dim, max(self.d_conv - 1, 0), device=device, dtype=dtype
+            ),
         )
 
     def _dt(self, dt_raw: torch.Tensor) -> torch.Tensor:
@@ -251,8 +262,11 @@ class Mamba2(nn.Module):
         """x (..., H, P), B and C (..., G, N) of the convolved xBC (..., conv_dim)."""
         lead, G, N = xBC.shape[:-1], self.ngroups, self.d_state
         xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
-        return (xs.reshape(*lead, self.nheads, self.headdim), B.reshape(*lead, G, N),
-                C.reshape(*lead, G, N))
+        return (
+            xs.reshape(*lead, self.nheads, self.headdim),
+            B.reshape(*lead, G, N),
+            C.reshape(*lead, G, N),
+        )
 
     def forward_offset(
         self, x: torch.Tensor, state: Mamba2State | None = None, offset=None
@@ -276,7 +290,12 @@ class Mamba2(nn.Module):
         path = resolve_path(self.scan, xs, h0)
         announce_scan_path("Mamba-2", path, self.scan)
         y, ssm_state = ssd(
-            xs, self._dt(dt_raw), -torch.exp(self.A_log), B, C, self.D,  # Δ (b, T, H), A (H,)
+            xs,
+            self._dt(dt_raw),
+            -torch.exp(self.A_log),
+            B,
+            C,
+            self.D,  # Δ (b, T, H), A (H,)
             initial_state=h0,
             output_final_state=True,
             chunk_size=self.chunk_size,
