@@ -110,7 +110,8 @@ def ssd_chunk(
     Bp = F.pad(B.to(dtype), (0, 0, 0, 0, 0, pad))  # (b, T', G, N)
     Cp = F.pad(C.to(dtype), (0, 0, 0, 0, 0, pad))  # (b, T', G, N)
 
-    xbar = xbar.view(batch, nchunks, L, G, R, P).permute(0, 1, 3, 4, 2, 5)  # (b, c, G, R, L, P)
+    # (b, c, G, R, L, P), contiguous once here rather than copied inside the matmuls that read it
+    xbar = xbar.view(batch, nchunks, L, G, R, P).permute(0, 1, 3, 4, 2, 5).contiguous()
     logdecay = logdecay.view(batch, nchunks, L, G, R).permute(0, 1, 3, 4, 2)  # (b, c, G, R, L)
     Bc = Bp.view(batch, nchunks, L, G, N).permute(0, 1, 3, 2, 4)[:, :, :, None]  # (b,c,G,1,L,N)
     Cc = Cp.view(batch, nchunks, L, G, N).permute(0, 1, 3, 2, 4)[:, :, :, None]  # (b,c,G,1,L,N)
