@@ -133,7 +133,11 @@ def ssd_chunk(
     start_states, h = _carry_across_chunks(torch.exp(acum[..., -1]), chunk_states, h)
 
     # Term 4, the state entering each chunk read out at every position: exp(Λ_i) C_i h_start.
-    y = y + torch.exp(acum)[..., None] * (Cc @ start_states.transpose(-1, -2))  # (b,c,G,R,L,P)
+    # As one matmul per (b, c, G) with the R heads' rows stacked, (R·P, N) @ (N, L), not C
+    # broadcast over the R heads (which copies it R times, and sums R products in the backward).
+    readout = start_states.reshape(batch, nchunks, G, R * P, N) @ Cc[:, :, :, 0].transpose(-1, -2)
+    readout = readout.view(batch, nchunks, G, R, P, L).transpose(-1, -2)  # (b, c, G, R, L, P)
+    y = y + torch.exp(acum)[..., None] * readout  # (b, c, G, R, L, P)
 
     y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, nchunks * L, nheads, P)[:, :T]  # (b, T, H, P)
     if D is not None:
