@@ -158,14 +158,8 @@ def test_dt_limit_clamps():
 
 
 def test_build_from_config_and_options():
-    cfg = ModelConfig(
-        mixer="mamba2",
-        d_model=32,
-        d_state=8,
-        expand=2,
-        d_conv=0,
-        mixer_options={"headdim": 16, "ngroups": 2, "chunk_size": 16},
-    )
+    cfg = ModelConfig(mixer="mamba2", d_model=32, d_state=8, expand=2, d_conv=0,
+                      mixer_options={"headdim": 16, "ngroups": 2, "chunk_size": 16})
     layer = build_mixer(cfg, 1)
     assert (layer.nheads, layer.headdim, layer.ngroups, layer.conv1d) == (4, 16, 2, None)
     assert layer.layer_idx == 1 and layer.chunk_size == 16

@@ -174,12 +174,8 @@ class Mamba2(nn.Module):
         self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + nheads, bias=bias)
         if d_conv > 0:
             self.conv1d = nn.Conv1d(
-                self.conv_dim,
-                self.conv_dim,
-                d_conv,
-                groups=self.conv_dim,
-                padding=d_conv - 1,
-                bias=conv_bias,
+                self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
+                padding=d_conv - 1, bias=conv_bias,
             )
         else:
             self.conv1d = None
@@ -212,12 +208,10 @@ class Mamba2(nn.Module):
         dtype = self.A_log.dtype if dtype is None else dtype
         ssm_dtype = torch.promote_types(dtype, torch.float32)
         return Mamba2State(
-            ssm=torch.zeros(
-                batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype
-            ),
-            conv=torch.zeros(
-                batch_size, self.conv_dim, max(self.d_conv - 1, 0), device=device, dtype=dtype
-            ),
+            ssm=torch.zeros(batch_size, self.nheads, self.headdim, self.d_state,
+                            device=device, dtype=ssm_dtype),
+            conv=torch.zeros(batch_size, self.conv_dim, max(self.d_conv - 1, 0),
+                             device=device, dtype=dtype),
         )
 
     def _dt(self, dt_raw: torch.Tensor) -> torch.Tensor:
@@ -262,11 +256,8 @@ class Mamba2(nn.Module):
         """x (..., H, P), B and C (..., G, N) of the convolved xBC (..., conv_dim)."""
         lead, G, N = xBC.shape[:-1], self.ngroups, self.d_state
         xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
-        return (
-            xs.reshape(*lead, self.nheads, self.headdim),
-            B.reshape(*lead, G, N),
-            C.reshape(*lead, G, N),
-        )
+        return (xs.reshape(*lead, self.nheads, self.headdim), B.reshape(*lead, G, N),
+                C.reshape(*lead, G, N))
 
     def forward_offset(
         self, x: torch.Tensor, state: Mamba2State | None = None, offset=None
@@ -290,12 +281,7 @@ class Mamba2(nn.Module):
         path = resolve_path(self.scan, xs, h0)
         announce_scan_path("Mamba-2", path, self.scan)
         y, ssm_state = ssd(
-            xs,
-            self._dt(dt_raw),
-            -torch.exp(self.A_log),
-            B,
-            C,
-            self.D,  # Δ (b, T, H), A (H,)
+            xs, self._dt(dt_raw), -torch.exp(self.A_log), B, C, self.D,  # Δ (b, T, H), A (H,)
             initial_state=h0,
             output_final_state=True,
             chunk_size=self.chunk_size,

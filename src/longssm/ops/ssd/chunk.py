@@ -60,6 +60,16 @@ def _carry_across_chunks(
     return torch.stack(starts, dim=1), h  # (b, c, G, R, P, N), (b, G, R, P, N)
 
 
+def _read_out(states: torch.Tensor, Cc: torch.Tensor) -> torch.Tensor:
+    """C_i h for every position i of a chunk and every head: states (b, c, G, R, P, N), Cc
+    (b, c, G, 1, L, N) -> (b, c, G, R, L, P). One matmul per (b, c, G) with the R heads' rows
+    stacked, (R·P, N) @ (N, L), rather than C broadcast over the heads (a copy R times, and R
+    products summed in the backward)."""
+    b, c, G, R, P, N = states.shape
+    out = states.reshape(b, c, G, R * P, N) @ Cc[:, :, :, 0].transpose(-1, -2)  # (b,c,G,R·P,L)
+    return out.view(b, c, G, R, P, -1).transpose(-1, -2)  # (b, c, G, R, L, P)
+
+
 def ssd_chunk(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -133,11 +143,7 @@ def ssd_chunk(
     start_states, h = _carry_across_chunks(torch.exp(acum[..., -1]), chunk_states, h)
 
     # Term 4, the state entering each chunk read out at every position: exp(Λ_i) C_i h_start.
-    # As one matmul per (b, c, G) with the R heads' rows stacked, (R·P, N) @ (N, L), not C
-    # broadcast over the R heads (which copies it R times, and sums R products in the backward).
-    readout = start_states.reshape(batch, nchunks, G, R * P, N) @ Cc[:, :, :, 0].transpose(-1, -2)
-    readout = readout.view(batch, nchunks, G, R, P, L).transpose(-1, -2)  # (b, c, G, R, L, P)
-    y = y + torch.exp(acum)[..., None] * readout  # (b, c, G, R, L, P)
+    y = y + torch.exp(acum)[..., None] * _read_out(start_states, Cc)  # (b, c, G, R, L, P)
 
     y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, nchunks * L, nheads, P)[:, :T]  # (b, T, H, P)
     if D is not None:
