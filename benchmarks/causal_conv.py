@@ -13,7 +13,6 @@ load). Writes the JSON and the result page:
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import interleaved
 import numba
@@ -25,7 +24,6 @@ from longssm.ops.causal_conv import causal_conv_fused, causal_conv_torch, fused_
 
 SHAPES = [(16, 256, 512, 4), (64, 32, 256, 4)]
 # then the benchmark LM's training step (its convolutions are (64, 32, 256, 4)) on each form
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_case(shape, form, activation, fuse_silu, threads):
@@ -145,14 +143,7 @@ def page(result: dict) -> str:
 
 
 def main() -> None:
-    interleaved.main(
-        __doc__.splitlines()[0],
-        measure,
-        page,
-        repeats=7,
-        out=str(ROOT / "benchmarks/results/causal_conv.json"),
-        page_path=str(ROOT / "docs/results/causal_conv.md"),
-    )
+    interleaved.main(__doc__.splitlines()[0], measure, page, repeats=7, name="causal_conv")
 
 
 if __name__ == "__main__":

@@ -64,14 +64,17 @@ def write_result(result: dict, out: str, page_path: str, page) -> None:
     print(text)
 
 
-def main(description: str, measure, page, repeats: int, out: str, page_path: str) -> None:
-    """The command line of a per-op benchmark: ``--repeats``, ``--out`` (JSON), ``--page``
-    (markdown); torch on 1 thread; ``measure(repeats)`` gives the rows, ``page(result)`` the
-    page."""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(description: str, measure, page, repeats: int, name: str) -> None:
+    """The command line of a per-op benchmark: ``--repeats``, ``--out`` (JSON, default
+    benchmarks/results/<name>.json), ``--page`` (markdown, default docs/results/<name>.md); torch
+    on 1 thread; ``measure(repeats)`` gives the rows, ``page(result)`` the page."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeats", type=int, default=repeats)
-    parser.add_argument("--out", default=out)
-    parser.add_argument("--page", default=page_path)
+    parser.add_argument("--out", default=str(ROOT / f"benchmarks/results/{name}.json"))
+    parser.add_argument("--page", default=str(ROOT / f"docs/results/{name}.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()

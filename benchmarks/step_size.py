@@ -13,8 +13,6 @@ Writes the JSON and the result page:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import interleaved
 import torch
 import torch.nn.functional as F
@@ -24,7 +22,6 @@ from longssm.ops.step_size import step_size_fused, step_size_naive
 
 CASES = [((64, 32), 8, 256), ((2, 1024), 8, 256), ((16, 256), 16, 512)]
 FORMS = {"torch (F.linear + F.softplus)": step_size_naive, "fused": step_size_fused}
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def op_step(rows, R, D, form):
@@ -122,14 +119,7 @@ def page(result: dict) -> str:
 
 
 def main() -> None:
-    interleaved.main(
-        __doc__.splitlines()[0],
-        measure,
-        page,
-        repeats=25,
-        out=str(ROOT / "benchmarks/results/step_size.json"),
-        page_path=str(ROOT / "docs/results/step_size.md"),
-    )
+    interleaved.main(__doc__.splitlines()[0], measure, page, repeats=25, name="step_size")
 
 
 if __name__ == "__main__":
