@@ -187,6 +187,16 @@ def test_auto_scan_is_default_and_logs_its_path_once(monkeypatch, caplog):
     assert lines == [f"Mamba scan: {expected} path (scan='auto')"]
 
 
+def call_with_shape_hook(module, fn, *args):
+    """fn(*args) with a forward hook on ``module`` recording its output shapes: (result, shapes)."""
+    seen = []
+    handle = module.register_forward_hook(lambda mod, inputs, out: seen.append(out.shape))
+    try:
+        return fn(*args), seen
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_project_in_equals_one_projection_split_in_two(bias):
     """project_in's two half-weight matmuls == in_proj(x).chunk(2): outputs, and the gradients of
@@ -208,12 +218,7 @@ def test_project_in_equals_one_projection_split_in_two(bias):
     for got, want in zip(grads(*split), grads(*whole)):
         assert_close(got, want, rtol=1e-13, atol=1e-13)
 
-    seen = []
-    handle = layer.in_proj.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
-    try:
-        hooked = layer.project_in(x)
-    finally:
-        handle.remove()
+    hooked, seen = call_with_shape_hook(layer.in_proj, layer.project_in, x)
     assert seen == [(3, 7, 2 * layer.d_inner)]
     for got, want in zip(hooked, whole):
         assert torch.equal(got, want)
@@ -233,11 +238,6 @@ def test_step_sizes_equal_softplus_of_dt_proj_and_respect_hooks():
     assert_close(got, want, rtol=1e-13, atol=1e-300)
     for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
         assert_close(a, b, rtol=1e-12, atol=1e-12)
-    seen = []
-    handle = layer.dt_proj.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
-    try:
-        hooked = layer._step_sizes(u)
-    finally:
-        handle.remove()
+    hooked, seen = call_with_shape_hook(layer.dt_proj, layer._step_sizes, u)
     assert seen == [(3, 7, layer.d_inner)]
     assert torch.equal(hooked, want)

@@ -1,6 +1,8 @@
 """The numba building blocks of the fused kernels (``longssm.ops._numba``) against NumPy.
 
-``lane_sum``, ``lane_dot`` and ``lane_dot_affine`` are LLVM vector IR: they must give the bits of the
+``lane_sum``, ``lane_dot`` and the ``lane_vector_ops`` compositions the kernels' intrinsics use (an
+affine fused multiply-add, rounded products, the tree; four rows' sums at once) are LLVM vector
+IR: they must give the bits of the
 fixed pairwise tree written out in Python (same additions, same order, products rounded on their own:
 not fused into the tree's first additions), in float32 and float64. ``stack_array`` must give a
 zero-filled array private to each call; ``wide_vectors`` must leave results unchanged.
@@ -15,15 +17,17 @@ import pytest
 
 pytest.importorskip("numba")
 
+from llvmlite import ir  # noqa: E402
 from numba import njit  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 from longssm.ops._numba import (  # noqa: E402
     FASTMATH,
     LANES,
     fast_softplus,
     lane_dot,
-    lane_dot_affine,
     lane_sum,
+    lane_vector_ops,
     softplus_slope,
     stack_array,
     wide_vectors,
@@ -41,9 +45,27 @@ def tree(p):
     return p[0]
 
 
+@intrinsic
+def _affine_dot(typingctx, p, q, c, r):
+    """Σ_j (p_j + q_j c) r_j from ``lane_vector_ops``: fma(q, c, p), rounded products, the tree
+    (the scan's reverse step forms ∂L/∂B this way)."""
+    sig = p.dtype(p, q, c, r)
+
+    def codegen(context, builder, signature, args):
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+        p_, q_, r_ = (
+            context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 1, 3)
+        )
+        zero = ir.IntType(64)(0)
+        affine = vec.fma(vec.load(q_, zero), vec.splat(args[2]), vec.load(p_, zero))
+        return vec.sum(vec.product(affine, vec.load(r_, zero)))
+
+    return sig, codegen
+
+
 @njit(fastmath=FASTMATH)
 def _sums(a, c):
-    return lane_sum(a[0]), lane_dot(a[0], a[1]), lane_dot_affine(a[0], a[1], c, a[2])
+    return lane_sum(a[0]), lane_dot(a[0], a[1]), _affine_dot(a[0], a[1], c, a[2])
 
 
 @njit(fastmath=FASTMATH)
@@ -155,11 +177,7 @@ def test_softplus_and_its_slope_match_torch(dtype):
 def _sum4_kernel():
     """A numba function returning ``lane_vector_ops.sum4`` and ``sum`` of the four rows of a
     (4, LANES) array, built here from the IR helpers the kernels' intrinsics use."""
-    from llvmlite import ir
     from numba import types
-    from numba.extending import intrinsic
-
-    from longssm.ops._numba import lane_vector_ops
 
     @intrinsic
     def sums(typingctx, rows, out4, out1):

@@ -8,7 +8,7 @@ Shared layout of the kernels: one task per (batch row, block of ``LANES`` = 16 c
 block's state held as a small (d_state, LANES) array, states checkpointed every ``CHECKPOINT`` = 32
 steps for the backward. Provided here: those constants, ``PREFETCH``, the one fast-math flag set
 ``FASTMATH``, ``prefetch`` (a cache-line hint), ``fast_exp`` (a vectorisable exp),
-``lane_sum`` / ``lane_dot`` / ``lane_dot_affine`` (deterministic pairwise sums over the 16 lanes,
+``lane_sum`` / ``lane_dot`` (deterministic pairwise sums over the 16 lanes,
 as LLVM vector IR), ``wide_vectors`` (512-bit registers for the calling kernel) and ``stack_array``
 (small work rows on the kernel's stack). Tests: ``tests/ops/test_numba_primitives.py``.
 """
@@ -349,14 +349,25 @@ def _tree_sum(builder, vector):
     )
 
 
+def lane_arrays(arrays, ndims) -> bool:
+    """Whether an intrinsic's array arguments can be read as 16-lane rows by ``lane_vector_ops``:
+    numba arrays, C-contiguous, of one dtype (float32 or float64), with the given ranks."""
+    return (
+        all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+        and len({a.dtype for a in arrays}) == 1
+        and arrays[0].dtype in (types.float32, types.float64)
+        and [a.ndim for a in arrays] == list(ndims)
+    )
+
+
 class lane_vector_ops:  # noqa: N801 (used like a module of helpers inside one codegen)
     """LLVM IR helpers on ``LANES``-wide vectors of one float dtype, for kernels' intrinsics.
 
     ``load(data, offset)`` / ``store(value, data, offset)``: the LANES elements at ``data +
     offset`` (data a pointer to the scalar, offset an i64 element count); ``splat(x)``; ``fma(a,
-    b, c)`` = a b + c with one rounding (``llvm.fma``); ``dot(p, q)`` = Σ_j p_j q_j, the products
-    rounded, then ``_tree_sum`` (``lane_dot``'s value); ``product`` and ``sum4``: the same
-    sums for four rows at once; ``add_to(ptr, x)``: *ptr += x (a scalar); ``add4_to``: four.
+    b, c)`` = a b + c with one rounding (``llvm.fma``); ``product(p, q)``: p ⊙ q with each product
+    rounded on its own; ``sum(x)``: ``_tree_sum``; ``sum4``: four rows' sums at once (same bits);
+    ``add_to(ptr, x)``: *ptr += x (a scalar); ``add4_to``: four.
     """
 
     def __init__(self, context, builder, dtype):
@@ -389,9 +400,6 @@ class lane_vector_ops:  # noqa: N801 (used like a module of helpers inside one c
 
     def fma(self, a, b, c):
         return self.builder.call(self._fma, [a, b, c])
-
-    def dot(self, p, q):
-        return _tree_sum(self.builder, _rounded(self.builder, self.builder.fmul(p, q)))
 
     def sum(self, x):
         """Σ of a 16-lane vector by ``_tree_sum``."""
@@ -470,43 +478,10 @@ def lane_dot(typingctx, p, q):
     sig = p.dtype(p, q)
 
     def codegen(context, builder, signature, args):
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
         pv = _load_row(context, builder, signature.args[0], args[0])
         qv = _load_row(context, builder, signature.args[1], args[1])
-        return _tree_sum(builder, _rounded(builder, builder.fmul(pv, qv)))
-
-    return sig, codegen
-
-
-@intrinsic
-def lane_dot_affine(typingctx, p, q, c, r):
-    """Σ_j (p[j] + q[j] c) r[j] over the 16 lanes: p + q c as one fused multiply-add (as the
-    kernels' ``contract`` flag compiles it), the products rounded, then ``_tree_sum``."""
-    if not (
-        _is_lane_row(p)
-        and _is_lane_row(q)
-        and _is_lane_row(r)
-        and p.dtype == q.dtype == r.dtype == c
-    ):
-        return None
-    sig = p.dtype(p, q, c, r)
-
-    def codegen(context, builder, signature, args):
-        pv = _load_row(context, builder, signature.args[0], args[0])
-        qv = _load_row(context, builder, signature.args[1], args[1])
-        rv = _load_row(context, builder, signature.args[3], args[3])
-        splat = ir.Constant(qv.type, ir.Undefined)
-        i32 = ir.IntType(32)
-        splat = builder.insert_element(splat, args[2], i32(0))
-        splat = builder.shuffle_vector(
-            splat, splat, ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
-        )
-        scalar = qv.type.element.intrinsic_name
-        name = f"llvm.fma.v{LANES}{scalar}"
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(qv.type, [qv.type] * 3), name
-        )
-        affine = builder.call(fma, [qv, splat, pv])
-        return _tree_sum(builder, _rounded(builder, builder.fmul(affine, rv)))
+        return vec.sum(vec.product(pv, qv))
 
     return sig, codegen
 
@@ -551,7 +526,7 @@ __all__ = [
     "PREFETCH",
     "fast_exp",
     "lane_dot",
-    "lane_dot_affine",
+    "lane_arrays",
     "lane_sum",
     "prefetch",
     "stack_array",

@@ -46,6 +46,7 @@ from longssm.ops._numba import (
     PREFETCH,
     cache_depends_on_primitives,
     fast_exp,
+    lane_arrays,
     lane_vector_ops,
     prefetch,
     stack_array,
@@ -152,11 +153,7 @@ def _state_readout(typingctx, hs, crow, out):
     in order (0 + C_0 h_0 first), where numba's loop stored and reloaded it per n, a chain of
     store-to-load latencies that cost about 1 ms of the backward at (64, 32, 256, 16)."""
     arrays = (hs, crow, out)
-    if not all(isinstance(a, types.Array) and a.layout == "C" for a in arrays):
-        return None
-    if len({a.dtype for a in arrays}) != 1 or hs.dtype not in (types.float32, types.float64):
-        return None
-    if [a.ndim for a in arrays] != [2, 1, 1]:
+    if not lane_arrays(arrays, (2, 1, 1)):
         return None
     sig = types.void(*arrays)
 
@@ -189,7 +186,7 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
     added to. For n = 0 .. N-1, on 16-lane vectors (the formulas of the loop it replaces):
         ∂L/∂C_t,n += Σ_j gy h_t,n               (products rounded, ``lane_dot``'s tree)
         lam = λ_n + gy C_t,n                    (fused multiply-add)
-        ∂L/∂B_t,n += Σ_j lam u                  (as ``lane_dot_affine``)
+        ∂L/∂B_t,n += Σ_j lam u                  (products rounded, the same tree)
         Σ_n lam B_t,n -> v[_GU]; da = lam h_{t-1,n} e; Σ_n da A_n -> v[_GDA]
         st[n, _DA] += da Δ; λ_n = e lam
     Written as IR because the numba loop kept the two sums over n in memory (a store and a reload
@@ -197,11 +194,7 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
     sums are SSA values in registers and every row is one vector load or store.
     """
     arrays = (st, hs, hs1, es, v, brow, crow, dbrow, dcrow)
-    if not all(isinstance(a, types.Array) and a.layout == "C" for a in arrays):
-        return None
-    if len({a.dtype for a in arrays}) != 1 or st.dtype not in (types.float32, types.float64):
-        return None
-    if [a.ndim for a in arrays] != [3, 2, 2, 2, 2, 1, 1, 1, 1]:
+    if not lane_arrays(arrays, (3, 2, 2, 2, 2, 1, 1, 1, 1)):
         return None
     sig = types.void(*arrays)
 
