@@ -104,3 +104,32 @@ def test_ssm_parameters_are_tagged(name):
     assert all(not wants_weight_decay(p) for p in model.parameters() if is_ssm_param(p))
     assert wants_weight_decay(model.embedding.weight)
     assert not wants_weight_decay(model.norm_f.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("fields", [dict(mlp_ratio=0), dict(mlp_ratio=2)], ids=["plain", "mlp"])
+def test_residual_adds_inside_the_norms_keep_every_bit(fields, dtype):
+    """The LM hands each block's output to the next norm (``Block.forward_pending`` and the fused
+    ``add_rms_norm``); with a forward hook on every block, each block runs as a module with its
+    own adds. Logits and every parameter gradient equal bit for bit, and the hooks fire."""
+    cfg = ModelConfig(mixer="mamba", d_model=24, n_layers=3, vocab_size=30, d_state=4, **fields)
+    torch.manual_seed(0)
+    model = SSMLanguageModel(cfg).to(dtype)
+    tokens = torch.randint(0, 30, (2, 19))
+
+    def run():
+        model.zero_grad()
+        logits, _ = model(tokens)
+        logits.square().mean().backward()
+        return [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    fused = run()
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, a, o: seen.append(o[0].shape)) for b in model.blocks]
+    try:
+        per_block = run()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == 3
+    assert all(torch.equal(a, b) for a, b in zip(fused, per_block))

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 # Attribute names set on parameters; the trainer builds optimiser groups from them.
 NO_WEIGHT_DECAY = "_no_weight_decay"
@@ -119,3 +120,14 @@ def announce_scan_path(kind: str, path: str, scan: str) -> None:
     if (kind, path) not in _ANNOUNCED:
         _ANNOUNCED.add((kind, path))
         _logger.info("%s scan: %s path (scan=%r)", kind, path, scan)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run forward hooks (its own or global ones; torch's
+    private hook dictionaries)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or getattr(_module, "_global_forward_hooks", None)
+        or getattr(_module, "_global_forward_pre_hooks", None)
+    )

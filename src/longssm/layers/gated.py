@@ -24,13 +24,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module
 from torch.nn.utils import parametrize
 
 from longssm.layers.base import (
     check_input,
     check_state,
     empty_sequence,
+    has_hooks,
     tag_no_weight_decay,
     tag_ssm_param,
 )
@@ -225,16 +225,6 @@ def is_plain_linear(module: nn.Module) -> bool:
     parametrisation (pruning's masks), no forward hooks, its own or global."""
     return (
         type(module) is nn.Linear
-        and not _has_hooks(module)
+        and not has_hooks(module)
         and not parametrize.is_parametrized(module)
-    )
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run forward hooks (its own or global ones)."""
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or getattr(_module, "_global_forward_hooks", None)
-        or getattr(_module, "_global_forward_pre_hooks", None)
     )

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longssm.layers.base import has_hooks
 from longssm.models.config import ModelConfig
 from longssm.models.mixers import build_mixer
-from longssm.models.norms import make_norm
+from longssm.models.norms import add_and_norm, make_norm
 from longssm.models.state import ModelState
 
 
@@ -47,11 +48,20 @@ class Block(nn.Module):
             self.mlp = None
 
     def forward(self, x, state=None):
-        y, state = self.mixer(self.norm(x), state)  # (B, T, D)
-        x = x + y
+        x, y, state = self.forward_pending(x, None, state)
+        return x + y, state
+
+    def forward_pending(self, x, pending, state=None):
+        """The block with its last residual add left to the caller: returns (x, y, state), the
+        block's output being x + y. ``pending`` (the previous block's y, or None) is added to x
+        first, inside the norm where it can be (``add_and_norm``): the language model hands each
+        block's y to the next block's norm, and the last one's to ``norm_f``. x, y (B, T, D)."""
+        x, h = add_and_norm(self.norm, x, pending)
+        y, state = self.mixer(h, state)  # (B, T, D)
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
-        return x, state
+            x, h = add_and_norm(self.mlp_norm, x, y)
+            y = self.mlp(h)
+        return x, y, state
 
     def step(self, x_t, state):
         y_t, state = self.mixer.step(self.norm(x_t), state)  # (B, D)
@@ -126,10 +136,16 @@ class SSMLanguageModel(nn.Module):
             self._check_state(state)
         x = self.embedding(tokens.long())  # (B, T, D)
         new_state = []
+        pending = None  # the last block's output is x + pending (see Block.forward_pending)
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, None if state is None else state[i])
+            layer_state = None if state is None else state[i]
+            if has_hooks(block):  # hooks see the block's own input and output
+                x = x if pending is None else x + pending
+                (x, layer_state), pending = block(x, layer_state), None
+            else:
+                x, pending, layer_state = block.forward_pending(x, pending, layer_state)
             new_state.append(layer_state)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        logits = self.lm_head(add_and_norm(self.norm_f, x, pending)[1])  # (B, T, V)
         return logits, tuple(new_state)
 
     def step(self, token: torch.Tensor, state: ModelState):

@@ -3,7 +3,9 @@
 Forms, one signature ``(x, weight, eps)``: ``rms_norm_naive`` (plain torch: the reference, and the
 form on GPUs and in half precision) and ``rms_norm_fused`` (numba kernels, CPU, float32 / float64).
 ``rms_norm(..., path=...)`` is the one place that picks a form: ``path="auto"`` takes the fused
-form where it runs (``norm_path``). Timings in README.md.
+form where it runs (``norm_path``). ``add_rms_norm`` (forms ``add_rms_norm_naive`` /
+``add_rms_norm_fused``) also does the residual add before the norm: s = x + residual, RMSNorm(s).
+Timings in README.md.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import check_path, path_unavailable
-from longssm.ops.rms_norm.fused_cpu import rms_norm_fused, why_not_fused
-from longssm.ops.rms_norm.naive import rms_norm_naive
+from longssm.ops.rms_norm.fused_cpu import add_rms_norm_fused, rms_norm_fused, why_not_fused
+from longssm.ops.rms_norm.naive import add_rms_norm_naive, rms_norm_naive
 
 PATHS = ("auto", "fused", "naive")
 """The values of ``rms_norm(path=...)``."""
@@ -48,4 +50,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, path: str = "aut
     return rms_norm_naive(x, weight, eps)
 
 
-__all__ = ["PATHS", "norm_path", "resolve_path", "rms_norm", "rms_norm_fused", "rms_norm_naive"]
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, path: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm block's residual add and the next norm: s = x + residual, y = RMSNorm(s).
+    Args: x, residual (..., D) of one shape and dtype; weight (D,); eps. Returns (s, y). The
+    fused form (``path`` as in ``rms_norm``; "auto" also needs residual in weight's dtype) adds
+    inside the norm's kernels, both ways; its results have the bits of the naive composition's."""
+    fused = resolve_path(path, x, weight) == "fused" and residual.dtype == x.dtype
+    if fused:
+        return add_rms_norm_fused(x, residual, weight, eps)
+    return add_rms_norm_naive(x, residual, weight, eps)
+
+
+__all__ = [
+    "PATHS", "add_rms_norm", "add_rms_norm_fused", "add_rms_norm_naive", "norm_path",
+    "resolve_path", "rms_norm", "rms_norm_fused", "rms_norm_naive",
+]  # fmt: skip

@@ -5,6 +5,7 @@ Glossary (symbol -> code name, shape; one task = a block of ``ROWS`` rows):
     w (weight)                         w              (D,)
     r = 1 / sqrt(mean(x²) + eps)       rstd           (rows,)
     y = w ⊙ x r                        y              (rows, D)
+    s = x + res (the fused residual add) s, res         (rows, D)
     ∂L/∂w per task                     dw_part        (n_tasks, D)
 
 Sums over a row run in ``LANES`` = 16 interleaved partial sums (lane j takes columns j, j+16, ...),
@@ -45,13 +46,18 @@ def _row_sum_of_products(p, q, acc):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward_task(x, w, eps, y, rstd, save, r0, r1):
+def _forward_task(x, res, w, eps, y, s, rstd, save, r0, r1):
     wide_vectors()
     D = x.shape[1]
     one = x.dtype.type(1)
     acc = stack_array(1, LANES, x.dtype)[0]
+    adding = res.shape[0] > 0
     for i in range(r0, r1):
         row, out = x[i], y[i]
+        if adding:  # normalise s = x + res, written out for the caller's residual stream
+            row = s[i]
+            for c in range(D):
+                row[c] = x[i, c] + res[i, c]
         r = one / np.sqrt(_row_sum_of_products(row, row, acc) / D + eps)
         if save:
             rstd[i] = r
@@ -60,19 +66,21 @@ def _forward_task(x, w, eps, y, rstd, save, r0, r1):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def rms_norm_forward(x, w, eps, y, rstd, save):
-    """Fill y (rows, D) and, with ``save``, rstd (rows,); parallel over blocks of ROWS rows."""
+def rms_norm_forward(x, res, w, eps, y, s, rstd, save):
+    """Fill y (rows, D) and, with ``save``, rstd (rows,); parallel over blocks of ROWS rows.
+    With res (rows, D) (not a (0, 0) array), the rows normalised are s = x + res, written to s."""
     n_tasks = (x.shape[0] + ROWS - 1) // ROWS
     for task in prange(n_tasks):
         r0 = task * ROWS
-        _forward_task(x, w, eps, y, rstd, save, r0, min(r0 + ROWS, x.shape[0]))
+        _forward_task(x, res, w, eps, y, s, rstd, save, r0, min(r0 + ROWS, x.shape[0]))
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _backward_task(x, w, rstd, gy, dx, dw, r0, r1):
+def _backward_task(x, w, rstd, gy, gs, dx, dw, r0, r1):
     """dx rows r0 .. r1-1 and this task's partial sum dw (D,) of ∂L/∂w = Σ_rows g ⊙ x̂.
 
-    With x̂ = x r and gw = g ⊙ w: ∂L/∂x = r (gw − x̂ Σ_c gw_c x̂_c / D).
+    With x̂ = x r and gw = g ⊙ w: ∂L/∂x = r (gw − x̂ Σ_c gw_c x̂_c / D), plus gs (rows, D) when
+    it is not a (0, 0) array (the gradient reaching x by another path: the residual stream).
     """
     wide_vectors()
     D = x.shape[1]
@@ -91,16 +99,19 @@ def _backward_task(x, w, rstd, gy, dx, dw, r0, r1):
         k = _row_sum_of_products(gw, xh, acc) / D
         for c in range(D):
             out[c] = r * (gw[c] - xh[c] * k)
+        if gs.shape[0] > 0:
+            for c in range(D):
+                out[c] = gs[i, c] + out[c]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def rms_norm_backward(x, w, rstd, gy, dx, dw_part):
+def rms_norm_backward(x, w, rstd, gy, gs, dx, dw_part):
     """Given gy = ∂L/∂y (rows, D), write dx (rows, D) and the per-task partial sums dw_part
-    (n_tasks, D), reduced by the caller."""
+    (n_tasks, D), reduced by the caller; gs (rows, D), or a (0, 0) array, is added to dx."""
     n_tasks = (x.shape[0] + ROWS - 1) // ROWS
     for task in prange(n_tasks):
         r0 = task * ROWS
-        _backward_task(x, w, rstd, gy, dx, dw_part[task], r0, min(r0 + ROWS, x.shape[0]))
+        _backward_task(x, w, rstd, gy, gs, dx, dw_part[task], r0, min(r0 + ROWS, x.shape[0]))
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

@@ -1,4 +1,5 @@
-"""Fused CPU RMSNorm: numba kernels with a hand-written backward.
+"""Fused CPU RMSNorm: numba kernels with a hand-written backward; also
+the residual add before it (``add_rms_norm_fused``: s = x + res, then RMSNorm(s)).
 
 Same results as ``rms_norm_naive`` up to rounding (see there for the formula). The forward writes
 y and keeps r = 1 / sqrt(mean(x²) + eps) per row; the backward writes ∂L/∂x in one pass over
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
-from longssm.ops.rms_norm.naive import check_rms_norm_inputs
+from longssm.ops.rms_norm.naive import check_add_inputs, check_rms_norm_inputs
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -27,33 +28,66 @@ def _kernels():
     return _fused_kernels
 
 
+def _forward(ctx, x, res, w, eps):
+    """Run the forward kernel: y (rows, D), and s = x + res (rows, D) when res is given (else
+    None); saves what the backward needs when a gradient is wanted."""
+    save = any(ctx.needs_input_grad)
+    y = torch.empty_like(x)  # (rows, D)
+    s = None if res is None else torch.empty_like(x)  # (rows, D)
+    rstd = x.new_empty(x.shape[0] if save else 0)  # (rows,)
+    none = x.new_empty(0, 0)
+    with torch_threads_kept():
+        _kernels().rms_norm_forward(
+            numpy_view(x), numpy_view(none if res is None else res), numpy_view(w), eps,
+            numpy_view(y), numpy_view(none if s is None else s), numpy_view(rstd), save,
+        )  # fmt: skip
+    if save:
+        ctx.save_for_backward(x if s is None else s, w, rstd)
+    return y, s
+
+
+def _backward(ctx, gy, gs):
+    """∂L/∂(normalised rows) (rows, D) and ∂L/∂w (D,); gs (rows, D) or None is added to the first
+    (in the kernel: the residual stream's gradient, which autograd would add in a pass of its own)."""
+    kern = _kernels()
+    x, w, rstd = ctx.saved_tensors
+    gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
+    gs = x.new_empty(0, 0) if gs is None else gs.to(x.dtype).contiguous()
+    dx = torch.empty_like(x)  # (rows, D)
+    dw_part = x.new_empty(-(-x.shape[0] // kern.ROWS), x.shape[1])  # (tasks, D)
+    with torch_threads_kept():
+        kern.rms_norm_backward(*(numpy_view(t) for t in (x, w, rstd, gy, gs, dx, dw_part)))
+    dw = dw_part.sum(0, dtype=torch.float64).to(x.dtype)  # (D,)
+    return dx, dw
+
+
 class _FusedRMSNorm(torch.autograd.Function):
     """Autograd wrapper; x (rows, D) and w (D,) contiguous, of one dtype (float32 or float64)."""
 
     @staticmethod
     def forward(ctx, x, w, eps):
-        save = any(ctx.needs_input_grad)
-        y = torch.empty_like(x)  # (rows, D)
-        rstd = x.new_empty(x.shape[0] if save else 0)  # (rows,)
-        with torch_threads_kept():
-            _kernels().rms_norm_forward(
-                numpy_view(x), numpy_view(w), eps, numpy_view(y), numpy_view(rstd), save
-            )
-        if save:
-            ctx.save_for_backward(x, w, rstd)
-        return y
+        return _forward(ctx, x, None, w, eps)[0]
 
     @staticmethod
     def backward(ctx, gy):
-        kern = _kernels()
-        x, w, rstd = ctx.saved_tensors
-        gy = gy.to(x.dtype).contiguous()
-        dx = torch.empty_like(x)  # (rows, D)
-        dw_part = x.new_empty(-(-x.shape[0] // kern.ROWS), x.shape[1])  # (tasks, D)
-        with torch_threads_kept():
-            kern.rms_norm_backward(*(numpy_view(t) for t in (x, w, rstd, gy, dx, dw_part)))
-        dw = dw_part.sum(0, dtype=torch.float64).to(x.dtype)  # (D,)
-        return dx, dw, None
+        return (*_backward(ctx, gy, None), None)
+
+
+class _FusedAddRMSNorm(torch.autograd.Function):
+    """Autograd wrapper of s = x + res, y = RMSNorm(s); x, res (rows, D) and w (D,) contiguous,
+    of one dtype. The backward gets ∂L/∂s from the residual stream and ∂L/∂y, and returns their
+    total ∂L/∂s (one tensor, for both x and res) from one kernel pass."""
+
+    @staticmethod
+    def forward(ctx, x, res, w, eps):
+        ctx.set_materialize_grads(False)
+        y, s = _forward(ctx, x, res, w, eps)
+        return s, y
+
+    @staticmethod
+    def backward(ctx, gs, gy):
+        ds, dw = _backward(ctx, gy, gs)
+        return ds, ds, dw, None
 
 
 def why_not_fused(x: torch.Tensor, weight: torch.Tensor) -> str | None:
@@ -89,3 +123,33 @@ def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
         return x * weight
     y = _FusedRMSNorm.apply(x.reshape(-1, shape[-1]).contiguous(), weight.contiguous(), float(eps))
     return y.reshape(shape)
+
+
+def add_rms_norm_fused(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """s = x + residual and RMSNorm(s) in one pass each way (fused numba kernels). Args: x,
+    residual (..., D) of one shape; weight (D,); all one dtype (float32 or float64), on the CPU.
+    Returns (s, y), both (..., D); the same bits as ``x + residual`` then ``rms_norm_fused``,
+    gradients included.
+
+    Raises:
+        ValueError: as ``rms_norm_fused``, or when residual's shape or dtype differs from x's.
+        ImportError: when numba is not installed.
+    """
+    check_add_inputs(x, residual)
+    check_rms_norm_inputs(x, weight, eps)
+    if not numba_available():
+        raise ImportError("add_rms_norm_fused needs numba (pip install numba)")
+    reason = why_not_fused(x, weight)
+    if reason:
+        raise ValueError(f"add_rms_norm_fused cannot run: {reason}; use add_rms_norm_naive")
+    shape = x.shape
+    if x.numel() == 0:
+        s = x + residual
+        return s, s * weight
+    s, y = _FusedAddRMSNorm.apply(
+        x.reshape(-1, shape[-1]).contiguous(), residual.reshape(-1, shape[-1]).contiguous(),
+        weight.contiguous(), float(eps),
+    )  # fmt: skip
+    return s.reshape(shape), y.reshape(shape)

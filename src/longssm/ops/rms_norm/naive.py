@@ -28,3 +28,23 @@ def rms_norm_naive(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     h = x.to(compute)  # (..., D)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
+
+
+def check_add_inputs(x: torch.Tensor, residual: torch.Tensor) -> None:
+    """Raise a ValueError unless residual has x's shape and dtype (the residual add's inputs)."""
+    if not isinstance(residual, torch.Tensor) or residual.shape != x.shape:
+        got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual)
+        raise ValueError(f"add_rms_norm: residual must have x's shape {tuple(x.shape)}, got {got}")
+    if residual.dtype != x.dtype:
+        raise ValueError(
+            f"add_rms_norm: residual must have x's dtype {x.dtype}, got {residual.dtype}"
+        )
+
+
+def add_rms_norm_naive(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add then RMSNorm: s = x + residual (..., D), returns (s, rms_norm_naive(s))."""
+    check_add_inputs(x, residual)
+    s = x + residual
+    return s, rms_norm_naive(s, weight, eps)
