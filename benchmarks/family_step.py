@@ -53,14 +53,16 @@ def build(mixer: str):
 
 def make_step(model, batch: int, T: int):
     """A closure running forward + backward + AdamW on fixed random tokens (batch, T + 1)."""
+    from longssm.ops.cross_entropy import cross_entropy
     from longssm.train.optim import adamw
 
-    opt = adamw(model.parameters(), lr=1e-3)  # as `longssm train` (fused where torch has it)
+    # the AdamW and the loss of `longssm train` (fused where they can be)
+    opt = adamw(model.parameters(), lr=1e-3)
     tokens = torch.randint(0, VOCAB, (batch, T + 1), generator=torch.Generator().manual_seed(0))
 
     def step():
         logits, _ = model(tokens[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+        loss = cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -276,13 +276,13 @@ def build_model(impl: str, cfg: dict):
 
 def child_train(spec: dict) -> dict:
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(0)
     model = build_model(spec["impl"], spec["model"]).train()
+    from longssm.ops.cross_entropy import cross_entropy
     from longssm.train.optim import adamw
 
-    # every implementation gets the AdamW of `longssm train` (fused where torch has it)
+    # every implementation gets the AdamW and the loss of `longssm train` (fused where they can be)
     opt = adamw(model.parameters(), lr=1e-3)
     batch, T = spec["batch"], spec["T"]
     tokens = torch.randint(0, 257, (batch, T + 1), generator=torch.Generator().manual_seed(0))
@@ -296,7 +296,7 @@ def child_train(spec: dict) -> dict:
     def step():
         for _ in range(spec["steps"]):
             logits = logits_of(tokens[:, :-1])  # (B, T, V)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -123,18 +123,18 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_non_finite_state_names_step_and_layer(tmp_path, monkeypatch):
-    original = lm_module.Block.forward
+    original = lm_module.Block.forward_pending  # what the LM calls for each block
     calls = {"n": 0}
 
-    def poisoned(self, x, state=None):
-        y, new_state = original(self, x, state)
+    def poisoned(self, x, pending, state=None):
+        x, y, new_state = original(self, x, pending, state)
         if self is self._owner_blocks[1]:
             calls["n"] += 1
             if calls["n"] == 5:
                 new_state = type(new_state)(*(t * float("nan") for t in new_state))
-        return y, new_state
+        return x, y, new_state
 
-    monkeypatch.setattr(lm_module.Block, "forward", poisoned)
+    monkeypatch.setattr(lm_module.Block, "forward_pending", poisoned)
     monkeypatch.setattr(lm_module.Block, "_owner_blocks", None, raising=False)
     cfg = tiny_run(tmp_path, steps=6, eval_every=0)
     original_init = lm_module.SSMLanguageModel.__init__

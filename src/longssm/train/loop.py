@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from longssm.config import RunConfig
 from longssm.data import ContiguousStreams
 from longssm.models.state import detach_state, state_norms
+from longssm.ops.cross_entropy import cross_entropy
 from longssm.train.metrics import MetricsLog, diagnostics, unigram_entropy
 from longssm.train.optim import lr_at, set_lr
 from longssm.train.run import build_run, save_checkpoint
@@ -279,7 +279,7 @@ def accumulate_gradients(
                 init = policy.initial_state(carried, resets.cpu(), batch.inputs.shape[0])
                 with autocast():
                     logits, final = model(batch.inputs.to(device), init)  # (B, T, V)
-                    loss = F.cross_entropy(
+                    loss = cross_entropy(
                         _upcast(logits).flatten(0, 1), batch.targets.to(device).flatten()
                     )
                 bad = first_non_finite_layer(final)
@@ -314,9 +314,9 @@ def validate(model, tokens, seq_len: int, batch_size: int, n_batches: int, autoc
         inputs, targets = batch.inputs.to(device), batch.targets.to(device).flatten()
         with autocast():
             logits, _ = model(inputs)
-            totals["reset"] += F.cross_entropy(_upcast(logits).flatten(0, 1), targets).item()
+            totals["reset"] += cross_entropy(_upcast(logits).flatten(0, 1), targets).item()
             logits, carried = model(inputs, carried)
-            totals["stream"] += F.cross_entropy(_upcast(logits).flatten(0, 1), targets).item()
+            totals["stream"] += cross_entropy(_upcast(logits).flatten(0, 1), targets).item()
     model.train(was_training)
     return totals["reset"] / max(n, 1), totals["stream"] / max(n, 1)
 
