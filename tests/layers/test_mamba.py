@@ -241,3 +241,44 @@ def test_step_sizes_equal_softplus_of_dt_proj_and_respect_hooks():
     hooked, seen = call_with_shape_hook(layer.dt_proj, layer._step_sizes, u)
     assert seen == [(3, 7, layer.d_inner)]
     assert torch.equal(hooked, want)
+
+
+@pytest.mark.skipif(scan_path(torch.zeros(1)) != "fused", reason="the inner node needs numba")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "zero-state"])
+def test_inner_node_keeps_the_bits_of_the_separate_calls(dtype, with_state):
+    """``layers.mamba_inner`` (x_proj, step sizes and gated scan as one autograd node) == the
+    layer's separate calls, which run when x_proj has a forward hook: output, final state and
+    the gradients of the input, the initial state and every parameter, bit for bit (T = 45
+    crosses a checkpoint)."""
+    from longssm.layers import mamba_inner
+
+    torch.manual_seed(0)
+    layer = make_layer(scan="fused").to(dtype)
+    x = torch.randn(3, 45, D_MODEL, dtype=dtype, requires_grad=True)
+    state = random_state(layer, 3) if with_state else None
+    if state is not None:
+        state = MambaState(*(t.to(dtype).requires_grad_() for t in state))
+    inputs = [x] + ([] if state is None else list(state)) + list(layer.parameters())
+    assert mamba_inner.fusable(layer, x.new_zeros(3, 45, layer.d_inner), None, x)
+
+    def run():
+        y, final = layer(x, state)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        grads = torch.autograd.grad((y * g).sum() + final.ssm.square().sum(), inputs)
+        return [y, final.ssm, *grads]
+
+    fused, (separate, seen) = run(), call_with_shape_hook(layer.x_proj, run)
+    assert seen, "the hooked x_proj was not called: the separate path did not run"
+    assert all(torch.equal(a, b) for a, b in zip(fused, separate))
+
+
+def test_inner_node_is_not_used_where_it_does_not_apply():
+    from longssm.layers.mamba_inner import fusable
+
+    layer = make_layer(scan="fused")
+    xs = torch.zeros(2, 5, layer.d_inner, dtype=torch.float64)
+    assert not fusable(layer, xs, None, None)  # no gate
+    assert not fusable(layer, xs.float(), None, xs.float())  # dtypes differ from the weights
+    layer.dt_proj.register_forward_hook(lambda *a: None)
+    assert not fusable(layer, xs, None, xs)  # a hooked dt_proj must be called as a module

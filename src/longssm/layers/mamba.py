@@ -39,6 +39,7 @@ from torch import nn
 
 from longssm.layers.base import add_offset, announce_scan_path, tag_ssm_param
 from longssm.layers.gated import GatedBlock, is_plain_linear
+from longssm.layers.mamba_inner import fusable, mamba_inner
 from longssm.layers.smr import SMRGate, check_smr
 from longssm.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,
@@ -187,11 +188,13 @@ class Mamba(GatedBlock):
         """The selective scan over xs (B, T, Di) from h0 (B, Di, N) or zeros -> y, h_T; y gets
         offset(C) (B, T, Di) added when ``offset`` is given (``layers.base.add_offset``), then is
         multiplied by silu(gate) when ``gate`` (B, T, Di) is given (inside the fused kernels)."""
-        dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         A = self.eigenvalues()  # (Di, N)
         neg = self.negative_eigenvalues
         path = resolve_path(self.scan, xs, h0, negative_eigenvalues=neg)
         announce_scan_path(self.NAME, path, self.scan)
+        if path == "fused" and offset is None and not neg and fusable(self, xs, h0, gate):
+            return mamba_inner(self, xs, gate, A, h0)  # the same steps as one autograd node
+        dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         y, h = selective_scan(
             xs, dt, A, B, C, self.D, h0, True, self.chunk_size, path, neg, gate
         )  # (B, T, Di) gated when a gate is given, (B, Di, N)

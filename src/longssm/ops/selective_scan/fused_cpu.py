@@ -41,6 +41,63 @@ def _kernels():
     return _fused_kernels
 
 
+def run_forward(x, dt, AT, B, C, D, h0, z, save: bool):
+    """The forward kernel on prepared tensors (all contiguous, one dtype, A transposed; h0 a
+    (0, 0, 0) array for h_0 = 0; z the gate or None): returns y (B, T, Di), h_T (B, Di, N) and
+    the checkpoints (B, ceil(T / K), N, Di), empty along axis 1 unless ``save``.
+    Shapes: x, dt, z (B, T, Di); AT (N, Di); B, C (B, T, N); D (Di,); h0 (B, Di, N)."""
+    kern = _kernels()
+    batch, T, d_inner = x.shape
+    d_state = AT.shape[0]
+    gated = z is not None
+    n_ckpt = -(-T // kern.CHECKPOINT) if save else 0
+    y = torch.empty_like(x)  # (B, T, Di)
+    hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
+    ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
+    tensors = (x, dt, AT, B, C, D, h0, z if gated else _unused(x), y, hT, ckpt)
+    with torch_threads_kept():
+        kern.scan_forward(*(numpy_view(t) for t in tensors), save, gated)
+    return y, hT, ckpt
+
+
+def run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, want_dh0: bool):
+    """The backward kernel given the forward's tensors (as ``run_forward`` took them, z None when
+    ungated), its checkpoints, ∂L/∂y and ∂L/∂h_T (None: not reaching the loss). Returns ∂L/∂x,
+    ∂L/∂Δ (B, T, Di), ∂L/∂Aᵀ (N, Di), ∂L/∂B, ∂L/∂C (B, T, N), ∂L/∂D (Di,), ∂L/∂h_0 (B, Di, N)
+    or None (not ``want_dh0``), ∂L/∂z (B, T, Di) or None (ungated)."""
+    kern = _kernels()
+    gated = z is not None
+    z = z if gated else _unused(x)
+    batch, T, d_inner = x.shape
+    d_state = AT.shape[0]
+    n_groups = backward_groups(batch, -(-d_inner // kern.LANES))
+    # ∂L/∂h_T = 0 when h_T does not reach the loss (the usual case): the kernels take a
+    # (0, 0, 0) array for it rather than a zero-filled (B, Di, N) one (a fill of 1 MB per
+    # layer at the benchmark size), and for dh0 when h_0 = 0 was not an input.
+    gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
+    gh = _unused(x) if gh is None else gh.to(x.dtype).contiguous()
+    dx = torch.empty_like(x)  # (B, T, Di)
+    ddt = torch.empty_like(x)  # (B, T, Di)
+    dz = torch.empty_like(x) if gated else _unused(x)  # (B, T, Di)
+    dB_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
+    dC_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
+    dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
+    dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
+    dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype) if want_dh0 else _unused(x)
+    parts = tuple(numpy_view(t) for t in (dB_part, dC_part, dA_part, dD_part))
+    with torch_threads_kept():
+        kern.scan_backward(
+            *(numpy_view(t) for t in (x, dt, AT, B, C, D, ckpt, z, gy, gh, dx, ddt, dz)),
+            parts,
+            numpy_view(dh0),
+            gated,
+        )
+    dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
+    dD = dD_part.sum(0).to(x.dtype)  # (Di,)
+    dB, dC = sum_groups(dB_part, dC_part)  # (B, T, N) each
+    return dx, ddt, dAT, dB, dC, dD, (dh0 if want_dh0 else None), (dz if gated else None)
+
+
 class _FusedScan(torch.autograd.Function):
     """Autograd wrapper; all inputs contiguous, in one dtype (float32 or float64), A transposed;
     z (the gate) or None."""
@@ -52,58 +109,18 @@ class _FusedScan(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         # x, dt, z: (B, T, Di); AT: (N, Di); B, C: (B, T, N); D: (Di,); h0: (B, Di, N), or a
         # (0, 0, 0) array for h_0 = 0
-        kern = _kernels()
-        batch, T, d_inner = x.shape
-        d_state = AT.shape[0]
         save = any(ctx.needs_input_grad)
-        gated = z is not None
-        n_ckpt = -(-T // kern.CHECKPOINT) if save else 0
-        y = torch.empty_like(x)  # (B, T, Di)
-        hT = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
-        ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
-        tensors = (x, dt, AT, B, C, D, h0, z if gated else _unused(x), y, hT, ckpt)
-        with torch_threads_kept():
-            kern.scan_forward(*(numpy_view(t) for t in tensors), save, gated)
+        y, hT, ckpt = run_forward(x, dt, AT, B, C, D, h0, z, save)
         if save:
-            ctx.gated = gated
-            ctx.save_for_backward(x, dt, AT, B, C, D, ckpt, *((z,) if gated else ()))
+            ctx.gated = z is not None
+            ctx.save_for_backward(x, dt, AT, B, C, D, ckpt, *((z,) if ctx.gated else ()))
         return y, hT
 
     @staticmethod
     def backward(ctx, gy, gh):
-        kern = _kernels()
         x, dt, AT, B, C, D, ckpt, *gate = ctx.saved_tensors
-        z = gate[0] if ctx.gated else _unused(x)
-        batch, T, d_inner = x.shape
-        d_state = AT.shape[0]
-        n_groups = backward_groups(batch, -(-d_inner // kern.LANES))
-        # ∂L/∂h_T = 0 when h_T does not reach the loss (the usual case): the kernels take a
-        # (0, 0, 0) array for it rather than a zero-filled (B, Di, N) one (a fill of 1 MB per
-        # layer at the benchmark size), and for dh0 when h_0 = 0 was not an input.
-        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
-        gh = _unused(x) if gh is None else gh.to(x.dtype).contiguous()
-        want_dh0 = ctx.needs_input_grad[6]
-        dx = torch.empty_like(x)  # (B, T, Di)
-        ddt = torch.empty_like(x)  # (B, T, Di)
-        dz = torch.empty_like(x) if ctx.gated else _unused(x)  # (B, T, Di)
-        dB_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
-        dC_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
-        dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
-        dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
-        dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype) if want_dh0 else _unused(x)
-        parts = tuple(numpy_view(t) for t in (dB_part, dC_part, dA_part, dD_part))
-        with torch_threads_kept():
-            kern.scan_backward(
-                *(numpy_view(t) for t in (x, dt, AT, B, C, D, ckpt, z, gy, gh, dx, ddt, dz)),
-                parts,
-                numpy_view(dh0),
-                ctx.gated,
-            )
-        dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
-        dD = dD_part.sum(0).to(x.dtype)  # (Di,)
-        dz = dz if ctx.gated else None
-        dB, dC = sum_groups(dB_part, dC_part)  # (B, T, N) each
-        return dx, ddt, dAT, dB, dC, dD, (dh0 if want_dh0 else None), dz
+        z = gate[0] if ctx.gated else None
+        return run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, ctx.needs_input_grad[6])
 
 
 def _unused(x: torch.Tensor) -> torch.Tensor:

@@ -29,34 +29,46 @@ def _kernels():
     return _fused_kernels
 
 
+def run_forward(low, WT, bias):
+    """The forward kernel: Δ (rows, D) from low (rows, R), WT (R, D), bias (D,), contiguous, of
+    one dtype."""
+    out = low.new_empty(low.shape[0], WT.shape[1])  # (rows, D)
+    with torch_threads_kept():
+        _kernels().step_size_forward(*(numpy_view(t) for t in (low, WT, bias, out)))
+    return out
+
+
+def run_backward(low, WT, bias, gout):
+    """The backward kernel given ∂L/∂Δ (rows, D): returns g' = ∂L/∂(low Wᵀ + b) (rows, D),
+    ∂L/∂WT (R, D) and ∂L/∂b (D,); ∂L/∂low = g' W is left to the caller (a matmul)."""
+    kern = _kernels()
+    gout = gout.to(low.dtype).contiguous()
+    n_tasks = -(-low.shape[0] // kern.ROWS)
+    gpre = torch.empty_like(gout)  # (rows, D): ∂L/∂z, z = low Wᵀ + b before softplus
+    dWT_part = low.new_empty(n_tasks, *WT.shape)  # (tasks, R, D)
+    db_part = low.new_empty(n_tasks, WT.shape[1])  # (tasks, D)
+    tensors = (low, WT, bias, gout, gpre, dWT_part, db_part)
+    with torch_threads_kept():
+        kern.step_size_backward(*(numpy_view(t) for t in tensors))
+    dWT = dWT_part.sum(0, dtype=torch.float64).to(low.dtype)  # (R, D)
+    db = db_part.sum(0, dtype=torch.float64).to(low.dtype)  # (D,)
+    return gpre, dWT, db
+
+
 class _FusedStepSize(torch.autograd.Function):
     """Autograd wrapper; low (rows, R), WT (R, D), bias (D,) contiguous, of one dtype."""
 
     @staticmethod
     def forward(ctx, low, WT, bias):
-        out = low.new_empty(low.shape[0], WT.shape[1])  # (rows, D)
-        with torch_threads_kept():
-            _kernels().step_size_forward(*(numpy_view(t) for t in (low, WT, bias, out)))
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(low, WT, bias)
-        return out
+        return run_forward(low, WT, bias)
 
     @staticmethod
     def backward(ctx, gout):
-        kern = _kernels()
         low, WT, bias = ctx.saved_tensors
-        gout = gout.to(low.dtype).contiguous()
-        n_tasks = -(-low.shape[0] // kern.ROWS)
-        gpre = torch.empty_like(gout)  # (rows, D): ∂L/∂z, z = low Wᵀ + b before softplus
-        dWT_part = low.new_empty(n_tasks, *WT.shape)  # (tasks, R, D)
-        db_part = low.new_empty(n_tasks, WT.shape[1])  # (tasks, D)
-        tensors = (low, WT, bias, gout, gpre, dWT_part, db_part)
-        with torch_threads_kept():
-            kern.step_size_backward(*(numpy_view(t) for t in tensors))
-        dlow = gpre @ WT.t()  # (rows, R)
-        dWT = dWT_part.sum(0, dtype=torch.float64).to(low.dtype)  # (R, D)
-        db = db_part.sum(0, dtype=torch.float64).to(low.dtype)  # (D,)
-        return dlow, dWT, db
+        gpre, dWT, db = run_backward(low, WT, bias, gout)
+        return gpre @ WT.t(), dWT, db  # ∂L/∂low (rows, R)
 
 
 def why_not_fused(low: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
