@@ -5,7 +5,9 @@
     y = scan(xs, Δ, A, B, C, D, h0) ⊙ silu(z)   ``ops.selective_scan``'s fused kernels
 
 The same operations as the layer's separate calls (``Mamba._ssm_inputs`` then ``selective_scan``),
-in the same order and on the same kernels: the same bits, forward and backward (tests). What the
+in the same order and on the same kernels: the same bits, forward and backward (tests), as long
+as MKL forms ``addmm_``'s product in one block over K = R + 2N and then adds (measured bit-equal
+up to K = 256, not at 512: past that the two differ at round-off). What the
 one node saves is autograd's glue around them: ∂L/∂xs reaches xs from the scan and from x_proj,
 and autograd added the two in a pass of its own (2 MB per layer at the benchmark size); here
 x_proj's part is accumulated into the scan's ∂L/∂xs by the matmul itself (``addmm_``). Also gone:
