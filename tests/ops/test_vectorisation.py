@@ -1,7 +1,8 @@
 """Vectorisation guard: the fused kernels' inner loops keep their SIMD instructions.
 
 ``vector_probe.py`` compiles the per-task functions of the fused causal convolution, the fused
-selective scan and the fused RMSNorm from scratch (a fresh process with an empty numba cache:
+selective scan, the fused RMSNorm (with its residual add), the fused step sizes and the fused
+cross-entropy from scratch (a fresh process with an empty numba cache:
 numba shows no assembly for cached machine code) and counts, in ``inspect_asm``'s x86 assembly,
 the inner loops whose body holds packed floating-point arithmetic (any vector width: the kernels
 ask for 512-bit registers with ``wide_vectors``, LLVM keeps some loops at 256 bits, and a vector
@@ -9,7 +10,8 @@ body's remainder loop is narrower). A loop that loses vectorisation (an extra ar
 many alias checks, a data-dependent branch, a Python-style division with its zero check) is left
 as a scalar loop and the count drops: with an early exit added to the convolution's tap loop, the
 counts fell from 3 to 1 (forward) and 12 to 10 (backward); in the scan's state update from 6 to 5;
-in RMSNorm's element-wise loops from 2 to 0 (forward) and 4 to 2 (backward); in the step sizes'
+in RMSNorm's element-wise loops from 2 to 0 (forward) and 4 to 2 (backward) before session 7
+added the residual add's loops (now 4 and 6); in the step sizes'
 softplus loops (``ops/step_size``) from 4 to 2 (forward) and 8 to 6 (backward) (numba 0.68, an
 AVX-512 CPU; the scans compiled with the output gate on). Both counts are asserted: all vector
 loops, and the "clean" ones (no scalar floating-point arithmetic in the loop). The second catches
@@ -39,7 +41,9 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 # Vectorised inner loops per kernel (vector bodies and their remainders). conv forward: the tap
 # FMA loop, the SiLU loop; conv backward: the recomputed v's tap loop, the SiLU derivative, ∂b,
 # ∂w, ∂x, ∂history; the scans (compiled with the output gate on) add the gate's loops; RMSNorm: the
-# row sums and the element-wise loops of each direction. The counts
+# row sums and the element-wise loops of each direction, and (session 7) the residual add's loop
+# and the addition of ∂L/∂s; the cross-entropy: the forward's exp loop (the row's maximum and sum
+# stay scalar: LLVM did not vectorise their 16 interleaved partials) and the backward's pass. The counts
 # are those measured here (numba 0.68, LLVM's cost model): among them the state update over
 # (n, lanes) of the scan's forward and the state recomputation of its backward (each counted as lost when
 # de-vectorised, see the module docstring).
@@ -48,10 +52,12 @@ REQUIRED = {
     "conv_backward": 12,
     "scan_forward": 6,
     "scan_backward": 6,
-    "norm_forward": 2,
-    "norm_backward": 4,
+    "norm_forward": 4,
+    "norm_backward": 6,
     "step_size_forward": 4,
     "step_size_backward": 8,
+    "loss_forward": 2,
+    "loss_backward": 2,
 }
 
 

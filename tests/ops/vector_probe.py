@@ -113,11 +113,23 @@ def norm_calls(dtype):
     from longssm.ops.rms_norm import _fused_kernels as k
 
     R, D = 3, 40
-    x, y, gy, dx = (np.ones((R, D), dtype) for _ in range(4))
+    x, res, s, y, gy, gs, dx = (np.ones((R, D), dtype) for _ in range(7))  # with the residual add
     w, rstd, dw = np.ones(D, dtype), np.ones(R, dtype), np.ones(D, dtype)
-    k._forward_task(x, w, 1e-5, y, rstd, True, 0, R)
-    k._backward_task(x, w, rstd, gy, dx, dw, 0, R)
+    k._forward_task(x, res, w, 1e-5, y, s, rstd, True, 0, R)
+    k._backward_task(x, w, rstd, gy, gs, dx, dw, 0, R)
     return {"norm_forward": k._forward_task, "norm_backward": k._backward_task}
+
+
+def loss_calls(dtype):
+    from longssm.ops.cross_entropy import _fused_kernels as k
+
+    rows, V = 3, 40
+    logits, dlogits = np.ones((rows, V), dtype), np.ones((rows, V), dtype)
+    targets = np.zeros(rows, np.int64)
+    lse, loss_rows = np.ones(rows, dtype), np.ones(rows, dtype)
+    k._forward_task(logits, targets, lse, loss_rows, 0, rows)
+    k._backward_task(logits, targets, lse, 0.5, dlogits, 0, rows)
+    return {"loss_forward": k._forward_task, "loss_backward": k._backward_task}
 
 
 def step_calls(dtype):
@@ -164,7 +176,7 @@ def main(dtypes: list[str]) -> dict:
     report = {}
     for name in dtypes:
         dtype = np.dtype(name)
-        for calls in (control_calls, conv_calls, scan_calls, norm_calls, step_calls):
+        for calls in (control_calls, conv_calls, scan_calls, norm_calls, step_calls, loss_calls):
             for kernel, fn in calls(dtype).items():
                 sig = next(s for s in fn.signatures if str(s[0].dtype) == name)
                 report.setdefault(kernel, {})[name] = loop_report(fn.inspect_asm(sig))

@@ -34,9 +34,11 @@ ROWS = 64  # rows per task
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _forward_task(logits, targets, lse, loss_rows, r0, r1):
     """lse and the loss of rows r0 .. r1-1: per row the maximum m, e = exp(row − m) (V,),
-    Σ e in LANES interleaved partial sums then ``lane_sum``, lse = m + log Σ. Each loop is
-    element-wise over a row or the lanes (they vectorise; one running maximum or sum would be a
-    chain)."""
+    Σ e in LANES interleaved partial sums then ``lane_sum``, lse = m + log Σ. The exp pass
+    vectorises (the vectorisation guard counts it); the partial maxima and sums, written to
+    vectorise the same way, stay scalar in LLVM's hands (cheap beside the exps: the forward
+    took 1.07 ms at (2048, 257) with one running maximum and the exp inside the sum loop,
+    0.25 ms now)."""
     wide_vectors()
     V = logits.shape[1]
     full = V - V % LANES
