@@ -1,5 +1,5 @@
-"""Timing shared by the per-op benchmarks (``causal_conv.py``, ``step_size.py``): every case of a
-group runs once per round, rounds repeated (so machine noise hits all cases alike), summarised as
+"""Timing shared by the per-op benchmarks (``causal_conv.py``, ``step_size.py``, ``loss_norm.py``):
+every case of a group runs once per round, rounds repeated (so machine noise hits all cases alike), summarised as
 best / median / interquartile range; the run's machine facts, the JSON and page written, and the
 scripts' common command line (``main``)."""
 
@@ -39,6 +39,40 @@ def summary(seconds: list[float]) -> dict:
         median_ms=statistics.median(seconds) * 1e3,
         iqr_ms=[q[0] * 1e3, q[2] * 1e3],
     )
+
+
+def case_rows(groups, repeats: int) -> list[dict]:
+    """Time each group's steps interleaved (``interleaved_times``): groups is a list of (case,
+    {form: step}); one row per (case, form) with its ``summary``."""
+    rows = []
+    for case, steps in groups:
+        for form, ts in interleaved_times(steps, repeats).items():
+            rows.append(dict(case=case, form=form, **summary(ts)))
+    return rows
+
+
+def case_table(title: str, name: str, measured: str, result: dict) -> list[str]:
+    """A page's title, how it was made (``measured``: what one call does) and its table of
+    ``case_rows``, as markdown lines."""
+    lines = [
+        f"# {title}",
+        "",
+        f"Made by `PYTHONPATH=src python benchmarks/{name}.py` (data: "
+        f"`benchmarks/results/{name}.json`). {measured}, float32, torch 1 thread, numba "
+        f"{result['numba_threads']} threads; ms per call over {result['repeats']} interleaved "
+        f"rounds; load average {result['load_before'][0]:.1f} before, "
+        f"{result['load_after'][0]:.1f} after ({result['cpus']} CPUs, shared: the spread is "
+        "the machine's).",
+        "",
+        "| case | form | best | median | IQR |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['case']} | {r['form']} | {r['best_ms']:.2f} | {r['median_ms']:.2f} | "
+            f"{r['iqr_ms'][0]:.2f} – {r['iqr_ms'][1]:.2f} |"
+        )
+    return lines
 
 
 def run_facts(repeats: int, load_before) -> dict:

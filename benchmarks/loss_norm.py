@@ -17,7 +17,7 @@ from __future__ import annotations
 import interleaved
 import torch
 import torch.nn.functional as F
-from interleaved import interleaved_times, summary
+from interleaved import case_rows, case_table
 
 from longssm.ops.cross_entropy import cross_entropy_fused
 from longssm.ops.rms_norm import add_rms_norm_fused, rms_norm_fused
@@ -108,35 +108,19 @@ def measure(repeats: int) -> list[dict]:
         for rows, D in NORM_CASES
     ]  # fmt: skip
     groups.append(("LM step T=32 x 64", {k: lm_step(*v) for k, v in LM_VARIANTS.items()}))
-    rows = []
     try:
-        for case, steps in groups:
-            for form, ts in interleaved_times(steps, repeats).items():
-                rows.append(dict(case=case, form=form, **summary(ts)))
+        return case_rows(groups, repeats)
     finally:
         norms.add_rms_norm = original
-    return rows
 
 
 def page(result: dict) -> str:
-    lines = [
-        "# Fused cross-entropy and residual add + RMSNorm: timings",
-        "",
-        "Made by `PYTHONPATH=src python benchmarks/loss_norm.py` (data: "
-        "`benchmarks/results/loss_norm.json`). Forward + backward, float32, torch 1 thread, "
-        f"numba {result['numba_threads']} threads; ms per call over {result['repeats']} "
-        f"interleaved rounds; load average {result['load_before'][0]:.1f} before, "
-        f"{result['load_after'][0]:.1f} after ({result['cpus']} CPUs, shared: the spread is "
-        "the machine's).",
-        "",
-        "| case | form | best | median | IQR |",
-        "|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['case']} | {r['form']} | {r['best_ms']:.2f} | {r['median_ms']:.2f} | "
-            f"{r['iqr_ms'][0]:.2f} – {r['iqr_ms'][1]:.2f} |"
-        )
+    lines = case_table(
+        "Fused cross-entropy and residual add + RMSNorm: timings",
+        "loss_norm",
+        "Forward + backward",
+        result,
+    )
     lines += [
         "",
         "`LM step`: one training step (forward, backward, AdamW) of the issue-19 benchmark LM "

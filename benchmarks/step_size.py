@@ -16,7 +16,7 @@ from __future__ import annotations
 import interleaved
 import torch
 import torch.nn.functional as F
-from interleaved import interleaved_times, summary
+from interleaved import case_rows, case_table
 
 from longssm.ops.step_size import step_size_fused, step_size_naive
 
@@ -73,35 +73,19 @@ def measure(repeats: int) -> list[dict]:
         for rows, R, D in CASES
     ]
     groups.append(("LM step T=32 x 64", {name: lm_step(name) for name in FORMS}))
-    rows = []
     try:
-        for case, steps in groups:
-            for form, ts in interleaved_times(steps, repeats).items():
-                rows.append(dict(case=case, form=form, **summary(ts)))
+        return case_rows(groups, repeats)
     finally:
         mamba_layer.step_size = original
-    return rows
 
 
 def page(result: dict) -> str:
-    lines = [
-        "# Fused step sizes Δ = softplus(u Wᵀ + b): timings",
-        "",
-        "Made by `PYTHONPATH=src python benchmarks/step_size.py` (data: "
-        "`benchmarks/results/step_size.json`). Forward + backward (gradients to u, W, b), "
-        f"float32, torch 1 thread, numba {result['numba_threads']} threads; ms per call over "
-        f"{result['repeats']} interleaved rounds; load average "
-        f"{result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after "
-        f"({result['cpus']} CPUs, shared: the spread is the machine's).",
-        "",
-        "| case | form | best | median | IQR |",
-        "|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['case']} | {r['form']} | {r['best_ms']:.2f} | {r['median_ms']:.2f} | "
-            f"{r['iqr_ms'][0]:.2f} – {r['iqr_ms'][1]:.2f} |"
-        )
+    lines = case_table(
+        "Fused step sizes Δ = softplus(u Wᵀ + b): timings",
+        "step_size",
+        "Forward + backward (gradients to u, W, b)",
+        result,
+    )
     lines += [
         "",
         "`LM step`: one training step (forward, backward, AdamW) of the issue-19 benchmark LM "

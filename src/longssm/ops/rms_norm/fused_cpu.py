@@ -103,6 +103,16 @@ def why_not_fused(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return None
 
 
+def _check_fused_call(op: str, x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
+    """The fused forms' input checks: shapes and eps, numba installed, ``why_not_fused``."""
+    check_rms_norm_inputs(x, weight, eps)
+    if not numba_available():
+        raise ImportError(f"{op}_fused needs numba (pip install numba)")
+    reason = why_not_fused(x, weight)
+    if reason:
+        raise ValueError(f"{op}_fused cannot run: {reason}; use {op}_naive")
+
+
 def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last axis by fused numba kernels. Args: x (..., D); weight (D,) of x's
     dtype (float32 or float64), both on the CPU; eps. Returns y (..., D).
@@ -112,12 +122,7 @@ def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
             (``why_not_fused``).
         ImportError: when numba is not installed.
     """
-    check_rms_norm_inputs(x, weight, eps)
-    if not numba_available():
-        raise ImportError("rms_norm_fused needs numba (pip install numba)")
-    reason = why_not_fused(x, weight)
-    if reason:
-        raise ValueError(f"rms_norm_fused cannot run: {reason}; use rms_norm_naive")
+    _check_fused_call("rms_norm", x, weight, eps)
     shape = x.shape
     if x.numel() == 0:
         return x * weight
@@ -138,12 +143,7 @@ def add_rms_norm_fused(
         ImportError: when numba is not installed.
     """
     check_add_inputs(x, residual)
-    check_rms_norm_inputs(x, weight, eps)
-    if not numba_available():
-        raise ImportError("add_rms_norm_fused needs numba (pip install numba)")
-    reason = why_not_fused(x, weight)
-    if reason:
-        raise ValueError(f"add_rms_norm_fused cannot run: {reason}; use add_rms_norm_naive")
+    _check_fused_call("add_rms_norm", x, weight, eps)
     shape = x.shape
     if x.numel() == 0:
         s = x + residual
