@@ -11,7 +11,8 @@ up to K = 256, not at 512: past that the two differ at round-off). What the
 one node saves is autograd's glue around them: ∂L/∂xs reaches xs from the scan and from x_proj,
 and autograd added the two in a pass of its own (2 MB per layer at the benchmark size); here
 x_proj's part is accumulated into the scan's ∂L/∂xs by the matmul itself (``addmm_``). Also gone:
-the split's backward (a concatenation), and the step sizes' and scan's separate nodes.
+the split, the linear layer's and the step sizes' nodes (∂L/∂x_dbl is still one concatenation of
+its three parts, as the split's backward made it).
 
 Used by ``layers.mamba.Mamba`` when ``fusable`` says so: CPU tensors in float32 or float64 with
 numba, plain ``nn.Linear`` x_proj (no bias) and dt_proj (``layers.gated.is_plain_linear``), the
