@@ -82,7 +82,7 @@ def test_a_nan_logit_gives_a_nan_loss_and_large_logits_stay_finite():
     assert_close(cross_entropy_fused(big, targets), formula(big, targets), rtol=1e-12, atol=0)
 
 
-def test_auto_path_naive_form_and_the_training_loss():
+def test_auto_path_and_the_naive_form():
     logits, targets = inputs((6, 9))
     expected = "fused" if numba_available() else "naive"
     assert cross_entropy_path(logits) == expected

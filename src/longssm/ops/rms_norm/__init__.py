@@ -55,10 +55,9 @@ def add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-norm block's residual add and the next norm: s = x + residual, y = RMSNorm(s).
     Args: x, residual (..., D) of one shape and dtype; weight (D,); eps. Returns (s, y). The
-    fused form (``path`` as in ``rms_norm``; "auto" also needs residual in weight's dtype) adds
-    inside the norm's kernels, both ways; its results have the bits of the naive composition's."""
-    fused = resolve_path(path, x, weight) == "fused" and residual.dtype == x.dtype
-    if fused:
+    fused form (``path`` as in ``rms_norm``) adds inside the norm's kernels, both ways; its
+    results have the bits of the add followed by ``rms_norm_fused``."""
+    if resolve_path(path, x, weight) == "fused":
         return add_rms_norm_fused(x, residual, weight, eps)
     return add_rms_norm_naive(x, residual, weight, eps)
 
