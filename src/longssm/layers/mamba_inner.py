@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from longssm.layers.gated import is_plain_linear
-from longssm.ops._common import numba_available
+from longssm.ops._common import differentiable_once, numba_available
 from longssm.ops.selective_scan import fused_cpu as scan_kernels
 from longssm.ops.step_size import fused_cpu as step_kernels
 
@@ -58,6 +58,7 @@ class _MambaInner(torch.autograd.Function):
         return y, hT
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gy, gh):
         xs, z, W_x, W_dt, b_dt, AT, D, low, WT, dt, Bm, Cm, ckpt = ctx.saved_tensors
         want_dh0 = ctx.needs_input_grad[7]

@@ -12,6 +12,6 @@ history), ``rms_norm`` (the language model's norm, with the residual add before 
 and ``_numba.py`` and never import each other. See the README beside each op for its derivation.
 """
 
-from longssm.ops._common import numba_available, triton_available
+from longssm.ops._common import numba_available, torch_forms, triton_available
 
-__all__ = ["numba_available", "triton_available"]
+__all__ = ["numba_available", "torch_forms", "triton_available"]

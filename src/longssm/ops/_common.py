@@ -7,6 +7,7 @@ Op folders (``selective_scan``, ``longhorn``, ``ssd``, ``diag_scan``) import thi
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from contextlib import contextmanager
 from functools import lru_cache
@@ -18,6 +19,30 @@ import torch
 def numba_available() -> bool:
     """Whether numba can be imported (checked once, without importing it)."""
     return importlib.util.find_spec("numba") is not None
+
+
+_TORCH_FORMS_DEPTH = [0]  # nesting depth of ``torch_forms()`` blocks (process-wide)
+
+
+@contextmanager
+def torch_forms():
+    """Within the block, every op's ``path="auto"`` runs its plain-torch form: the selective scan
+    and Longhorn "chunk", the causal convolution "torch", the step sizes, RMSNorm, the residual
+    add-and-norm and the cross-entropy "naive" (Mamba-2's SSD "chunk"). A path named explicitly
+    still runs. The hand-written kernels are differentiable once; inside this block a model is
+    plain autograd, so second derivatives (``create_graph=True``) work, e.g. Hessian-vector
+    products. Process-wide (not per thread); blocks nest.
+    """
+    _TORCH_FORMS_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _TORCH_FORMS_DEPTH[0] -= 1
+
+
+def kernels_allowed() -> bool:
+    """False inside a ``torch_forms()`` block: "auto" paths then pick plain-torch forms."""
+    return _TORCH_FORMS_DEPTH[0] == 0
 
 
 @lru_cache(maxsize=1)
@@ -92,17 +117,73 @@ def numpy_view(t: torch.Tensor):
     return t.detach().numpy()
 
 
+class _SecondDerivative(torch.autograd.Function):
+    """Identity on the first ``n`` tensors (the gradients a hand-written backward returned); the
+    rest (the node's saved inputs that require grad) only link it to the graph, so that
+    ``torch.autograd.grad(..., inputs)`` reaches it. Its own backward raises."""
+
+    @staticmethod
+    def forward(ctx, name, n, *tensors):
+        ctx.name = name
+        return tuple(t.view_as(t) for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            f"{ctx.name}: its backward is a hand-written kernel, differentiable once; for a second "
+            "derivative (create_graph=True) run the model inside longssm.ops.torch_forms()"
+        )
+
+
+def differentiable_once(backward):
+    """Decorate a custom autograd Function's ``backward`` whose gradients come from kernels.
+
+    The backward runs without building a graph. When it runs with ``create_graph=True`` (grad mode
+    on inside a backward), its gradients are returned through a node whose backward raises, linked
+    to the node's saved inputs: a second derivative through the kernels fails loudly instead of
+    treating their gradients as constants, by ``.backward()`` and by ``torch.autograd.grad`` alike
+    (torch's ``once_differentiable`` misses the second when the incoming gradients do not require
+    grad, the usual case for a loss).
+    """
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grad_outputs):
+        with torch.no_grad():
+            grads = backward(ctx, *grad_outputs)
+        if not torch.is_grad_enabled():
+            return grads
+        single = not isinstance(grads, tuple)
+        grads = (grads,) if single else grads
+        slots = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+        if not slots:
+            return grads[0] if single else grads
+        linked = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
+        name = type(ctx).__name__.removesuffix("Backward").lstrip("_")
+        marked = _SecondDerivative.apply(
+            name, len(slots), *(grads[i].detach().requires_grad_() for i in slots), *linked
+        )
+        out = list(grads)
+        for i, g in zip(slots, marked):
+            out[i] = g
+        return out[0] if single else tuple(out)
+
+    return wrapper
+
+
 __all__ = [
     "backward_groups",
     "check_path",
     "check_shapes",
     "compute_dtype",
     "device_types",
+    "differentiable_once",
+    "kernels_allowed",
     "numba_available",
     "numpy_view",
     "output_grads",
     "path_unavailable",
     "sum_groups",
+    "torch_forms",
     "triton_available",
 ]
 

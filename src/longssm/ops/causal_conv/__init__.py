@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import check_path, device_types, numba_available, path_unavailable
+from longssm.ops._common import (
+    check_path,
+    device_types,
+    kernels_allowed,
+    numba_available,
+    path_unavailable,
+)
 from longssm.ops.causal_conv.fused_cpu import causal_conv_fused
 from longssm.ops.causal_conv.naive import ACTIVATIONS, activate, causal_conv_naive
 from longssm.ops.causal_conv.step import causal_conv_step
@@ -26,8 +32,8 @@ PATHS = ("auto", "fused", "torch", "naive")
 
 def conv_path(*tensors: torch.Tensor | None) -> str:
     """The form ``path="auto"`` runs for these tensors: "fused" when every given tensor is on the
-    CPU and numba is importable, else "torch"."""
-    if device_types(*tensors) == {"cpu"} and numba_available():
+    CPU and numba is importable, else "torch" (also inside ``torch_forms()``)."""
+    if kernels_allowed() and device_types(*tensors) == {"cpu"} and numba_available():
         return "fused"
     return "torch"
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
-from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
+from longssm.ops._common import differentiable_once, numba_available, numpy_view, torch_threads_kept
 from longssm.ops.causal_conv.naive import check_conv_inputs, start_history
 
 # numba threads of the conv kernels: None = the caller's numba setting (as the scans), or a cap.
@@ -78,6 +78,7 @@ class _FusedConv(torch.autograd.Function):
         return y, final.transpose(1, 2).contiguous()  # (B, T, C), (B, C, K-1)
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gy, gh):
         kern = _kernels()
         x, wT, bias, hist = ctx.saved_tensors

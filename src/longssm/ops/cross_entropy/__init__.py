@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import check_path, path_unavailable
+from longssm.ops._common import check_path, kernels_allowed, path_unavailable
 from longssm.ops.cross_entropy.fused_cpu import cross_entropy_fused, why_not_fused
 from longssm.ops.cross_entropy.naive import cross_entropy_naive
 
@@ -21,8 +21,8 @@ PATHS = ("auto", "fused", "naive")
 
 def cross_entropy_path(logits: torch.Tensor) -> str:
     """The form ``path="auto"`` runs: "fused" for CPU logits in float32 / float64 when numba is
-    importable, else "naive"."""
-    return "naive" if why_not_fused(logits) else "fused"
+    importable, else "naive" (also inside ``torch_forms()``)."""
+    return "fused" if kernels_allowed() and not why_not_fused(logits) else "naive"
 
 
 def resolve_path(path: str, logits: torch.Tensor) -> str:

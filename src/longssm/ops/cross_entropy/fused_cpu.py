@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
+from longssm.ops._common import differentiable_once, numba_available, numpy_view, torch_threads_kept
 from longssm.ops.cross_entropy.naive import check_cross_entropy_inputs
 
 DTYPES = (torch.float32, torch.float64)
@@ -44,6 +44,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return (loss_rows.sum(dtype=torch.float64) / rows).to(logits.dtype)
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gloss):
         logits, targets, lse = ctx.saved_tensors
         scale = float(gloss) / logits.shape[0]

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import check_path, device_types, numba_available, path_unavailable
+from longssm.ops._common import (
+    check_path,
+    device_types,
+    kernels_allowed,
+    numba_available,
+    path_unavailable,
+)
 from longssm.ops.longhorn.chunk import DEFAULT_CHUNK_SIZE, longhorn_chunk, longhorn_log_decay
 from longssm.ops.longhorn.fused_cpu import longhorn_fused
 from longssm.ops.longhorn.naive import longhorn_eps, longhorn_naive
@@ -24,8 +30,8 @@ PATHS = ("auto", "fused", "chunk", "naive")
 
 def longhorn_path(*tensors: torch.Tensor | None) -> str:
     """The form ``path="auto"`` runs for these tensors: "fused" when every given tensor is on the
-    CPU and numba is importable, else "chunk"."""
-    if device_types(*tensors) == {"cpu"} and numba_available():
+    CPU and numba is importable, else "chunk" (also inside ``torch_forms()``)."""
+    if kernels_allowed() and device_types(*tensors) == {"cpu"} and numba_available():
         return "fused"
     return "chunk"
 

@@ -21,6 +21,7 @@ import torch
 from longssm.ops._common import (
     backward_groups,
     compute_dtype,
+    differentiable_once,
     numba_available,
     numpy_view,
     output_grads,
@@ -63,6 +64,7 @@ class _FusedLonghorn(torch.autograd.Function):
         return y, hT
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gy, gh):
         kern = _kernels()
         x, eps, k, q, D, ckpt = ctx.saved_tensors

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import check_path, path_unavailable
+from longssm.ops._common import check_path, kernels_allowed, path_unavailable
 from longssm.ops.rms_norm.fused_cpu import add_rms_norm_fused, rms_norm_fused, why_not_fused
 from longssm.ops.rms_norm.naive import add_rms_norm_naive, rms_norm_naive
 
@@ -22,8 +22,8 @@ PATHS = ("auto", "fused", "naive")
 
 def norm_path(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The form ``path="auto"`` runs: "fused" for CPU tensors in float32 / float64 of one dtype
-    when numba is importable, else "naive"."""
-    return "naive" if why_not_fused(x, weight) else "fused"
+    when numba is importable, else "naive" (also inside ``torch_forms()``)."""
+    return "fused" if kernels_allowed() and not why_not_fused(x, weight) else "naive"
 
 
 def resolve_path(path: str, x: torch.Tensor, weight: torch.Tensor) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
+from longssm.ops._common import differentiable_once, numba_available, numpy_view, torch_threads_kept
 from longssm.ops.rms_norm.naive import check_add_inputs, check_rms_norm_inputs
 
 DTYPES = (torch.float32, torch.float64)
@@ -69,6 +69,7 @@ class _FusedRMSNorm(torch.autograd.Function):
         return _forward(ctx, x, None, w, eps)[0]
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gy):
         return (*_backward(ctx, gy, None), None)
 
@@ -85,6 +86,7 @@ class _FusedAddRMSNorm(torch.autograd.Function):
         return s, y
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gs, gy):
         ds, dw = _backward(ctx, gy, gs)
         return ds, ds, dw, None

@@ -18,6 +18,7 @@ import torch
 from longssm.ops._common import (
     check_path,
     device_types,
+    kernels_allowed,
     numba_available,
     path_unavailable,
     triton_available,
@@ -36,8 +37,10 @@ def scan_path(*tensors: torch.Tensor | None) -> str:
     """The form ``path="auto"`` runs for these tensors.
 
     "fused" when every given tensor is on the CPU and numba is importable, "triton" when every one
-    is on a CUDA device and triton is importable, else "chunk".
+    is on a CUDA device and triton is importable, else "chunk" (also inside ``torch_forms()``).
     """
+    if not kernels_allowed():
+        return "chunk"
     devices = device_types(*tensors)
     if devices == {"cpu"} and numba_available():
         return "fused"

@@ -23,6 +23,7 @@ import torch
 from longssm.ops._common import (
     backward_groups,
     compute_dtype,
+    differentiable_once,
     numba_available,
     numpy_view,
     sum_groups,
@@ -117,6 +118,7 @@ class _FusedScan(torch.autograd.Function):
         return y, hT
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gy, gh):
         x, dt, AT, B, C, D, ckpt, *gate = ctx.saved_tensors
         z = gate[0] if ctx.gated else None

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from longssm.ops._common import compute_dtype, output_grads, triton_available
+from longssm.ops._common import compute_dtype, differentiable_once, output_grads, triton_available
 from longssm.ops.selective_scan.naive import check_scan_inputs
 
 CHUNK = 32
@@ -100,6 +100,7 @@ class _TritonScan(torch.autograd.Function):
         return y, hT
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gy, gh):
         kern = _kernels()
         x, dt, A, B, C, D, ckpt = ctx.saved_tensors

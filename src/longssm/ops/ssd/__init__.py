@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import check_path, path_unavailable
+from longssm.ops._common import check_path, kernels_allowed, path_unavailable
 
 from .chunk import ssd_chunk
 from .fla_gpu import fla_available, fla_backward_supported, ssd_fla
@@ -34,7 +34,11 @@ def ssd_path(*tensors: torch.Tensor | None) -> str:
     could not be checked here (fla 0.6 refuses it on Hopper GPUs with Triton < 3.7.1).
     """
     given = [t for t in tensors if t is not None]
-    if not given or not all(t.device.type == "cuda" and t.dtype != torch.float64 for t in given):
+    if (
+        not kernels_allowed()
+        or not given
+        or not all(t.device.type == "cuda" and t.dtype != torch.float64 for t in given)
+    ):
         return "chunk"
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in given)
     return "fla" if not needs_grad and fla_available() else "chunk"

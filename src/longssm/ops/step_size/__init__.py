@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import check_path, path_unavailable
+from longssm.ops._common import check_path, kernels_allowed, path_unavailable
 from longssm.ops.step_size.fused_cpu import step_size_fused, why_not_fused
 from longssm.ops.step_size.naive import step_size_naive
 
@@ -20,8 +20,8 @@ PATHS = ("auto", "fused", "naive")
 
 def step_size_path(low: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
     """The form ``path="auto"`` runs: "fused" for CPU tensors in float32 / float64 of one dtype
-    when numba is importable, else "naive"."""
-    return "naive" if why_not_fused(low, weight, bias) else "fused"
+    when numba is importable, else "naive" (also inside ``torch_forms()``)."""
+    return "fused" if kernels_allowed() and not why_not_fused(low, weight, bias) else "naive"
 
 
 def resolve_path(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import numba_available, numpy_view, torch_threads_kept
+from longssm.ops._common import differentiable_once, numba_available, numpy_view, torch_threads_kept
 from longssm.ops.step_size.naive import check_step_size_inputs
 
 DTYPES = (torch.float32, torch.float64)
@@ -65,6 +65,7 @@ class _FusedStepSize(torch.autograd.Function):
         return run_forward(low, WT, bias)
 
     @staticmethod
+    @differentiable_once
     def backward(ctx, gout):
         low, WT, bias = ctx.saved_tensors
         gpre, dWT, db = run_backward(low, WT, bias, gout)
