@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 def check_cross_entropy_inputs(logits: torch.Tensor, targets: torch.Tensor) -> None:
     """Raise a one-line ValueError unless logits is (rows, V) and targets (rows,) integer ids
-    in [0, V)."""
+    in [0, V) (the range is checked for CPU targets only: see below)."""
     if logits.dim() != 2:
         raise ValueError(f"cross_entropy: logits must be (rows, V), got shape {tuple(logits.shape)}")
     if targets.shape != logits.shape[:1]:
@@ -23,11 +23,15 @@ def check_cross_entropy_inputs(logits: torch.Tensor, targets: torch.Tensor) -> N
         )
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise ValueError(f"cross_entropy: targets must be integer ids, got dtype {targets.dtype}")
-    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
-        raise ValueError(
-            f"cross_entropy: target ids must lie in [0, {logits.shape[1]}), got range "
-            f"[{targets.min().item()}, {targets.max().item()}]"
-        )
+    # On the CPU only: on a GPU the check would wait for the device every step (F.cross_entropy
+    # then stops on its own device-side assertion instead).
+    if targets.numel() and targets.device.type == "cpu":
+        low, high = (int(v) for v in torch.aminmax(targets))
+        if low < 0 or high >= logits.shape[1]:
+            raise ValueError(
+                f"cross_entropy: target ids must lie in [0, {logits.shape[1]}), got range "
+                f"[{low}, {high}]"
+            )
 
 
 def cross_entropy_naive(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
