@@ -224,6 +224,37 @@ def test_project_in_equals_one_projection_split_in_two(bias):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("wanted", ["both", "x only", "z only"])
+def test_projection_node_keeps_the_bits_of_two_linear_calls(dtype, wanted):
+    """``layers.project_in`` (one autograd node) == F.linear on each half of the weight: outputs
+    and the gradients of the input and weight, bit for bit, at E = 256 (the benchmark's width) and
+    E = 24; with one of x, z not reaching the loss (its gradient None: zero rows of ∂L/∂W)."""
+    from longssm.layers import project_in
+
+    for rows, d, half in ((2048, 128, 256), (35, 16, 24)):
+        torch.manual_seed(0)
+        u = torch.randn(rows, d, dtype=dtype, requires_grad=True)
+        weight = torch.randn(2 * half, d, dtype=dtype, requires_grad=True)
+        gx, gz = torch.randn(2, rows, half, dtype=dtype)
+        assert project_in.fusable(weight, None, u)
+
+        def grads(x, z, gx=gx, gz=gz, inputs=(u, weight)):
+            loss = (x * gx).sum() if wanted != "z only" else 0
+            loss = loss + ((z * gz).sum() if wanted != "x only" else 0)
+            return torch.autograd.grad(loss, inputs)
+
+        node = project_in.project_in(u, weight)
+        plain = (F.linear(u, weight[:half]), F.linear(u, weight[half:]))
+        for got, want in zip(node, plain):
+            assert got.is_contiguous() and torch.equal(got, want)
+        for got, want in zip(grads(*node), grads(*plain)):
+            assert torch.equal(got, want)
+    with torch.no_grad():
+        assert not project_in.fusable(weight, None, u)  # no gradient wanted: plain calls
+    assert not project_in.fusable(weight, torch.zeros(2 * half), u)  # a bias: plain calls
+
+
 def test_step_sizes_equal_softplus_of_dt_proj_and_respect_hooks():
     """The layer's Δ (the ``step_size`` op: fused on CPU) == F.softplus(dt_proj(u)) in float64,
     with the gradients of u, dt_proj.weight and dt_proj.bias; a hooked dt_proj is called as a

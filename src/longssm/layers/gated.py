@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from longssm.layers import project_in as fused_projection
 from longssm.layers.base import (
     check_input,
     check_state,
@@ -152,6 +153,8 @@ class GatedBlock(nn.Module):
         if not is_plain_linear(proj):
             return proj(x).chunk(2, dim=-1)
         E, weight, bias = self.d_inner, proj.weight, proj.bias
+        if fused_projection.fusable(weight, bias, x):
+            return fused_projection.project_in(x, weight)  # one autograd node, same bits
         return (
             F.linear(x, weight[:E], None if bias is None else bias[:E]),
             F.linear(x, weight[E:], None if bias is None else bias[E:]),

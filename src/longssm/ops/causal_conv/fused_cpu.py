@@ -22,7 +22,13 @@ from contextlib import contextmanager
 
 import torch
 
-from longssm.ops._common import differentiable_once, numba_available, numpy_view, torch_threads_kept
+from longssm.ops._common import (
+    compute_dtype,
+    differentiable_once,
+    numba_available,
+    numpy_view,
+    torch_threads_kept,
+)
 from longssm.ops.causal_conv.naive import check_conv_inputs, start_history
 
 # numba threads of the conv kernels: None = the caller's numba setting (as the scans), or a cap.
@@ -72,9 +78,9 @@ class _FusedConv(torch.autograd.Function):
             _kernels().conv_forward(*(numpy_view(t) for t in (x, wT, bias, hist, y)), silu)
         ctx.silu = silu
         ctx.save_for_backward(x, wT, bias, hist)
-        width = hist.shape[1]
-        window_end = torch.cat([hist, x[:, max(x.shape[1] - width, 0) :]], dim=1)  # (B, <2K-2, C)
-        final = window_end[:, window_end.shape[1] - width :]  # (B, K-1, C)
+        width, T = hist.shape[1], x.shape[1]
+        # the last K-1 inputs of [history, x]: x's alone once T >= K-1 (one copy, no concatenation)
+        final = x[:, T - width :] if T >= width else torch.cat([hist[:, T:], x], dim=1)
         return y, final.transpose(1, 2).contiguous()  # (B, T, C), (B, C, K-1)
 
     @staticmethod
@@ -129,15 +135,20 @@ def causal_conv_fused(
     if not numba_available():
         raise ImportError("causal_conv_fused needs numba (pip install numba)")
     batch, T, channels = x.shape
-    dtype, hist = start_history(x, weight, bias, initial_state)  # (B, C, K-1)
     if T == 0:
+        hist = start_history(x, weight, bias, initial_state)[1]  # (B, C, K-1)
         return x.new_zeros(batch, 0, channels), (hist if output_final_state else None)
+    dtype = compute_dtype(x, weight, bias, initial_state)
+    if initial_state is None:  # zeros, made in the kernels' layout (no transposed copy)
+        hist = x.new_zeros(batch, weight.shape[1] - 1, channels, dtype=dtype)  # (B, K-1, C)
+    else:
+        hist = initial_state.to(dtype).transpose(1, 2).contiguous()  # (B, K-1, C)
     b = x.new_zeros(channels, dtype=dtype) if bias is None else bias.to(dtype)
     y, final = _FusedConv.apply(
         x.to(dtype).contiguous(),
         weight.to(dtype).t().contiguous(),  # (K, C)
         b.contiguous(),
-        hist.transpose(1, 2).contiguous(),  # (B, K-1, C)
+        hist,
         activation == "silu",
     )
     return y.to(x.dtype), (final if output_final_state else None)
