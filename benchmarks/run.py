@@ -572,8 +572,10 @@ def case3(args) -> list[dict]:
                         "model": model,
                         "T": T,
                         "batch": batch,
+                        # best of 5 runs of 3 steps for every implementation (best of 2
+                        # until session 8: a 2-3% change was lost in the machine's noise)
                         "steps": 1 if slow or args.quick else 3,
-                        "repeats": 1 if slow else 2,
+                        "repeats": 1 if slow else (2 if args.quick else 5),
                         "threads": args.threads,
                         "label": f"{label} T={T} B={batch}",
                     }

@@ -13,14 +13,14 @@ and four nodes (two slices of the weight, two matmuls).
 
 Used by ``layers.gated.GatedBlock.project_in`` for a plain ``nn.Linear`` in_proj without a bias
 whose weight and input are CPU tensors of one dtype (float32 or float64) while a gradient is
-wanted; otherwise the block runs the two ``F.linear`` calls.
+wanted, outside ``ops.torch_forms()``; otherwise the block runs the two ``F.linear`` calls.
 """
 
 from __future__ import annotations
 
 import torch
 
-from longssm.ops._common import differentiable_once
+from longssm.ops._common import differentiable_once, kernels_allowed
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -59,10 +59,12 @@ class _ProjectIn(torch.autograd.Function):
 
 
 def fusable(weight: torch.Tensor, bias: torch.Tensor | None, u: torch.Tensor) -> bool:
-    """Whether ``project_in`` applies: no bias, CPU tensors of one float32 / float64 dtype, and
-    a gradient wanted (else the two plain matmuls cost the same)."""
+    """Whether ``project_in`` applies: no bias, CPU tensors of one float32 / float64 dtype, a
+    gradient wanted (else the two plain matmuls cost the same), and not inside
+    ``ops.torch_forms()`` (its backward is differentiable once)."""
     return (
-        bias is None
+        kernels_allowed()
+        and bias is None
         and u.dtype in DTYPES
         and weight.dtype == u.dtype
         and u.device.type == "cpu"
