@@ -50,6 +50,9 @@ def test_eval_curves_read_back_equal_the_json(run, capsys):
             assert [s for s, _ in got] == [8, 16, 32]
             for (_, value), record in zip(got, records):
                 assert value == pytest.approx(record[key], rel=1e-6), (protocol, key)
+            on_log_axis = scalars[f"eval_log2L/{protocol}/{key}"]  # round(100 log2 L)
+            assert [s for s, _ in on_log_axis] == [300, 400, 500]
+            assert [v for _, v in on_log_axis] == [v for _, v in got]
         lows = [v for _, v in scalars[f"eval/{protocol}/loss_low"]]
         highs = [v for _, v in scalars[f"eval/{protocol}/loss_high"]]
         assert all(lo < hi for lo, hi in zip(lows, highs))

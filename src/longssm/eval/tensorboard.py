@@ -12,11 +12,16 @@ One TensorBoard run per results file, in ``BASE/<stem>`` (``stem`` the results f
     eval/<protocol>/bits_per_byte
     eval/<protocol>/verdict         (text) the Definition 2.1 verdict and its evidence
 
+TensorBoard's x-axis is linear, which crowds 16 .. 1024 into the first few percent of a 16 .. 32k
+curve; the same four scalars are also written under ``eval_log2L/<protocol>/<key>`` with step
+``round(100 log2 L)`` (``LOG_STEP``): 400 is L = 16, 1000 is 1024, 1500 is 32768.
+
 The JSON/CSV stay the data; this is a view of them. Needs the ``tensorboard`` package.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from longssm.eval.errors import EvalError
@@ -24,6 +29,11 @@ from longssm.eval.errors import EvalError
 INSTALL_HINT = "--tensorboard needs the tensorboard package: pip install 'longssm[tensorboard]'"
 EVENTS = "events.out.tfevents.*"
 SCALARS = ("loss", "loss_low", "loss_high", "bits_per_byte")
+
+
+def log_step(length: int) -> int:
+    """The step of length L on the ``eval_log2L`` axis: round(100 log2 L)."""
+    return round(100 * math.log2(length))
 
 
 def check_tensorboard() -> None:
@@ -58,10 +68,12 @@ def write_length_curves(results: dict, directory: Path, describe=None) -> Path:
     writer = SummaryWriter(str(directory))
     try:
         for record in sorted(results["records"], key=lambda r: (r["protocol"], r["length"])):
+            length, protocol = int(record["length"]), record["protocol"]
             for key in SCALARS:
                 if record.get(key) is not None:
-                    writer.add_scalar(f"eval/{record['protocol']}/{key}", float(record[key]),
-                                      int(record["length"]))  # fmt: skip
+                    value = float(record[key])
+                    writer.add_scalar(f"eval/{protocol}/{key}", value, length)
+                    writer.add_scalar(f"eval_log2L/{protocol}/{key}", value, log_step(length))
         for protocol, verdict in results.get("classification", {}).items():
             if verdict and describe is not None:
                 writer.add_text(f"eval/{protocol}/verdict", describe(verdict))
