@@ -154,8 +154,42 @@ def test_loglikelihood_is_the_continuation_sum(run):
         assert abs(logp - expected) < 1e-9, (context[-10:], continuation, logp, expected)
 
 
-def test_is_greedy_on_a_constructed_case(letters):
-    model, lm = letters
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_shared_contexts_run_once_and_score_as_full_sequences(run, batch_size, monkeypatch):
+    """Multiple-choice requests (one context, several continuations) through the prefix-state
+    cache == the full sequences scored one by one (``prefix_cache=False``) and == one forward pass
+    each, to 1e-9 in float64, greedy flags included; continuations longer than a chunk, a context
+    ending in whitespace, an empty context, and a group with an empty continuation (scored alone);
+    each shared context is prefilled once."""
+    path, model = run
+    long_cont = " " + TEXT[:40]
+    pairs = [(TEXT[:150], " state"), (TEXT[:150], " hidden"), (TEXT[:150], long_cont),
+             ("", "ab"), ("", "abc"), ("alone", " x"), ("tail ", "end"), ("tail ", "ending"),
+             ("empty", ""), ("empty", "y")]  # fmt: skip
+    cached = LongSSMLM(str(path), device="cpu", chunk_size=16, batch_size=batch_size,
+                       progress=False)  # fmt: skip
+    plain = LongSSMLM(str(path), device="cpu", chunk_size=16, batch_size=batch_size,
+                      progress=False, prefix_cache="false")  # fmt: skip
+    prefilled = []
+    prefill = cached.prefill
+    monkeypatch.setattr(cached, "prefill", lambda ids: prefilled.append(len(ids)) or prefill(ids))
+    got, want = cached.loglikelihood(pairs), plain.loglikelihood(pairs)
+    assert sorted(prefilled) == [1, 5, 151]  # "", "tail" (stripped), TEXT[:150]: once each
+    for (context, continuation), (logp, greedy), (ref, ref_greedy) in zip(pairs, got, want):
+        stripped = context.rstrip()
+        cont = (context[len(stripped) :] + continuation).encode()
+        ids = [256, *stripped.encode(), *cont]
+        expected = _full_pass_logprobs(model, ids)[-len(cont) :].sum().item() if cont else 0.0
+        assert abs(logp - expected) < 1e-9 and abs(ref - expected) < 1e-9, (context[-8:], logp)
+        assert greedy == ref_greedy
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_is_greedy_on_a_constructed_case(letters, prefix_cache):
+    """Requests sharing a context: scored through the prefix-state cache, or each alone."""
+    model, _ = letters
+    lm = LongSSMLM(model=model, tokenizer=LetterTokenizer(), device="cpu", progress=False,
+                   prefix_cache=prefix_cache)  # fmt: skip
     context = "abcab hig"
     prompt = torch.tensor([[LetterTokenizer.sep_id, *LetterTokenizer().encode(context)]])
     greedy, _ = model.generate(prompt, 5, temperature=0)

@@ -14,6 +14,12 @@ tokens with the recurrent state carried from one chunk to the next (memory is se
 not by the length; the result equals one pass). A recurrent model has no context window, so
 ``loglikelihood_rolling`` scores every token once, conditioned on everything before it.
 
+Prefix-state cache (``prefix_cache=True``, the default): ``loglikelihood`` requests that share a
+context (the choices of a multiple-choice question) run the context once; its final state and
+last logits then score every continuation, the continuations batched with the state repeated
+over the batch. The scores equal those of the full sequences (tested to 1e-9 in float64): the
+state after a prefix is all a recurrent model keeps of it.
+
 When ``lm_eval`` is importable the class subclasses ``lm_eval.api.model.LM`` and is registered as
 ``longssm``; ``python -m longssm.interop.lmeval ARGS`` is lm-eval's own command line with that
 model registered (the plain ``lm_eval`` script cannot see models of other packages), e.g.
@@ -40,6 +46,7 @@ from tqdm.auto import tqdm
 
 from longssm.data import Tokenizer, tokenizer_from_dict
 from longssm.models import SSMLanguageModel
+from longssm.models.state import map_state
 
 try:
     from lm_eval.api.model import LM as _Base
@@ -64,6 +71,11 @@ def _resolve_device(device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but CUDA is not available; use device=cpu")
     return device
+
+
+def _flag(value) -> bool:
+    """A boolean model argument: lm-eval's command line hands "true" / "false" strings."""
+    return value if isinstance(value, bool) else str(value).lower() == "true"
 
 
 def _positive_int(name: str, value, default: int) -> int:
@@ -94,12 +106,15 @@ class LongSSMLM(_Base):
         max_gen_toks: default cap on generated tokens (a request's ``max_gen_toks`` wins).
         seed: seed of the sampler when a request asks for ``do_sample``.
         progress: show tqdm bars.
+        prefix_cache: run a context shared by several ``loglikelihood`` requests once (see the
+            module docstring); False scores every request's full sequence.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, model: SSMLanguageModel | None = None,
                  tokenizer: Tokenizer | None = None, device=None, dtype: str | None = None,
                  chunk_size: int = 1024, batch_size=1, max_batch_size=None,
-                 max_gen_toks: int = 256, seed: int = 0, progress: bool = True):  # fmt: skip
+                 max_gen_toks: int = 256, seed: int = 0, progress: bool = True,
+                 prefix_cache: bool = True):  # fmt: skip
         super().__init__()
         if (path is None) == (model is None):
             raise ValueError("give either path=RUN_OR_HF_DIR or model= and tokenizer=")
@@ -122,7 +137,8 @@ class LongSSMLM(_Base):
         self.batch_size = _positive_int("batch_size", batch_size, 8)
         self.max_gen_toks = _positive_int("max_gen_toks", max_gen_toks, 256)
         self.seed = int(seed)
-        self.progress = progress if isinstance(progress, bool) else str(progress).lower() == "true"
+        self.progress = _flag(progress)
+        self.prefix_cache = _flag(prefix_cache)
 
     @property
     def device(self) -> torch.device:
@@ -187,6 +203,50 @@ class LongSSMLM(_Base):
             greedy &= ((logits.argmax(-1) == target) | ~m).all(1)
         return list(zip(total.tolist(), greedy.tolist()))
 
+    @torch.inference_mode()
+    def score_after(self, state, last_logits: torch.Tensor, conts: Sequence[Sequence[int]]):
+        """``(sum of log p(cont), all greedy)`` per continuation, each following one prefix whose
+        final ``state`` (batch 1) and last-position logits (V,) are given: the first token is
+        scored with ``last_logits``, the rest by running the continuations (right-padded) from
+        the state repeated over the batch, in chunks of ``chunk_size``; sums are float64."""
+        rows, width = len(conts), max(len(c) for c in conts)
+        if min(len(c) for c in conts) < 1:
+            raise ValueError("every continuation needs at least one token")
+        tokens = torch.full((rows, width), self.sep_id, dtype=torch.long)
+        for i, c in enumerate(conts):
+            tokens[i, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+        tokens = tokens.to(self.device)
+        lengths = torch.as_tensor([len(c) for c in conts], device=self.device)[:, None]
+        mask = torch.arange(width, device=self.device) < lengths  # (R, W): which targets count
+        first = last_logits.to(torch.promote_types(last_logits.dtype, torch.float32))  # (V,)
+        total = first.log_softmax(-1)[tokens[:, 0]].double()  # (R,): log p(cont[0])
+        greedy = tokens[:, 0] == first.argmax()
+        state = map_state(state, lambda t: t.expand(rows, *t.shape[1:]).contiguous())
+        for a in range(0, width - 1, self.chunk_size):
+            b = min(a + self.chunk_size, width - 1)
+            logits, state = self.model(tokens[:, a:b], state)  # (R, c, V)
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            target = tokens[:, a + 1 : b + 1]  # (R, c)
+            m = mask[:, a + 1 : b + 1]
+            picked = logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)
+            total += (picked.double() * m).sum(1)
+            greedy &= ((logits.argmax(-1) == target) | ~m).all(1)
+        return list(zip(total.tolist(), greedy.tolist()))
+
+    def _score_shared(self, groups: dict, conts: list, out: list, bar) -> None:
+        """Fill ``out[i]`` for the requests of each ``prefix -> [i, ...]`` group: the prefix once
+        (``prefill``), then its continuations ``conts[i]`` from its state, ``batch_size`` at a
+        time."""
+        for prefix, members in groups.items():
+            last_logits, state = self.prefill(prefix)
+            for k in range(0, len(members), self.batch_size):
+                batch = members[k : k + self.batch_size]
+                for i, result in zip(batch, self.score_after(state, last_logits,
+                                                             [conts[i] for i in batch])):  # fmt: skip
+                    out[i] = result
+                bar.update(len(batch))
+
     def _score_all(self, items: list[tuple[list[int], int]], desc: str, disable: bool):
         """``score`` over many ``(seq, first)``, batched longest first, in the original order."""
         order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
@@ -211,11 +271,23 @@ class LongSSMLM(_Base):
     ) -> list[tuple[float, bool]]:
         """``(log p(continuation | context), is_greedy)`` for every ``(context, continuation)``."""
         args = [_request_args(r) for r in requests]
-        items = []
-        for context, continuation in (a[:2] for a in args):
-            ctx, cont = self.encode_pair(context, continuation)
-            items.append(([self.sep_id, *ctx, *cont], 1 + len(ctx)))
-        results = self._score_all(items, "loglikelihood", disable_tqdm)
+        pairs = [self.encode_pair(*a[:2]) for a in args]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, _) in enumerate(pairs):
+            groups.setdefault((self.sep_id, *ctx), []).append(i)
+        # a context shared by several requests runs once (an empty continuation scores 0 alone)
+        shared = {p: m for p, m in groups.items()
+                  if self.prefix_cache and len(m) > 1 and all(pairs[i][1] for i in m)}  # fmt: skip
+        alone = [i for p, m in groups.items() if p not in shared for i in m]
+        items = [([self.sep_id, *pairs[i][0], *pairs[i][1]], 1 + len(pairs[i][0])) for i in alone]
+        results: list = [None] * len(args)
+        for i, result in zip(alone, self._score_all(items, "loglikelihood", disable_tqdm)):
+            results[i] = result
+        if shared:
+            bar = tqdm(total=sum(len(m) for m in shared.values()), desc="loglikelihood (shared)",
+                       disable=disable_tqdm or not self.progress)  # fmt: skip
+            self._score_shared(shared, [cont for _, cont in pairs], results, bar)
+            bar.close()
         for a, r in zip(args, results):
             self._cache("loglikelihood", a[:2], r)
         return results
