@@ -180,19 +180,29 @@ class LongSSMLM(_Base):
         rows, width = len(seqs), max(lengths)
         if width < 2:
             return [(0.0, True)] * rows
-        tokens = torch.full((rows, width), self.sep_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            tokens[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-        tokens = tokens.to(self.device)
+        tokens = self._padded(seqs)  # (R, W)
         pos = torch.arange(1, width, device=self.device)  # (W-1,) target positions
         lo = torch.as_tensor(list(firsts), device=self.device)[:, None]
         hi = torch.as_tensor(lengths, device=self.device)[:, None]
         mask = (pos >= lo) & (pos < hi)  # (R, W-1): which targets count
         total = torch.zeros(rows, dtype=torch.float64, device=self.device)
         greedy = torch.ones(rows, dtype=torch.bool, device=self.device)
-        state = None
-        for a in range(0, width - 1, self.chunk_size):
-            b = min(a + self.chunk_size, width - 1)
+        self._accumulate(tokens, mask, None, total, greedy)
+        return list(zip(total.tolist(), greedy.tolist()))
+
+    def _padded(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The sequences right-padded with the separator, (rows, longest), on the device."""
+        tokens = torch.full((len(seqs), max(len(s) for s in seqs)), self.sep_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            tokens[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        return tokens.to(self.device)
+
+    def _accumulate(self, tokens, mask, state, total, greedy) -> None:
+        """Run tokens (R, W) from ``state`` in chunks of ``chunk_size`` and add to ``total`` (R,)
+        the float64 log-probabilities of the targets tokens[:, 1:] that ``mask`` (R, W-1) marks;
+        ``greedy`` (R,) stays true where every marked target is the argmax."""
+        for a in range(0, tokens.shape[1] - 1, self.chunk_size):
+            b = min(a + self.chunk_size, tokens.shape[1] - 1)
             logits, state = self.model(tokens[:, a:b], state)  # (R, c, V)
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()
@@ -201,7 +211,6 @@ class LongSSMLM(_Base):
             picked = logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)
             total += (picked.double() * m).sum(1)
             greedy &= ((logits.argmax(-1) == target) | ~m).all(1)
-        return list(zip(total.tolist(), greedy.tolist()))
 
     @torch.inference_mode()
     def score_after(self, state, last_logits: torch.Tensor, conts: Sequence[Sequence[int]]):
@@ -209,29 +218,16 @@ class LongSSMLM(_Base):
         final ``state`` (batch 1) and last-position logits (V,) are given: the first token is
         scored with ``last_logits``, the rest by running the continuations (right-padded) from
         the state repeated over the batch, in chunks of ``chunk_size``; sums are float64."""
-        rows, width = len(conts), max(len(c) for c in conts)
         if min(len(c) for c in conts) < 1:
             raise ValueError("every continuation needs at least one token")
-        tokens = torch.full((rows, width), self.sep_id, dtype=torch.long)
-        for i, c in enumerate(conts):
-            tokens[i, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
-        tokens = tokens.to(self.device)
+        rows, tokens = len(conts), self._padded(conts)  # (R, W)
         lengths = torch.as_tensor([len(c) for c in conts], device=self.device)[:, None]
-        mask = torch.arange(width, device=self.device) < lengths  # (R, W): which targets count
+        pos = torch.arange(1, tokens.shape[1], device=self.device)  # (W-1,) target positions
         first = last_logits.to(torch.promote_types(last_logits.dtype, torch.float32))  # (V,)
         total = first.log_softmax(-1)[tokens[:, 0]].double()  # (R,): log p(cont[0])
         greedy = tokens[:, 0] == first.argmax()
         state = map_state(state, lambda t: t.expand(rows, *t.shape[1:]).contiguous())
-        for a in range(0, width - 1, self.chunk_size):
-            b = min(a + self.chunk_size, width - 1)
-            logits, state = self.model(tokens[:, a:b], state)  # (R, c, V)
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            target = tokens[:, a + 1 : b + 1]  # (R, c)
-            m = mask[:, a + 1 : b + 1]
-            picked = logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)
-            total += (picked.double() * m).sum(1)
-            greedy &= ((logits.argmax(-1) == target) | ~m).all(1)
+        self._accumulate(tokens, pos < lengths, state, total, greedy)
         return list(zip(total.tolist(), greedy.tolist()))
 
     def _score_shared(self, groups: dict, conts: list, out: list, bar) -> None:
