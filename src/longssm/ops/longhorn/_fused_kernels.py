@@ -54,9 +54,10 @@ def _forward_task(x, eps, k, q, Dv, h0, y, hT, ckpt, save, b, d0):
     rows = stack_array(_F_ROWS, LANES, dtype)  # the per-lane rows of one step, on the stack
     dv, xs, es, u, acc = rows[_F_D], rows[_F_X], rows[_F_EP], rows[_F_U], rows[_F_ACC]
     one = np.ones(1, dtype)[0]  # 1 in the compute dtype (a float literal is float64)
-    for n in range(N):
-        for j in range(w):
-            h[n, j] = h0[b, np.uint64(d0 + j), n]
+    if h0.shape[0] > 0:  # else S_0 = 0 (h is zero-filled): the caller passes a (0, 0, 0) array
+        for n in range(N):
+            for j in range(w):
+                h[n, j] = h0[b, np.uint64(d0 + j), n]
     for j in range(w):
         dv[j] = Dv[np.uint64(d0 + j)]
     for t in range(T):
@@ -130,9 +131,10 @@ def _backward_task(
     hbuf = np.empty((CHECKPOINT + 1, N, LANES), dtype)
     hbuf[0] = 0
     v = stack_array(_ROWS, LANES, dtype)  # on the stack: see ``stack_array``
-    for n in range(N):
-        for j in range(w):
-            st[n, _LAM, j] = gh[b, np.uint64(d0 + j), n]
+    if gh.shape[0] > 0:  # else ∂L/∂S_T = 0 (st is zero-filled): a (0, 0, 0) array
+        for n in range(N):
+            for j in range(w):
+                st[n, _LAM, j] = gh[b, np.uint64(d0 + j), n]
     for j in range(w):
         dv[j] = Dv[np.uint64(d0 + j)]
     for c in range(ckpt.shape[1] - 1, -1, -1):
@@ -194,18 +196,20 @@ def _backward_task(
         for j in range(LANES):
             dD_acc[j] += v[_DD, j]
             v[_DD, j] = 0
-    for n in range(N):
-        for j in range(w):
-            dh0[b, np.uint64(d0 + j), n] = st[n, _LAM, j]
+    if dh0.shape[0] > 0:  # a (0, 0, 0) dh0: S_0 was zero, not an input (no gradient wanted)
+        for n in range(N):
+            for j in range(w):
+                dh0[b, np.uint64(d0 + j), n] = st[n, _LAM, j]
     for j in range(w):
         dD_part[b, np.uint64(d0 + j)] = dD_acc[j]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def longhorn_backward(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0):
-    """Gradients given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂S_T.
+    """Gradients given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂S_T (or a (0, 0, 0) array: 0).
 
-    Writes dx, deps (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; partial sums
+    Writes dx, deps (batch, T, d_inner) and dh0 (batch, d_inner, d_state; or nothing for a
+    (0, 0, 0) dh0, when S_0 = 0 was not an input) in full; partial sums
     for the rest, reduced by the caller: dD_part (batch, d_inner) in float64 per task, and dk_part,
     dq_part (batch, n_groups, T, d_state), zero-filled by the caller. A task is one batch row and
     one group of consecutive channel blocks (as the selective scan's backward): it adds each

@@ -24,7 +24,6 @@ from longssm.ops._common import (
     differentiable_once,
     numba_available,
     numpy_view,
-    output_grads,
     sum_groups,
     torch_threads_kept,
 )
@@ -46,7 +45,7 @@ class _FusedLonghorn(torch.autograd.Function):
         # an output that does not reach the loss (the final state, usually) comes to the backward
         # as None, not as a zero-filled tensor that autograd would allocate for it
         ctx.set_materialize_grads(False)
-        # x, eps: (B, T, Di); k, q: (B, T, N); D: (Di,); h0: (B, Di, N)
+        # x, eps: (B, T, Di); k, q: (B, T, N); D: (Di,); h0: (B, Di, N) or a (0, 0, 0) array (zeros)
         kern = _kernels()
         batch, T, d_inner = x.shape
         d_state = k.shape[2]
@@ -71,13 +70,21 @@ class _FusedLonghorn(torch.autograd.Function):
         batch, T, d_inner = x.shape
         d_state = k.shape[2]
         n_groups = backward_groups(batch, -(-d_inner // kern.LANES))
-        gy, gh = output_grads(gy, gh, x, (batch, d_inner, d_state))
+        # ∂L/∂S_T = 0 when S_T does not reach the loss (the usual case) and no ∂L/∂S_0 when S_0 = 0
+        # was not an input: (0, 0, 0) arrays, not zero-filled or unused (B, Di, N) ones
+        gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
+        gh = x.new_empty(0, 0, 0) if gh is None else gh.to(x.dtype).contiguous()
+        want_dh0 = ctx.needs_input_grad[5]
         dx = torch.empty_like(x)  # (B, T, Di)
         deps = torch.empty_like(x)  # (B, T, Di)
         dk_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
         dq_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
-        dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype)  # (B, Di, N)
+        dh0 = (
+            torch.empty(batch, d_inner, d_state, dtype=x.dtype)
+            if want_dh0
+            else x.new_empty(0, 0, 0)
+        )
         with torch_threads_kept():
             kern.longhorn_backward(
                 *(
@@ -88,7 +95,7 @@ class _FusedLonghorn(torch.autograd.Function):
             )
         dD = dD_part.sum(0).to(x.dtype)  # (Di,)
         dk, dq = sum_groups(dk_part, dq_part)  # (B, T, N) each
-        return dx, deps, dk, dq, dD, dh0
+        return dx, deps, dk, dq, dD, (dh0 if want_dh0 else None)
 
 
 def longhorn_fused(
@@ -139,11 +146,8 @@ def longhorn_fused(
 
     kc = k.to(dtype)
     eps = longhorn_eps(beta.to(dtype), kc)  # (B, T, Di)
-    h0 = (
-        x.new_zeros(batch, d_inner, d_state, dtype=dtype)
-        if initial_state is None
-        else initial_state.contiguous()
-    )  # (B, Di, N)
+    # (B, Di, N); S_0 = 0 goes in as a (0, 0, 0) array: the kernel starts from zeros unread
+    h0 = x.new_empty(0, 0, 0, dtype=dtype) if initial_state is None else initial_state.contiguous()
     Dc = x.new_zeros(d_inner, dtype=dtype) if D is None else D.to(dtype).contiguous()  # (Di,)
     y, hT = _FusedLonghorn.apply(
         x.to(dtype).contiguous(),
