@@ -35,7 +35,7 @@ FLOORS = [
 FLOOR_OF = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
 # Kernels compiled by numba or Triton: one long function each is the natural unit there.
 KERNEL_MODULES = {"ops/selective_scan/_fused_kernels.py", "ops/selective_scan/_triton_kernels.py",
-                  "ops/longhorn/_fused_kernels.py", "ops/_numba.py"}
+                  "ops/longhorn/_fused_kernels.py", "ops/ssd/_fused_kernels.py", "ops/_numba.py"}
 MAX_FUNCTION_LINES = 80
 MODULE_STRING = re.compile(r"^longssm(\.[A-Za-z_][A-Za-z0-9_]*)+(:[A-Za-z_][A-Za-z0-9_]*)?$")
 

@@ -119,6 +119,8 @@ def test_paths_that_cannot_run_here_are_value_errors(monkeypatch):
         selective_scan_op.resolve_path("fused", meta)
     with pytest.raises(ValueError, match="'fused' is not available.*CPU tensors only"):
         longhorn_op.resolve_path("fused", meta)
+    with pytest.raises(ValueError, match="'fused' is not available.*CPU tensors only"):
+        ssd_op.resolve_path("fused", torch.empty(2, 5, 3, 4, device="meta"))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="'triton' is not available"):
             selective_scan_op.selective_scan(*scan_inputs, path="triton")
@@ -127,12 +129,16 @@ def test_paths_that_cannot_run_here_are_value_errors(monkeypatch):
             ssd_op.ssd(*ssd_inputs, path="fla")
     monkeypatch.setattr(selective_scan_op, "numba_available", lambda: False)
     monkeypatch.setattr(longhorn_op, "numba_available", lambda: False)
+    monkeypatch.setattr(ssd_op, "numba_available", lambda: False)
     with pytest.raises(ValueError, match="numba is not installed"):
         selective_scan_op.selective_scan(*scan_inputs, path="fused")
     with pytest.raises(ValueError, match="numba is not installed"):
         longhorn_op.longhorn(*longhorn_case(5)[0], path="fused")
+    with pytest.raises(ValueError, match="numba is not installed"):
+        ssd_op.ssd(*ssd_case(5)[0], path="fused")
     assert selective_scan_op.resolve_path("auto", inp["x"]) == "chunk"
     assert longhorn_op.resolve_path("auto", inp["x"]) == "chunk"
+    assert ssd_op.resolve_path("auto", inp["x"]) == "chunk"
 
 
 def test_auto_resolves_by_the_documented_rules():
@@ -140,7 +146,7 @@ def test_auto_resolves_by_the_documented_rules():
     fused = "fused" if selective_scan_op.numba_available() else "chunk"
     assert selective_scan_op.resolve_path("auto", x) == selective_scan_op.scan_path(x) == fused
     assert longhorn_op.resolve_path("auto", x) == fused
-    assert ssd_op.resolve_path("auto", x) == "chunk"
+    assert ssd_op.resolve_path("auto", x) == fused
     assert diag_scan_op.resolve_path("auto", x) == "chunk"
     for pkg in (selective_scan_op, longhorn_op, ssd_op, diag_scan_op):
         assert pkg.PATHS[0] == "auto" and {"chunk", "naive"} <= set(pkg.PATHS)

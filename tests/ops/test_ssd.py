@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from helpers import assert_close
-from longssm.ops.ssd import ssd, ssd_chunk, ssd_naive, ssd_step
+from longssm.ops._common import numba_available, torch_forms
+from longssm.ops.ssd import ssd, ssd_chunk, ssd_naive, ssd_path, ssd_step
 
 F64 = torch.float64
 
@@ -104,11 +105,17 @@ def test_chunk_split_with_state_carried(split):
     assert_close(h2, h_all, name="final_state")
 
 
-def test_no_final_state_unless_asked_and_ssd_dispatches_to_chunk_on_cpu():
+def test_no_final_state_unless_asked_and_ssd_dispatches_on_cpu():
+    """path="auto" on CPU runs the fused kernels when numba is installed, else the chunked form;
+    inside ``torch_forms()`` always the chunked form."""
     inp = make_inputs(1, 5, 2, 2, 1, 3)
     y, h = ssd(**inp)
     assert h is None
+    want = "fused" if numba_available() else "chunk"
+    assert ssd_path(*inp.values()) == want
     assert_close(y, ssd_chunk(**inp)[0], name="ssd == ssd_chunk on CPU")
+    with torch_forms():
+        assert ssd_path(*inp.values()) == "chunk"
     assert ssd_naive(**inp)[1] is None
 
 

@@ -108,8 +108,9 @@ class Mamba2(nn.Module):
         bias: bias in in_proj and out_proj.
         conv_bias: bias in conv1d.
         chunk_size: chunk length of the SSD chunked scan.
-        scan: "auto" (fla's Triton kernels for CUDA inference when fla is importable, else
-            chunk), "chunk" (matmul form, any device), "fla" (also for training; see
+        scan: "auto" (the fused numba kernels on CPU when numba is installed, fla's Triton
+            kernels for CUDA inference when fla is importable, else chunk), "chunk" (matmul form,
+            any device), "fused" (numba kernels, CPU only), "fla" (also for training; see
             ``longssm.ops.ssd.fla_gpu``) or "naive" (reference loop).
         norm_eps: epsilon of the gated RMSNorm; None = 1e-5 (the registry passes the model's
             norm_eps unless the ``norm_eps`` mixer option, set by head pruning, is given).
