@@ -26,7 +26,10 @@ compiler and every result is independent of the thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from longssm.ops._numba import (
     CHECKPOINT,
@@ -35,8 +38,10 @@ from longssm.ops._numba import (
     PREFETCH,
     cache_depends_on_primitives,
     fast_exp,
+    lane_arrays,
     lane_dot,
     lane_sum,
+    lane_vector_ops,
     prefetch,
     stack_array,
     wide_vectors,
@@ -82,14 +87,7 @@ def _forward_task(x, dt, A, Bm, Cm, Dv, h0, y, hT, ckpt, save, b, hh, blk):
             xs[j] = x[b, t, np.uint64(c0 + j)]
         for j in range(LANES):
             u[j] = d * xs[j]
-            acc[j] = 0
-        for n in range(N):
-            bn = Bm[b, t, g, n]
-            cn = Cm[b, t, g, n]
-            for j in range(LANES):
-                hn = e * h[n, j] + u[j] * bn
-                h[n, j] = hn
-                acc[j] += cn * hn
+        _advance(h, h, u, Bm[b, t, g], Cm[b, t, g], acc, e)  # h_t; Σ_n C_t,n h_t,n
         for j in range(w):
             y[b, t, np.uint64(c0 + j)] = acc[j] + dd * xs[j]
     for n in range(N):
@@ -117,6 +115,104 @@ def ssd_forward(x, dt, A, Bm, Cm, Dv, h0, y, hT, ckpt, save):
 # u_t = Δ_t x_t, Σ_n lam B_t,n (∂L/∂u_t), Σ_n lam h_{t-1,n} (lanes of ∂L/∂e_t) and the running
 # Σ_t ∂L/∂y x of the current checkpoint block (for ∂L/∂D).
 _X, _GY, _U, _GU, _GE, _DD, _ROWS = range(7)
+
+
+def _arrays(context, builder, signature, args, count):
+    """The first ``count`` array arguments of an intrinsic as numba array structs."""
+    return [
+        context.make_array(t)(context, builder, a)
+        for t, a in zip(signature.args[:count], args[:count])
+    ]
+
+
+@intrinsic
+def _advance(typingctx, hs0, hs1, u, brow, crow, acc, e):
+    """One step of a block's state, as LLVM vector IR: for n = 0 .. N-1 (16-lane rows)
+        hs1[n] = e hs0[n] + u B_n     (u B_n rounded, then one fused multiply-add)
+        acc = Σ_n C_n hs1[n]          (one fused multiply-add per n, in order, 0 + first)
+    hs0, hs1 (N, LANES) (may be the same array), u, acc (LANES,), brow, crow (N,); e a scalar.
+    Written as IR because numba's loops over the lanes were left scalar here (16 scalar
+    multiply-adds per n: LLVM's vectoriser did not take them), and the sum over n stays in a
+    register."""
+    arrays = (hs0, hs1, u, brow, crow, acc)
+    if not lane_arrays(arrays, (2, 2, 1, 1, 1, 1)) or e != hs0.dtype:
+        return None
+    sig = types.void(*arrays, e)
+
+    def codegen(context, builder, signature, args):
+        h0_a, h1_a, u_a, b_a, c_a, acc_a = _arrays(context, builder, signature, args, 6)
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+        i64 = ir.IntType(64)
+        ev = vec.splat(args[6])
+        uv = vec.load(u_a.data, i64(0))
+        acc_slot = cgutils.alloca_once_value(builder, vec.zero)
+        n_state = cgutils.unpack_tuple(builder, h0_a.shape)[0]
+        with cgutils.for_range(builder, n_state) as loop:
+            n = loop.index
+            row = builder.mul(n, i64(LANES))
+            bn = vec.splat(builder.load(builder.gep(b_a.data, [n])))
+            cn = vec.splat(builder.load(builder.gep(c_a.data, [n])))
+            hv = vec.fma(ev, vec.load(h0_a.data, row), builder.fmul(uv, bn))
+            vec.store(hv, h1_a.data, row)
+            builder.store(vec.fma(cn, hv, builder.load(acc_slot)), acc_slot)
+        vec.store(builder.load(acc_slot), acc_a.data, i64(0))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _reverse(typingctx, lam, hs0, hs1, v, brow, crow, dbrow, dcrow, e):
+    """One reverse step of a block over every state index n, as LLVM vector IR (16-lane rows):
+        l = lam[n] + gy C_n                      (∂L/∂h_t,n: fused multiply-add)
+        dcrow[n] += Σ_j gy hs1[n];  dbrow[n] += Σ_j l u   (products rounded, ``lane_sum``'s tree)
+        gu = Σ_n l B_n;  ge = Σ_n l hs0[n]       (in order over n, in registers)
+        lam[n] = e l                              (∂L/∂h_{t-1})
+    lam, hs0, hs1 (N, LANES): λ, h_{t-1}, h_t; v (_ROWS, LANES): rows _GY, _U read, _GU, _GE
+    written; brow, crow (N,): B_t, C_t; dbrow, dcrow (N,): added to; e = exp(Δ_t a) a scalar."""
+    arrays = (lam, hs0, hs1, v, brow, crow, dbrow, dcrow)
+    if not lane_arrays(arrays, (2, 2, 2, 2, 1, 1, 1, 1)) or e != lam.dtype:
+        return None
+    sig = types.void(*arrays, e)
+
+    def codegen(context, builder, signature, args):
+        lam_a, h0_a, h1_a, v_a, b_a, c_a, db_a, dc_a = _arrays(context, builder, signature, args, 8)
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+        i64 = ir.IntType(64)
+        ev = vec.splat(args[8])
+        gy = vec.load(v_a.data, i64(_GY * LANES))
+        u = vec.load(v_a.data, i64(_U * LANES))
+        gu_slot = cgutils.alloca_once_value(builder, vec.zero)
+        ge_slot = cgutils.alloca_once_value(builder, vec.zero)
+
+        def state(n):
+            """The update of state index n; returns the products of ∂L/∂C_t,n and ∂L/∂B_t,n."""
+            row = builder.mul(n, i64(LANES))
+            bn = vec.splat(builder.load(builder.gep(b_a.data, [n])))
+            cn = vec.splat(builder.load(builder.gep(c_a.data, [n])))
+            lv = vec.fma(gy, cn, vec.load(lam_a.data, row))
+            builder.store(vec.fma(lv, bn, builder.load(gu_slot)), gu_slot)
+            builder.store(vec.fma(lv, vec.load(h0_a.data, row), builder.load(ge_slot)), ge_slot)
+            vec.store(builder.fmul(ev, lv), lam_a.data, row)
+            return vec.product(gy, vec.load(h1_a.data, row)), vec.product(lv, u)
+
+        n_state = cgutils.unpack_tuple(builder, lam_a.shape)[0]
+        n_fours = builder.udiv(n_state, i64(4))
+        with cgutils.for_range(builder, n_fours) as loop:  # four state indices at a time
+            n0 = builder.mul(loop.index, i64(4))
+            terms = [state(builder.add(n0, i64(k))) for k in range(4)]
+            vec.add4_to(builder.gep(dc_a.data, [n0]), vec.sum4([dc for dc, _ in terms]))
+            vec.add4_to(builder.gep(db_a.data, [n0]), vec.sum4([db for _, db in terms]))
+        with cgutils.for_range(builder, builder.sub(n_state, builder.mul(n_fours, i64(4)))) as loop:
+            n = builder.add(builder.mul(n_fours, i64(4)), loop.index)
+            dc, db = state(n)
+            vec.add_to(builder.gep(dc_a.data, [n]), vec.sum(dc))
+            vec.add_to(builder.gep(db_a.data, [n]), vec.sum(db))
+        vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
+        vec.store(builder.load(ge_slot), v_a.data, i64(_GE * LANES))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -170,10 +266,7 @@ def _backward_task(x, dt, A, Bm, Cm, Dv, ckpt, gy, gh, dx, parts, dh0, b, hh, bl
                 v[_X, j] = x[b, t, np.uint64(c0 + j)]
             for j in range(LANES):
                 v[_U, j] = d * v[_X, j]
-            for n in range(N):
-                bn = Bm[b, t, g, n]
-                for j in range(LANES):
-                    hbuf[s + 1, n, j] = e * hbuf[s, n, j] + v[_U, j] * bn
+            _advance(hbuf[s], hbuf[s + 1], v[_U], Bm[b, t, g], Cm[b, t, g], v[_GU], e)
         for s in range(steps - 1, -1, -1):
             t = t0 + s
             prefetch(gy, b, max(t - 1, 0), c0)
@@ -185,25 +278,14 @@ def _backward_task(x, dt, A, Bm, Cm, Dv, ckpt, gy, gh, dx, parts, dh0, b, hh, bl
                 v[_GY, j] = gy[b, t, np.uint64(c0 + j)]
             for j in range(LANES):
                 v[_U, j] = d * v[_X, j]
-                v[_GU, j] = 0
-                v[_GE, j] = 0
                 v[_DD, j] += v[_GY, j] * v[_X, j]
-            hs0, hs1 = hbuf[s], hbuf[s + 1]
-            # lam = λ + ∂L/∂y_t C_t,n: ∂L/∂h_t (carried part plus y_t's)
-            for n in range(N):
-                bn = Bm[b, t, g, n]
-                cn = Cm[b, t, g, n]
-                for j in range(LANES):
-                    lv = lam[n, j] + v[_GY, j] * cn
-                    lam[n, j] = lv
-                    v[_GU, j] += lv * bn
-                    v[_GE, j] += lv * hs0[n, j]
-            # ∂L/∂C_t,n = Σ_j ∂L/∂y h_t,n; ∂L/∂B_t,n = Σ_j lam u; then λ = e_t lam = ∂L/∂h_{t-1}
-            for n in range(N):
-                dC_part[b, part, t, g, n] += lane_dot(v[_GY], hs1[n])
-                dB_part[b, part, t, g, n] += lane_dot(lam[n], v[_U])
-                for j in range(LANES):
-                    lam[n, j] = e * lam[n, j]
+            # Over n (``_reverse``): lam = λ + ∂L/∂y_t C_t,n is ∂L/∂h_t (the carried part plus
+            # y_t's); ∂L/∂C_t,n = Σ_j ∂L/∂y h_t,n, ∂L/∂B_t,n = Σ_j lam u; ∂L/∂u = Σ_n lam B_t,n,
+            # ∂L/∂e_t = Σ_n,j lam h_{t-1}; then λ = e_t lam = ∂L/∂h_{t-1}.
+            _reverse(
+                lam, hbuf[s], hbuf[s + 1], v, Bm[b, t, g], Cm[b, t, g], dB_part[b, part, t, g],
+                dC_part[b, part, t, g], e,
+            )  # fmt: skip
             ge = lane_sum(v[_GE])  # ∂L/∂e_t from this block's lanes
             # ∂L/∂Δ_t = Σ_j x ∂L/∂u + ∂L/∂e_t e_t a; ∂L/∂a += ∂L/∂e_t e_t Δ_t
             ddt_part[b, blk, t, hh] = lane_dot(v[_X], v[_GU]) + ge * e * a
