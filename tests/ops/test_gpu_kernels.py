@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from helpers import assert_close, linear_loss_grads
+from longssm.ops._common import numba_available
 from longssm.ops.selective_scan import (
     scan_path,
     selective_scan,
@@ -257,4 +258,4 @@ def test_fla_ssd_refuses_cpu_tensors():
            for k, v in test_ssd.make_inputs(1, 4, 2, 2, 1, 3).items()}  # fmt: skip
     with pytest.raises(ValueError, match="CUDA"):
         ssd_fla(**inp)
-    assert ssd_path(inp["x"]) == "chunk"
+    assert ssd_path(inp["x"]) == ("fused" if numba_available() else "chunk")
