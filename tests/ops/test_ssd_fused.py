@@ -189,3 +189,24 @@ def test_bad_inputs_raise_value_error(change):
     inp.update(change)
     with pytest.raises(ValueError):
         ssd_fused(**inp)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Bit-identical outputs and gradients with numba on 1 thread and on all of them."""
+    import numba
+
+    inp = make_inputs(3, 45, 4, 20, 2, 5, dtype=torch.float32)
+    leaves = list(inp.values())
+
+    def run():
+        y, h = ssd_fused(**inp, output_final_state=True)
+        return (y, h, *torch.autograd.grad(weighted_loss(y, h, True), leaves))
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, run()):
+        assert torch.equal(a, b)
