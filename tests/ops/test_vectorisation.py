@@ -52,6 +52,10 @@ REQUIRED = {
     "conv_backward": 12,
     "scan_forward": 6,
     "scan_backward": 6,
+    # the SSD (Mamba-2, session 8): the state update / reverse step over n (vector IR) and the
+    # lane loops of u, y, ∂x (the backward's fifth vector loop mixes in scalar code: 4 clean)
+    "ssd_forward": 3,
+    "ssd_backward": 4,
     "norm_forward": 4,
     "norm_backward": 6,
     "step_size_forward": 4,

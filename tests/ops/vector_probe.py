@@ -109,6 +109,25 @@ def scan_calls(dtype):
     return {"scan_forward": k._forward_task, "scan_backward": k._backward_task}
 
 
+def ssd_calls(dtype):
+    from longssm.ops.ssd import _fused_kernels as k
+
+    B, T, H, P, G, N = 1, 5, 2, 20, 1, 4
+    x, y, gy, dx = (np.ones((B, T, H * P), dtype) for _ in range(4))
+    dt, A, Dv = np.ones((B, T, H), dtype), np.ones(H, dtype), np.ones(H, dtype)
+    Bm, Cm = np.ones((B, T, G, N), dtype), np.ones((B, T, G, N), dtype)
+    h0, hT, gh, dh0 = (np.ones((B, H, P, N), dtype) for _ in range(4))
+    ckpt = np.ones((B, 1, H, N, P), dtype)
+    nblk = -(-P // k.LANES)
+    dB, dC = np.ones((B, 1, T, G, N), dtype), np.ones((B, 1, T, G, N), dtype)
+    ddt = np.ones((B, nblk, T, H), dtype)
+    dA, dD = np.ones((B, H, nblk), np.float64), np.ones((B, H, nblk), np.float64)
+    k._forward_task(x, dt, A, Bm, Cm, Dv, h0, y, hT, ckpt, True, 0, 0, 0)
+    parts = (dB, dC, ddt, dA, dD)
+    k._backward_task(x, dt, A, Bm, Cm, Dv, ckpt, gy, gh, dx, parts, dh0, 0, 0, 0, 0)
+    return {"ssd_forward": k._forward_task, "ssd_backward": k._backward_task}
+
+
 def norm_calls(dtype):
     from longssm.ops.rms_norm import _fused_kernels as k
 
@@ -176,7 +195,8 @@ def main(dtypes: list[str]) -> dict:
     report = {}
     for name in dtypes:
         dtype = np.dtype(name)
-        for calls in (control_calls, conv_calls, scan_calls, norm_calls, step_calls, loss_calls):
+        for calls in (control_calls, conv_calls, scan_calls, ssd_calls, norm_calls, step_calls,
+                      loss_calls):  # fmt: skip
             for kernel, fn in calls(dtype).items():
                 sig = next(s for s in fn.signatures if str(s[0].dtype) == name)
                 report.setdefault(kernel, {})[name] = loop_report(fn.inspect_asm(sig))
