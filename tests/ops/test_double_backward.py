@@ -15,6 +15,7 @@ from longssm.ops.cross_entropy import cross_entropy_fused
 from longssm.ops.longhorn import longhorn_fused
 from longssm.ops.rms_norm import add_rms_norm_fused, rms_norm_fused
 from longssm.ops.selective_scan import selective_scan_fused
+from longssm.ops.ssd import ssd_fused
 from longssm.ops.step_size import step_size_fused
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="the fused forms need numba")
@@ -72,6 +73,18 @@ def _longhorn():
     return [x, beta, k, q], lambda: longhorn_fused(x, beta, k, q)[0]
 
 
+def _ssd():
+    x, dt, Bm, Cm = (
+        _rand(B, T, 2, 5),
+        _rand(B, T, 2, positive=True),
+        _rand(B, T, 1, N),
+        _rand(B, T, 1, N),
+    )
+    A, Dv, h0 = -_rand(2, positive=True), _rand(2), _rand(B, 2, 5, N)
+    ins = [x, dt, A, Bm, Cm, Dv, h0]
+    return ins, lambda: ssd_fused(*ins)[0]
+
+
 def _mamba_inner():
     torch.manual_seed(0)
     layer = Mamba(8, d_state=4, d_conv=4, scan="fused").double()
@@ -87,6 +100,7 @@ OPS = {
     "step_size": _step_size,
     "cross_entropy": _cross_entropy,
     "longhorn": _longhorn,
+    "ssd": _ssd,
     "mamba_inner": _mamba_inner,
 }
 
@@ -111,7 +125,8 @@ def _tiny_lm(mixer):
     from longssm.models import ModelConfig, SSMLanguageModel
 
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=8, n_layers=2, vocab_size=11, mixer=mixer, d_state=4)
+    options = {"mixer_options": {"headdim": 4}} if mixer == "mamba2" else {}
+    cfg = ModelConfig(d_model=8, n_layers=2, vocab_size=11, mixer=mixer, d_state=4, **options)
     return SSMLanguageModel(cfg).double()
 
 
@@ -129,6 +144,7 @@ def test_torch_forms_switches_every_auto_path_and_back():
         longhorn,
         rms_norm,
         selective_scan,
+        ssd,
         step_size,
         torch_forms,
     )
@@ -141,11 +157,12 @@ def test_torch_forms_switches_every_auto_path_and_back():
         "norm": lambda: rms_norm.resolve_path("auto", x, w),
         "step": lambda: step_size.resolve_path("auto", x, w[None].expand(4, 4), w),
         "loss": lambda: cross_entropy.resolve_path("auto", x[0]),
+        "ssd": lambda: ssd.resolve_path("auto", x),
     }
     fused = {"scan": "fused", "longhorn": "fused", "conv": "fused", "norm": "fused"}
-    fused |= {"step": "fused", "loss": "fused"}
+    fused |= {"step": "fused", "loss": "fused", "ssd": "fused"}
     torch_form = {"scan": "chunk", "longhorn": "chunk", "conv": "torch", "norm": "naive"}
-    torch_form |= {"step": "naive", "loss": "naive"}
+    torch_form |= {"step": "naive", "loss": "naive", "ssd": "chunk"}
     assert {k: f() for k, f in auto.items()} == fused
     with torch_forms():
         with torch_forms():  # blocks nest
@@ -155,7 +172,7 @@ def test_torch_forms_switches_every_auto_path_and_back():
     assert {k: f() for k, f in auto.items()} == fused
 
 
-@pytest.mark.parametrize("mixer", ["mamba", "longhorn"])
+@pytest.mark.parametrize("mixer", ["mamba", "longhorn", "mamba2"])
 def test_hessian_vector_product_inside_torch_forms_matches_finite_differences(mixer):
     """H v by double backward (inside ``torch_forms``) == the central difference of the gradient
     computed by the default fused path, (g(θ + εv) - g(θ - εv)) / 2ε, in float64 (within 1e-6 of
