@@ -444,6 +444,25 @@ class lane_vector_ops:  # noqa: N801 (used like a module of helpers inside one c
         at = b.bitcast(ptr, x.type.as_pointer())
         b.store(b.fadd(b.load(at, align=self.align), x), at, align=self.align)
 
+    def lane_sums_into(self, n_state, state, first, second):
+        """For n = 0 .. n_state-1 in order: (p, q) = state(n) (16-lane vectors), then first[n] +=
+        Σ p and second[n] += Σ q (``first``, ``second`` pointers to scalars): four n at a time
+        with ``sum4`` (the tree's shuffles shared), the rest one by one with ``sum`` (same bits).
+        The reverse steps' sums of ∂L/∂C, ∂L/∂B over the lanes."""
+        b = self.builder
+        i64 = ir.IntType(64)
+        n_fours = b.udiv(n_state, i64(4))
+        with cgutils.for_range(b, n_fours) as loop:  # four state indices at a time
+            n0 = b.mul(loop.index, i64(4))
+            terms = [state(b.add(n0, i64(k))) for k in range(4)]
+            self.add4_to(b.gep(first, [n0]), self.sum4([p for p, _ in terms]))
+            self.add4_to(b.gep(second, [n0]), self.sum4([q for _, q in terms]))
+        with cgutils.for_range(b, b.sub(n_state, b.mul(n_fours, i64(4)))) as loop:
+            n = b.add(b.mul(n_fours, i64(4)), loop.index)
+            p, q = state(n)
+            self.add_to(b.gep(first, [n]), self.sum(p))
+            self.add_to(b.gep(second, [n]), self.sum(q))
+
 
 @intrinsic
 def lane_sum(typingctx, p):

@@ -197,17 +197,7 @@ def _reverse(typingctx, lam, hs0, hs1, v, brow, crow, dbrow, dcrow, e):
             return vec.product(gy, vec.load(h1_a.data, row)), vec.product(lv, u)
 
         n_state = cgutils.unpack_tuple(builder, lam_a.shape)[0]
-        n_fours = builder.udiv(n_state, i64(4))
-        with cgutils.for_range(builder, n_fours) as loop:  # four state indices at a time
-            n0 = builder.mul(loop.index, i64(4))
-            terms = [state(builder.add(n0, i64(k))) for k in range(4)]
-            vec.add4_to(builder.gep(dc_a.data, [n0]), vec.sum4([dc for dc, _ in terms]))
-            vec.add4_to(builder.gep(db_a.data, [n0]), vec.sum4([db for _, db in terms]))
-        with cgutils.for_range(builder, builder.sub(n_state, builder.mul(n_fours, i64(4)))) as loop:
-            n = builder.add(builder.mul(n_fours, i64(4)), loop.index)
-            dc, db = state(n)
-            vec.add_to(builder.gep(dc_a.data, [n]), vec.sum(dc))
-            vec.add_to(builder.gep(db_a.data, [n]), vec.sum(db))
+        vec.lane_sums_into(n_state, state, dc_a.data, db_a.data)
         vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
         vec.store(builder.load(ge_slot), v_a.data, i64(_GE * LANES))
         return context.get_dummy_value()
