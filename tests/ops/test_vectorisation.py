@@ -52,6 +52,10 @@ REQUIRED = {
     "conv_backward": 12,
     "scan_forward": 6,
     "scan_backward": 6,
+    # Longhorn (session 8): its state update / recomputation over n as vector IR; its reverse step
+    # is still numba loops (2 clean of 5 vector loops)
+    "longhorn_forward": 1,
+    "longhorn_backward": 2,
     # the SSD (Mamba-2, session 8): the state update / reverse step over n (vector IR) and the
     # lane loops of u, y, ∂x (the backward's fifth vector loop mixes in scalar code: 4 clean)
     "ssd_forward": 3,

@@ -109,6 +109,21 @@ def scan_calls(dtype):
     return {"scan_forward": k._forward_task, "scan_backward": k._backward_task}
 
 
+def longhorn_calls(dtype):
+    from longssm.ops.longhorn import _fused_kernels as k
+
+    B, T, D, N = 1, 5, 20, 4
+    x, eps, y, gy, dx, deps = (np.ones((B, T, D), dtype) for _ in range(6))
+    kk, q = np.ones((B, T, N), dtype), np.ones((B, T, N), dtype)
+    Dv, h0, hT, gh, dh0 = np.ones(D, dtype), *(np.ones((B, D, N), dtype) for _ in range(4))
+    ckpt = np.ones((B, 1, N, D), dtype)
+    dk, dq = np.ones((B, 1, T, N), dtype), np.ones((B, 1, T, N), dtype)
+    dD = np.ones((B, D), np.float64)
+    k._forward_task(x, eps, kk, q, Dv, h0, y, hT, ckpt, True, 0, 0)
+    k._backward_task(x, eps, kk, q, Dv, ckpt, gy, gh, dx, deps, dk, dq, dD, dh0, 0, 0, 0)
+    return {"longhorn_forward": k._forward_task, "longhorn_backward": k._backward_task}
+
+
 def ssd_calls(dtype):
     from longssm.ops.ssd import _fused_kernels as k
 
@@ -195,8 +210,8 @@ def main(dtypes: list[str]) -> dict:
     report = {}
     for name in dtypes:
         dtype = np.dtype(name)
-        for calls in (control_calls, conv_calls, scan_calls, ssd_calls, norm_calls, step_calls,
-                      loss_calls):  # fmt: skip
+        for calls in (control_calls, conv_calls, scan_calls, longhorn_calls, ssd_calls,
+                      norm_calls, step_calls, loss_calls):  # fmt: skip
             for kernel, fn in calls(dtype).items():
                 sig = next(s for s in fn.signatures if str(s[0].dtype) == name)
                 report.setdefault(kernel, {})[name] = loop_report(fn.inspect_asm(sig))
