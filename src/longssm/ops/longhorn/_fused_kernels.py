@@ -1,11 +1,14 @@
 """Numba kernels of the fused CPU Longhorn recurrence; imported lazily by ``fused_cpu.py``.
 
 The design is the fused Mamba-1 kernel's (``ops/selective_scan/_fused_kernels.py``; both take
-``lane_sum``, ``prefetch`` and the constants from ``ops/_numba.py``): one task per (batch row, block of
-``LANES`` = 16 channels), the block's state held as a small (d_state, LANES) array, inner loops over
-the lanes, states checkpointed every ``CHECKPOINT`` = 32 steps for the backward, per-task partial
-sums of the parameters shared across channels reduced by the caller. The only differences: the
-decay exp(Δ A) becomes 1 - ε k² (no exp), the input Δ x B becomes ε x k, C becomes q.
+``lane_vector_ops``, ``prefetch`` and the constants from ``ops/_numba.py``): one task per (batch
+row, block of ``LANES`` = 16 channels), the block's state held as a small (d_state, LANES) array,
+states checkpointed every ``CHECKPOINT`` = 32 steps for the backward, per-task partial sums of the
+parameters shared across channels reduced by the caller; the state update (``_advance``, shared by
+the forward and the backward's recomputation) and the reverse step (``_reverse``) over n are LLVM
+vector IR (session 8: numba's lane loops compiled to 256-bit and scalar code here). The only
+differences: the decay exp(Δ A) becomes 1 - ε k² (no exp), the input Δ x B becomes ε x k, C
+becomes q.
 
 Glossary (paper symbol -> code name, shape; one task = one batch row b and one channel block):
     x_t, ε_t (input, step)             x, eps         (batch, T, d_inner)
@@ -31,8 +34,6 @@ from longssm.ops._numba import (
     PREFETCH,
     cache_depends_on_primitives,
     lane_arrays,
-    lane_dot,
-    lane_sum,
     lane_vector_ops,
     prefetch,
     stack_array,
@@ -142,10 +143,69 @@ def longhorn_forward(x, eps, k, q, Dv, h0, y, hT, ckpt, save):
 
 
 # Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: x, ε, ∂L/∂y, ε x,
-# Σ_n λ k_n, Σ_n ∂L/∂a_n k_n², the running Σ_t ∂L/∂y x (for dD). st (N, _ST_ROWS, LANES): λ and the
-# per-lane products summed over lanes for dk (dq is summed by ``lane_dot`` from rows it reads).
+# Σ_n λ k_n, Σ_n ∂L/∂a_n k_n², the running Σ_t ∂L/∂y x (for dD). st (N, _ST_ROWS, LANES): λ (the
+# reverse step, ``_reverse``, sums dk and dq over the lanes in registers).
 _X, _EP, _GY, _U, _GU, _GE, _DD, _ROWS = range(8)
-_LAM, _PK, _ST_ROWS = range(3)
+_LAM, _ST_ROWS = range(2)
+
+
+@intrinsic
+def _reverse(typingctx, st, hs0, hs1, v, krow, qrow, dkrow, dqrow):
+    """One reverse-time step over every state index n of a block, as LLVM vector IR (16-lane
+    rows; the formulas of the numba loop it replaces, each product rounded unless fused below):
+        lam = λ_n + gy q_n                      (fused multiply-add: ∂L/∂S_t,n)
+        da = lam S_{t-1,n}                      (∂L/∂a, a = 1 - ε k_n²)
+        dq_n += Σ_j gy S_t,n;  dk_n += Σ_j (lam u - 2 k_n (da ε))   (``lane_sums_into``)
+        Σ_n lam k_n -> v[_GU];  Σ_n da k_n² -> v[_GE]   (in order over n, in registers)
+        λ_n = (1 - ε k_n²) lam
+    st (N, _ST_ROWS, LANES): rows _LAM read and written; hs0, hs1 (N, LANES): S_{t-1}, S_t;
+    v (_ROWS, LANES): rows _EP, _GY, _U read, _GU, _GE written; krow, qrow (N,): k_t, q_t; dkrow,
+    dqrow (N,): added to."""
+    arrays = (st, hs0, hs1, v, krow, qrow, dkrow, dqrow)
+    if not lane_arrays(arrays, (3, 2, 2, 2, 1, 1, 1, 1)):
+        return None
+    sig = types.void(*arrays)
+
+    def codegen(context, builder, signature, args):
+        st_a, h0_a, h1_a, v_a, k_a, q_a, dk_a, dq_a = (
+            context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)
+        )
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+        i64 = ir.IntType(64)
+        ep = vec.load(v_a.data, i64(_EP * LANES))
+        gy = vec.load(v_a.data, i64(_GY * LANES))
+        u = vec.load(v_a.data, i64(_U * LANES))
+        one = vec.splat(ir.Constant(vec.scalar, 1.0))
+        two = ir.Constant(vec.scalar, 2.0)
+        gu_slot = cgutils.alloca_once_value(builder, vec.zero)
+        ge_slot = cgutils.alloca_once_value(builder, vec.zero)
+
+        def state(n):
+            """The update of state index n; returns the lane products of ∂L/∂q_n, ∂L/∂k_n."""
+            row = builder.mul(n, i64(LANES))
+            lam_at = builder.mul(n, i64(_ST_ROWS * LANES))  # st[n, _LAM]
+            kn = builder.load(builder.gep(k_a.data, [n]))
+            kv, kk = vec.splat(kn), vec.splat(builder.fmul(kn, kn))
+            qv = vec.splat(builder.load(builder.gep(q_a.data, [n])))
+            lam = vec.fma(gy, qv, vec.load(st_a.data, lam_at))
+            da = builder.fmul(lam, vec.load(h0_a.data, row))
+            pk = builder.fsub(
+                builder.fmul(lam, u),
+                builder.fmul(vec.splat(builder.fmul(two, kn)), builder.fmul(da, ep)),
+            )
+            builder.store(vec.fma(lam, kv, builder.load(gu_slot)), gu_slot)
+            builder.store(vec.fma(da, kk, builder.load(ge_slot)), ge_slot)
+            decay = builder.fsub(one, builder.fmul(ep, kk))
+            vec.store(builder.fmul(decay, lam), st_a.data, lam_at)
+            return vec.product(gy, vec.load(h1_a.data, row)), pk
+
+        n_state = cgutils.unpack_tuple(builder, h0_a.shape)[0]
+        vec.lane_sums_into(n_state, state, dq_a.data, dk_a.data)
+        vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
+        vec.store(builder.load(ge_slot), v_a.data, i64(_GE * LANES))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -160,8 +220,6 @@ def _backward_task(
     d0 = blk * LANES
     w = min(LANES, n_inner - d0)
     dtype = x.dtype
-    one = np.ones(1, dtype)[0]  # constants in the compute dtype (a float literal is float64)
-    two = one + one
     dv = np.zeros(LANES, dtype)
     st = np.zeros((N, _ST_ROWS, LANES), dtype)
     dD_acc = np.zeros(LANES, np.float64)
@@ -205,26 +263,12 @@ def _backward_task(
                 v[_GY, j] = gy[b, t, np.uint64(d0 + j)]
             for j in range(LANES):
                 v[_U, j] = v[_EP, j] * v[_X, j]
-                v[_GU, j] = 0
-                v[_GE, j] = 0
                 v[_DD, j] += v[_GY, j] * v[_X, j]
-            for n in range(N):
-                kn = k[b, t, n]
-                qn = q[b, t, n]
-                kk = kn * kn
-                # ∂L/∂q_t,n (this block's lanes) from rows written at least one step ago.
-                dq_part[b, grp, t, n] += lane_dot(v[_GY], hbuf[s + 1, n])
-                for j in range(LANES):
-                    # lam becomes ∂L/∂S_t: the carried part plus y_t's (y_t = Σ_n q_t S_t + D x_t).
-                    lam = st[n, _LAM, j] + v[_GY, j] * qn
-                    # ∂L/∂a (a = 1 - ε k², the decay) = lam · S_{t-1}.
-                    da = lam * hbuf[s, n, j]
-                    # ∂L/∂k_n per lane: input path lam ε x, decay path -2 k_n ε ∂L/∂a.
-                    st[n, _PK, j] = lam * v[_U, j] - two * kn * (da * v[_EP, j])
-                    v[_GU, j] += lam * kn
-                    v[_GE, j] += da * kk
-                    st[n, _LAM, j] = (one - v[_EP, j] * kk) * lam
-                dk_part[b, grp, t, n] += lane_sum(st[n, _PK])
+            # Over n (``_reverse``): lam = λ + ∂L/∂y q_t,n becomes ∂L/∂S_t (the carried part plus
+            # y_t's); ∂L/∂a = lam S_{t-1} (a = 1 - ε k², the decay); ∂L/∂k_n per lane: input path
+            # lam ε x, decay path -2 k_n ε ∂L/∂a; ∂L/∂q_n = Σ_j ∂L/∂y S_t; then λ = a lam.
+            _reverse(st, hbuf[s], hbuf[s + 1], v, k[b, t], q[b, t], dk_part[b, grp, t],
+                     dq_part[b, grp, t])  # fmt: skip
             for j in range(w):
                 # u = ε x: ∂L/∂x = ε Σ_n lam k_n + D ∂L/∂y, ∂L/∂ε = x Σ_n lam k_n - Σ_n ∂L/∂a k_n².
                 dx[b, t, np.uint64(d0 + j)] = v[_GU, j] * v[_EP, j] + v[_GY, j] * dv[j]
