@@ -238,8 +238,8 @@ class LongSSMLM(_Base):
             last_logits, state = self.prefill(prefix)
             for k in range(0, len(members), self.batch_size):
                 batch = members[k : k + self.batch_size]
-                for i, result in zip(batch, self.score_after(state, last_logits,
-                                                             [conts[i] for i in batch])):  # fmt: skip
+                results = self.score_after(state, last_logits, [conts[i] for i in batch])
+                for i, result in zip(batch, results):
                     out[i] = result
                 bar.update(len(batch))
 

@@ -130,9 +130,9 @@ class _SecondDerivative(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *_):
         raise RuntimeError(
-            f"{ctx.name}: its backward is hand-written (kernels, in-place matmuls) and differentiable "
-            "once; for a second derivative (create_graph=True) run the model inside "
-            "longssm.ops.torch_forms()"
+            f"{ctx.name}: its backward is hand-written (kernels, in-place matmuls) and "
+            "differentiable once; for a second derivative (create_graph=True) run the model "
+            "inside longssm.ops.torch_forms()"
         )
 
 

@@ -2,10 +2,11 @@
 
 Forms, one signature ``(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False)
 -> (y, final_state)``: ``ssd_naive`` (the specification), ``ssd_chunk`` (the chunked matmul form,
-any device), ``ssd_fused`` (numba kernels, CPU only), ``ssd_fla`` (flash-linear-attention's Triton kernels, CUDA only, optional) and
-``ssd_step`` (one decoding step). ``ssd(..., path=...)`` is the one place that picks a form:
-``path="auto"`` takes the fused kernels for CPU tensors when numba is installed, fla for CUDA
-inference when it is importable, else the chunked form (``ssd_path``); ``resolve_path`` says which form a path runs. See README.md for the derivation.
+any device), ``ssd_fused`` (numba kernels, CPU only), ``ssd_fla`` (flash-linear-attention's
+Triton kernels, CUDA only, optional) and ``ssd_step`` (one decoding step). ``ssd(..., path=...)``
+is the one place that picks a form: ``path="auto"`` takes the fused kernels for CPU tensors when
+numba is installed, fla for CUDA inference when it is importable, else the chunked form
+(``ssd_path``); ``resolve_path`` says which form a path runs. See README.md for the derivation.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def ssd(
     path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SSD by the form ``path`` names (see ``resolve_path``): "auto" (fused on CPU with numba, fla
-    for CUDA inference when fla is importable, else chunk), "chunk", "fused", "fla" or "naive". Arguments and returns of
-    ``ssd_naive``; ``chunk_size`` is used by the chunked form only."""
+    for CUDA inference when fla is importable, else chunk), "chunk", "fused", "fla" or "naive".
+    Arguments and returns of ``ssd_naive``; ``chunk_size`` is used by the chunked form only."""
     path = resolve_path(path, x, dt, A, B, C, D, initial_state)
     if path == "fused":
         return ssd_fused(x, dt, A, B, C, D, initial_state, output_final_state)
