@@ -107,7 +107,10 @@ def s4d_conv(
     n_fft = 2 * T
     u_f = torch.fft.rfft(u, n=n_fft, dim=1)  # (B, T + 1, H)
     k_f = torch.fft.rfft(kernel, n=n_fft, dim=0)  # (T + 1, H)
-    y = torch.fft.irfft(u_f * k_f, n=n_fft, dim=1)[:, :T]  # (B, T, H)
+    # irfft along dim 1 returns a channel-major (B, T, H) view (strides (., 1, 2T)): made row-major
+    # here, since every element-wise op after it keeps that layout and GELU's backward on it ran
+    # 16x slower (13 vs 0.8 ms at (16, 256, 256)); out_proj then copied it too
+    y = torch.fft.irfft(u_f * k_f, n=n_fft, dim=1)[:, :T].contiguous()  # (B, T, H)
     if D is not None:
         y = y + D.to(real_dtype) * u  # (B, T, H)
 
