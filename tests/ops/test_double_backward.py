@@ -13,7 +13,7 @@ from longssm.ops import numba_available
 from longssm.ops.causal_conv import causal_conv_fused
 from longssm.ops.cross_entropy import cross_entropy_fused
 from longssm.ops.longhorn import longhorn_fused
-from longssm.ops.rms_norm import add_rms_norm_fused, rms_norm_fused
+from longssm.ops.rms_norm import add_rms_norm_fused, gated_rms_norm_fused, rms_norm_fused
 from longssm.ops.selective_scan import selective_scan_fused
 from longssm.ops.ssd import ssd_fused
 from longssm.ops.step_size import step_size_fused
@@ -51,6 +51,11 @@ def _norm():
 def _add_norm():
     x, r, w = _rand(B, T, D), _rand(B, T, D), _rand(D)
     return [x, r, w], lambda: add_rms_norm_fused(x, r, w, 1e-5)[1]
+
+
+def _gated_norm():
+    y, z, w = _rand(B, T, D), _rand(B, T, D), _rand(D)
+    return [y, z, w], lambda: gated_rms_norm_fused(y, z, w, 1e-5)
 
 
 def _step_size():
@@ -97,6 +102,7 @@ OPS = {
     "causal_conv": _conv,
     "rms_norm": _norm,
     "add_rms_norm": _add_norm,
+    "gated_rms_norm": _gated_norm,
     "step_size": _step_size,
     "cross_entropy": _cross_entropy,
     "longhorn": _longhorn,

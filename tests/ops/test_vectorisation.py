@@ -1,8 +1,8 @@
 """Vectorisation guard: the fused kernels' inner loops keep their SIMD instructions.
 
 ``vector_probe.py`` compiles the per-task functions of the fused causal convolution, the fused
-selective scan, the fused RMSNorm (with its residual add), the fused step sizes and the fused
-cross-entropy from scratch (a fresh process with an empty numba cache:
+selective scan, the fused RMSNorm (with its residual add, and Mamba-2's gated form), the fused
+step sizes and the fused cross-entropy from scratch (a fresh process with an empty numba cache:
 numba shows no assembly for cached machine code) and counts, in ``inspect_asm``'s x86 assembly,
 the inner loops whose body holds packed floating-point arithmetic (any vector width: the kernels
 ask for 512-bit registers with ``wide_vectors``, LLVM keeps some loops at 256 bits, and a vector
@@ -62,6 +62,10 @@ REQUIRED = {
     "ssd_backward": 4,
     "norm_forward": 4,
     "norm_backward": 6,
+    # Mamba-2's gated norm (session 9): the gate row, the row sum and the output loop forward; the
+    # gate-and-x̂ loop, the row sum, ∂y/∂z and the rest backward
+    "gated_norm_forward": 3,
+    "gated_norm_backward": 4,
     "step_size_forward": 4,
     "step_size_backward": 8,
     "loss_forward": 2,

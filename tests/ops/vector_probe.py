@@ -151,7 +151,15 @@ def norm_calls(dtype):
     w, rstd, dw = np.ones(D, dtype), np.ones(R, dtype), np.ones(D, dtype)
     k._forward_task(x, res, w, 1e-5, y, s, rstd, True, 0, R)
     k._backward_task(x, w, rstd, gy, gs, dx, dw, 0, R)
-    return {"norm_forward": k._forward_task, "norm_backward": k._backward_task}
+    dz = np.ones((R, D), dtype)
+    k._gated_forward_task(x, res, w, 1e-5, y, rstd, True, 0, R)  # Mamba-2's gated norm
+    k._gated_backward_task(x, res, w, rstd, gy, dx, dz, dw, 0, R)
+    return {
+        "norm_forward": k._forward_task,
+        "norm_backward": k._backward_task,
+        "gated_norm_forward": k._gated_forward_task,
+        "gated_norm_backward": k._gated_backward_task,
+    }
 
 
 def loss_calls(dtype):

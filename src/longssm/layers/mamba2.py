@@ -41,7 +41,7 @@ from longssm.layers.base import (
     tag_ssm_param,
 )
 from longssm.layers.conv import causal_conv, causal_conv_step
-from longssm.ops.rms_norm import rms_norm
+from longssm.ops.rms_norm import gated_rms_norm
 from longssm.ops.ssd import PATHS as SCANS
 from longssm.ops.ssd import resolve_path, ssd, ssd_step
 
@@ -62,8 +62,8 @@ class RMSNormGated(nn.Module):
     """``rmsnorm(y * silu(z)) * weight`` with the mean square taken over groups of ``group_size``.
 
     Computed in float32 (float64 stays float64), as transformers' ``MambaRMSNormGated`` with
-    ``norm_before_gate=False``. With one group and y and the weight in the compute dtype, the norm
-    runs as the ``rms_norm`` op (fused numba kernels on CPU); otherwise in torch ops.
+    ``norm_before_gate=False``. With one group and y, z and the weight in the compute dtype, gate
+    and norm run as the ``gated_rms_norm`` op (fused numba kernels on CPU); otherwise in torch ops.
 
     Args:
         d: width of the last dimension (d_inner).
@@ -81,10 +81,11 @@ class RMSNormGated(nn.Module):
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         compute = torch.float64 if y.dtype == torch.float64 else torch.float32
+        if self.group_size == y.shape[-1] and y.dtype == z.dtype == compute == self.weight.dtype:
+            # one group in the compute dtype: the ``gated_rms_norm`` op (gate and norm in one
+            # fused numba kernel each way on CPU)
+            return gated_rms_norm(y, z, self.weight, self.eps)  # (..., d)
         h = y.to(compute) * F.silu(z.to(compute))  # (..., d)
-        if self.group_size == h.shape[-1] and y.dtype == compute == self.weight.dtype:
-            # one group in the compute dtype: the ``rms_norm`` op (fused numba kernels on CPU)
-            return rms_norm(h, self.weight, self.eps)  # (..., d)
         groups = h.unflatten(-1, (-1, self.group_size))  # (..., G, d/G)
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * groups.flatten(-2).to(y.dtype)

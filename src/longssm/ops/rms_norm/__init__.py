@@ -4,7 +4,9 @@ Forms, one signature ``(x, weight, eps)``: ``rms_norm_naive`` (plain torch: the 
 form on GPUs and in half precision) and ``rms_norm_fused`` (numba kernels, CPU, float32 / float64).
 ``rms_norm(..., path=...)`` is the one place that picks a form: ``path="auto"`` takes the fused
 form where it runs (``norm_path``). ``add_rms_norm`` (forms ``add_rms_norm_naive`` /
-``add_rms_norm_fused``) also does the residual add before the norm: s = x + residual, RMSNorm(s).
+``add_rms_norm_fused``) also does the residual add before the norm: s = x + residual, RMSNorm(s);
+``gated_rms_norm`` (forms ``gated_rms_norm_naive`` / ``gated_rms_norm_fused``) is Mamba-2's gated
+norm with one group, RMSNorm(y ⊙ silu(z)).
 Timings in README.md.
 """
 
@@ -13,8 +15,13 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import check_path, kernels_allowed, path_unavailable
-from longssm.ops.rms_norm.fused_cpu import add_rms_norm_fused, rms_norm_fused, why_not_fused
-from longssm.ops.rms_norm.naive import add_rms_norm_naive, rms_norm_naive
+from longssm.ops.rms_norm.fused_cpu import (
+    add_rms_norm_fused,
+    gated_rms_norm_fused,
+    rms_norm_fused,
+    why_not_fused,
+)
+from longssm.ops.rms_norm.naive import add_rms_norm_naive, gated_rms_norm_naive, rms_norm_naive
 
 PATHS = ("auto", "fused", "naive")
 """The values of ``rms_norm(path=...)``."""
@@ -62,7 +69,18 @@ def add_rms_norm(
     return add_rms_norm_naive(x, residual, weight, eps)
 
 
+def gated_rms_norm(
+    y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, path: str = "auto"
+) -> torch.Tensor:
+    """Mamba-2's gated norm with one group: RMSNorm(y ⊙ silu(z)) ⊙ w. Args: y, z (..., D) of one
+    shape and dtype; weight (D,); eps; ``path`` as in ``rms_norm``. Returns (..., D)."""
+    if resolve_path(path, y, weight) == "fused":
+        return gated_rms_norm_fused(y, z, weight, eps)
+    return gated_rms_norm_naive(y, z, weight, eps)
+
+
 __all__ = [
-    "PATHS", "add_rms_norm", "add_rms_norm_fused", "add_rms_norm_naive", "norm_path",
-    "resolve_path", "rms_norm", "rms_norm_fused", "rms_norm_naive",
+    "PATHS", "add_rms_norm", "add_rms_norm_fused", "add_rms_norm_naive", "gated_rms_norm",
+    "gated_rms_norm_fused", "gated_rms_norm_naive", "norm_path", "resolve_path", "rms_norm",
+    "rms_norm_fused", "rms_norm_naive",
 ]  # fmt: skip

@@ -1,5 +1,6 @@
 """Fused CPU RMSNorm: numba kernels with a hand-written backward; also
-the residual add before it (``add_rms_norm_fused``: s = x + res, then RMSNorm(s)).
+the residual add before it (``add_rms_norm_fused``: s = x + res, then RMSNorm(s)) and Mamba-2's
+gate (``gated_rms_norm_fused``: RMSNorm(y ⊙ silu(z))).
 
 Same results as ``rms_norm_naive`` up to rounding (see there for the formula). The forward writes
 y and keeps r = 1 / sqrt(mean(x²) + eps) per row; the backward writes ∂L/∂x in one pass over
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from longssm.ops._common import differentiable_once, numba_available, numpy_view, torch_threads_kept
-from longssm.ops.rms_norm.naive import check_add_inputs, check_rms_norm_inputs
+from longssm.ops.rms_norm.naive import check_add_inputs, check_gate_inputs, check_rms_norm_inputs
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -92,6 +93,40 @@ class _FusedAddRMSNorm(torch.autograd.Function):
         return ds, ds, dw, None
 
 
+class _FusedGatedRMSNorm(torch.autograd.Function):
+    """Autograd wrapper of out = RMSNorm(y ⊙ silu(z)) ⊙ w; y, z (rows, D) and w (D,) contiguous,
+    of one dtype. Keeps y, z and r per row; the backward recomputes the gated rows."""
+
+    @staticmethod
+    def forward(ctx, y, z, w, eps):
+        save = any(ctx.needs_input_grad)
+        out = torch.empty_like(y)  # (rows, D)
+        rstd = y.new_empty(y.shape[0] if save else 0)  # (rows,)
+        with torch_threads_kept():
+            _kernels().gated_rms_norm_forward(
+                numpy_view(y), numpy_view(z), numpy_view(w), eps, numpy_view(out),
+                numpy_view(rstd), save,
+            )  # fmt: skip
+        if save:
+            ctx.save_for_backward(y, z, w, rstd)
+        return out
+
+    @staticmethod
+    @differentiable_once
+    def backward(ctx, g):
+        kern = _kernels()
+        y, z, w, rstd = ctx.saved_tensors
+        g = g.to(y.dtype).contiguous()
+        dy, dz = torch.empty_like(y), torch.empty_like(y)  # (rows, D) each
+        dw_part = y.new_empty(-(-y.shape[0] // kern.ROWS), y.shape[1])  # (tasks, D)
+        with torch_threads_kept():
+            kern.gated_rms_norm_backward(
+                *(numpy_view(t) for t in (y, z, w, rstd, g, dy, dz, dw_part))
+            )
+        dw = dw_part.sum(0, dtype=torch.float64).to(y.dtype)  # (D,)
+        return dy, dz, dw, None
+
+
 def why_not_fused(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     """Why the fused form cannot run on these tensors, or None when it can."""
     if not numba_available():
@@ -155,3 +190,27 @@ def add_rms_norm_fused(
         weight.contiguous(), float(eps),
     )  # fmt: skip
     return s.reshape(shape), y.reshape(shape)
+
+
+def gated_rms_norm_fused(
+    y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """RMSNorm(y ⊙ silu(z)) ⊙ w over the last axis in one pass each way (fused numba kernels;
+    the gated rows are recomputed in the backward, not kept). Args: y, z (..., D) of one shape;
+    weight (D,); all one dtype (float32 or float64), on the CPU. Returns (..., D). Equal to
+    ``gated_rms_norm_naive`` up to rounding (the SiLU's exp is ``fast_exp``, not torch's).
+
+    Raises:
+        ValueError: as ``rms_norm_fused``, or when z's shape or dtype differs from y's.
+        ImportError: when numba is not installed.
+    """
+    check_gate_inputs(y, z)
+    _check_fused_call("gated_rms_norm", y, weight, eps)
+    shape = y.shape
+    if y.numel() == 0:
+        return y * weight
+    out = _FusedGatedRMSNorm.apply(
+        y.reshape(-1, shape[-1]).contiguous(), z.reshape(-1, shape[-1]).contiguous(),
+        weight.contiguous(), float(eps),
+    )  # fmt: skip
+    return out.reshape(shape)

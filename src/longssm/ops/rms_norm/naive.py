@@ -8,6 +8,7 @@ computed in float32 (float64 stays float64), then cast back to x's dtype before 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def check_rms_norm_inputs(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
@@ -48,3 +49,23 @@ def add_rms_norm_naive(
     check_add_inputs(x, residual)
     s = x + residual
     return s, rms_norm_naive(s, weight, eps)
+
+
+def check_gate_inputs(y: torch.Tensor, z: torch.Tensor) -> None:
+    """Raise a ValueError unless the gate z has y's shape and dtype."""
+    if not isinstance(z, torch.Tensor) or z.shape != y.shape:
+        got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z)
+        raise ValueError(f"gated_rms_norm: z must have y's shape {tuple(y.shape)}, got {got}")
+    if z.dtype != y.dtype:
+        raise ValueError(f"gated_rms_norm: z must have y's dtype {y.dtype}, got {z.dtype}")
+
+
+def gated_rms_norm_naive(
+    y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Mamba-2's gated norm with one group: RMSNorm(y ⊙ silu(z)) ⊙ w over the last axis, the
+    gate in float32 (float64 stays float64). Args: y, z (..., D); weight (D,); eps. Returns
+    (..., D) in the compute dtype."""
+    check_gate_inputs(y, z)
+    compute = torch.float64 if y.dtype == torch.float64 else torch.float32
+    return rms_norm_naive(y.to(compute) * F.silu(z.to(compute)), weight, eps)
