@@ -199,8 +199,8 @@ def test_bad_inputs_raise_clearly():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gated_norm_equals_its_formula(ngroups, dtype):
     """RMSNormGated == w ⊙ g / sqrt(mean over each group of g² + eps), g = y silu(z), written out
-    in float64: output and the gradients of y, z and the weight. One group runs the ``rms_norm``
-    op (fused on CPU), two groups the torch ops."""
+    in float64: output and the gradients of y, z and the weight. One group runs the
+    ``gated_rms_norm`` op (fused on CPU), two groups the torch ops."""
     from longssm.layers.mamba2 import RMSNormGated
 
     torch.manual_seed(0)
@@ -226,3 +226,49 @@ def test_gated_norm_equals_its_formula(ngroups, dtype):
         torch.autograd.grad(got, params, gout.to(dtype)), torch.autograd.grad(want, params, gout)
     ):
         assert_close(a, b.to(dtype), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_projection_node_equals_one_projection_split(dtype, monkeypatch):
+    """in_proj as ``layers.project_in`` (three contiguous blocks z, xBC, Δ) == in_proj(x).split
+    (the path a hooked in_proj takes): output, final state and every gradient; the node runs."""
+    from longssm.layers import project_in
+
+    calls = []
+    node = project_in.project_in
+    monkeypatch.setattr(project_in, "project_in", lambda *a: calls.append(1) or node(*a))
+    torch.manual_seed(0)
+    fused = make_layer(dtype=dtype)
+    plain = copy.deepcopy(fused)
+    plain.in_proj.register_forward_hook(lambda module, args, out: None)  # the split path
+    x = torch.randn(3, 21, 8, dtype=dtype)
+    state = random_state(fused, 3, dtype)
+    results = []
+    for layer in (fused, plain):
+        xi = x.clone().requires_grad_()
+        y, new_state = layer(xi, state)
+        params = [xi, *layer.parameters()]
+        results.append((y, *new_state, *torch.autograd.grad(loss_of(y, new_state), params)))
+    assert len(calls) == 1
+    tol = 1e-12 if dtype == F64 else 1e-5
+    for got, want in zip(*results):
+        assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_projection_node_with_three_blocks_and_an_unused_one():
+    """``project_in`` with sizes (5, 7, 2): each block equals F.linear on its rows of the weight
+    (bits), the input gradient the sum of the used blocks', the unused block's weight rows zero."""
+    from longssm.layers import project_in
+
+    torch.manual_seed(1)
+    u = torch.randn(4, 6, 3, dtype=F64, requires_grad=True)
+    weight = torch.randn(14, 3, dtype=F64, requires_grad=True)
+    outs = project_in.project_in(u, weight, (5, 7, 2))
+    for out, block in zip(outs, weight.split((5, 7, 2))):
+        assert out.is_contiguous() and torch.equal(out, torch.nn.functional.linear(u, block))
+    g0, g2 = torch.randn(4, 6, 5, dtype=F64), torch.randn(4, 6, 2, dtype=F64)
+    du, dW = torch.autograd.grad((outs[0] * g0).sum() + (outs[2] * g2).sum(), (u, weight))
+    W0, _, W2 = weight.detach().split((5, 7, 2))
+    assert_close(du, g0 @ W0 + g2 @ W2, rtol=1e-13, atol=1e-13)
+    assert torch.equal(dW[5:12], torch.zeros(7, 3, dtype=F64))
+    assert_close(dW[:5], g0.reshape(-1, 5).t() @ u.detach().reshape(-1, 3), rtol=1e-13, atol=1e-13)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longssm.layers import project_in as fused_projection
 from longssm.layers.base import (
     add_offset,
     announce_scan_path,
@@ -41,6 +42,7 @@ from longssm.layers.base import (
     tag_ssm_param,
 )
 from longssm.layers.conv import causal_conv, causal_conv_step
+from longssm.layers.gated import is_plain_linear
 from longssm.ops.rms_norm import gated_rms_norm
 from longssm.ops.ssd import PATHS as SCANS
 from longssm.ops.ssd import resolve_path, ssd, ssd_step
@@ -254,6 +256,18 @@ class Mamba2(nn.Module):
         """
         return self.step_offset(x_t, state)
 
+    def _project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """in_proj(x) split into z, xBC, dt_raw (..., d_inner / conv_dim / nheads). A plain
+        ``nn.Linear`` without a bias runs as ``layers.project_in`` where it applies (one matmul
+        per block, each block contiguous: the conv reads xBC without a copy, and the backward
+        accumulates three input gradients instead of concatenating the output gradients);
+        anything else (a bias, LoRA, pruning's parametrisation, hooks) as one call and a split."""
+        sizes = (self.d_inner, self.conv_dim, self.nheads)
+        proj = self.in_proj
+        if is_plain_linear(proj) and fused_projection.fusable(proj.weight, proj.bias, x):
+            return fused_projection.project_in(x, proj.weight, sizes)
+        return proj(x).split(list(sizes), dim=-1)
+
     def _split_xBC(self, xBC: torch.Tensor):
         """x (..., H, P), B and C (..., G, N) of the convolved xBC (..., conv_dim)."""
         lead, G, N = xBC.shape[:-1], self.ngroups, self.d_state
@@ -272,8 +286,7 @@ class Mamba2(nn.Module):
         if x.shape[1] == 0:
             return empty_sequence(self, x, state)
         batch, T, _ = x.shape
-        proj = self.in_proj(x)  # (b, T, 2*d_inner + 2*G*N + H)
-        z, xBC, dt_raw = proj.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        z, xBC, dt_raw = self._project_in(x)  # (b, T, d_inner), (b, T, conv_dim), (b, T, H)
 
         conv_hist = None if state is None else state.conv
         xBC, conv_state = causal_conv(self.conv1d, xBC, conv_hist, activation="silu")  # (b, T, C)

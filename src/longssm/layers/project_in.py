@@ -1,19 +1,22 @@
-"""The gated blocks' input projection as one autograd node: u (rows, D) -> x, z (rows, E) each.
+"""A block's input projection as one autograd node: u (rows, D) -> one output per row block of
+in_proj's weight, each contiguous (x, z for Mamba's gated blocks; z, xBC, Δ for Mamba-2).
 
-    x = u W_xᵀ,  z = u W_zᵀ          W = [W_x; W_z] (2E, D), in_proj's weight (no bias)
-    ∂L/∂u = ∂L/∂x W_x + ∂L/∂z W_z    one matmul, then the second accumulated into it (``addmm_``)
-    ∂L/∂W = [∂L/∂xᵀ u; ∂L/∂zᵀ u]     two matmuls written into the halves of one (2E, D) gradient
+    out_i = u W_iᵀ                     W = [W_0; W_1; ...] (Σ sizes, D), in_proj's weight (no bias)
+    ∂L/∂u = Σ_i ∂L/∂out_i W_i          one matmul, the others accumulated into it (``addmm_``)
+    ∂L/∂W = [∂L/∂out_iᵀ u]_i           one matmul per block, written into one (Σ sizes, D) gradient
 
-The same two matmuls as ``F.linear`` on each half of the weight (the layer's separate calls):
-the same bits forward; backward, ∂L/∂W equal and ∂L/∂u equal as long as MKL forms ``addmm_``'s
-product in one block over K = E and then adds (bit-equal at E = 256 here, as ``mamba_inner``'s
-``addmm_`` up to 256; tests). What the node saves is autograd's glue: the add of the two input
-gradients (a pass over (rows, D)), the zero-filled weight gradient its halves were copied into,
-and four nodes (two slices of the weight, two matmuls).
+The same matmuls as ``F.linear`` on each block of the weight (Mamba's separate calls): the same
+bits forward; backward, ∂L/∂W equal and ∂L/∂u equal as long as MKL forms ``addmm_``'s product in
+one block over K and then adds (bit-equal at E = 256 here, as ``mamba_inner``'s ``addmm_`` up to
+256; tests). What the node saves is autograd's glue: the add of the input gradients (a pass over
+(rows, D)) or, against one projection split afterwards, the concatenation of the output gradients
+and the copies that make the blocks contiguous; also the zero-filled weight gradient the blocks
+were copied into, and the slice and matmul nodes.
 
-Used by ``layers.gated.GatedBlock.project_in`` for a plain ``nn.Linear`` in_proj without a bias
-whose weight and input are CPU tensors of one dtype (float32 or float64) while a gradient is
-wanted, outside ``ops.torch_forms()``; otherwise the block runs the two ``F.linear`` calls.
+Used by ``layers.gated.GatedBlock.project_in`` and ``layers.mamba2.Mamba2`` for a plain
+``nn.Linear`` in_proj without a bias whose weight and input are CPU tensors of one dtype (float32
+or float64) while a gradient is wanted, outside ``ops.torch_forms()``; otherwise the layers run
+their plain calls.
 """
 
 from __future__ import annotations
@@ -26,36 +29,34 @@ DTYPES = (torch.float32, torch.float64)
 
 
 class _ProjectIn(torch.autograd.Function):
-    """u (rows, D), W (2E, D) -> x, z (rows, E), both contiguous."""
+    """u (rows, D), W (Σ sizes, D), sizes (tuple of ints) -> one contiguous (rows, size) each."""
 
     @staticmethod
-    def forward(ctx, u, weight):
+    def forward(ctx, u, weight, sizes):
         ctx.set_materialize_grads(False)
-        half = weight.shape[0] // 2
+        ctx.sizes = sizes
         ctx.save_for_backward(u, weight)
-        return u.mm(weight[:half].t()), u.mm(weight[half:].t())
+        return tuple(u.mm(w.t()) for w in weight.split(sizes))
 
     @staticmethod
     @differentiable_once
-    def backward(ctx, gx, gz):
+    def backward(ctx, *grads):
         u, weight = ctx.saved_tensors
-        half = weight.shape[0] // 2
+        blocks = weight.split(ctx.sizes)
         du = dW = None
-        parts = [(g, weight[i * half : (i + 1) * half]) for i, g in enumerate((gx, gz))]
-        given = [(g, w) for g, w in parts if g is not None]
+        given = [(g, w) for g, w in zip(grads, blocks) if g is not None]
         if ctx.needs_input_grad[0] and given:
             du = given[0][0].mm(given[0][1])  # (rows, D)
             for g, w in given[1:]:
-                du.addmm_(g, w)  # + ∂L/∂z W_z, accumulated by the matmul
+                du.addmm_(g, w)  # + the next block's ∂L/∂out W, accumulated by the matmul
         if ctx.needs_input_grad[1]:
-            dW = weight.new_empty(weight.shape)  # (2E, D)
-            for i, (g, _) in enumerate(parts):
-                rows = dW[i * half : (i + 1) * half]
+            dW = weight.new_empty(weight.shape)  # (Σ sizes, D)
+            for g, rows in zip(grads, dW.split(ctx.sizes)):
                 if g is None:
                     rows.zero_()
                 else:
                     torch.mm(g.t(), u, out=rows)
-        return du, dW
+        return du, dW, None
 
 
 def fusable(weight: torch.Tensor, bias: torch.Tensor | None, u: torch.Tensor) -> bool:
@@ -74,10 +75,14 @@ def fusable(weight: torch.Tensor, bias: torch.Tensor | None, u: torch.Tensor) ->
     )
 
 
-def project_in(u: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, z = u W_xᵀ, u W_zᵀ (see the module docstring): u (..., D), weight (2E, D) -> two
-    contiguous (..., E). Check ``fusable`` first."""
+def project_in(
+    u: torch.Tensor, weight: torch.Tensor, sizes: tuple[int, ...] | None = None
+) -> tuple[torch.Tensor, ...]:
+    """u W_iᵀ for each block W_i of ``sizes`` rows of weight (see the module docstring): u (..., D),
+    weight (Σ sizes, D) -> one contiguous (..., size) per block; sizes None = two equal halves
+    (x, z). Check ``fusable`` first."""
+    if sizes is None:
+        sizes = (weight.shape[0] // 2,) * 2
     lead = u.shape[:-1]
-    x, z = _ProjectIn.apply(u.reshape(-1, u.shape[-1]), weight)
-    half = weight.shape[0] // 2
-    return x.view(*lead, half), z.view(*lead, half)
+    outs = _ProjectIn.apply(u.reshape(-1, u.shape[-1]), weight, tuple(sizes))
+    return tuple(out.view(*lead, size) for out, size in zip(outs, sizes))
