@@ -60,10 +60,10 @@ REQUIRED = {
     # lane loops of u, y, ∂x (the backward's fifth vector loop mixes in scalar code: 4 clean)
     "ssd_forward": 3,
     "ssd_backward": 4,
-    # the fused S4D scan: the per-step loop over the modes (forward: state update and read-out of y;
-    # backward: the recomputation and the reverse step), the lane loops of u and y
+    # the fused S4D scan: the step over the modes (vector IR: forward's state update and read-out,
+    # backward's recomputation and reverse step) and the lane loops of u, y and ∂u
     "s4d_forward": 3,
-    "s4d_backward": 3,
+    "s4d_backward": 4,
     "norm_forward": 4,
     "norm_backward": 6,
     "step_size_forward": 4,

@@ -28,7 +28,10 @@ Every loop over lanes is element-wise with a constant trip count; sums over mode
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from longssm.ops._numba import (
     CHECKPOINT,
@@ -36,6 +39,8 @@ from longssm.ops._numba import (
     LANES,
     PREFETCH,
     cache_depends_on_primitives,
+    lane_arrays,
+    lane_vector_ops,
     prefetch,
     stack_array,
     wide_vectors,
@@ -64,23 +69,51 @@ def _load_params(lam, Bb, Cc, h_lo, w, dtype):
     return prm
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _advance(prm, hs0, hs1, rows):
-    """h_t (hs1) from h_{t-1} (hs0) and u_t (rows[_U]); rows[_OUT] = Σ_n 2c r_t − 2d s_t.
-    hs0, hs1 (N, 2, LANES), may be the same array."""
-    N = prm.shape[0]
-    for j in range(LANES):
-        rows[_OUT, j] = 0
-    for n in range(N):
-        for j in range(LANES):
-            r = hs0[n, 0, j]
-            s = hs0[n, 1, j]
-            uj = rows[_U, j]
-            r1 = prm[n, _A, j] * r - prm[n, _B, j] * s + prm[n, _P, j] * uj
-            s1 = prm[n, _A, j] * s + prm[n, _B, j] * r + prm[n, _Q, j] * uj
-            hs1[n, 0, j] = r1
-            hs1[n, 1, j] = s1
-            rows[_OUT, j] += prm[n, _C2, j] * r1 - prm[n, _D2, j] * s1
+def _arrays(context, builder, signature, args):
+    """An intrinsic's array arguments as numba array structs."""
+    return [context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)]
+
+
+@intrinsic
+def _advance(typingctx, prm, hs0, hs1, rows):
+    """One step of a block over every mode, as LLVM vector IR (16-lane rows): for n = 0 .. N-1
+        r' = a r − b s + p u,  s' = a s + b r + q u    (h_t = hs1[n] from h_{t-1} = hs0[n])
+        rows[_OUT] = Σ_n 2c r' − Σ_n 2d s'             (two sums in registers, in order over n)
+    prm (N, _P_ROWS, LANES); hs0, hs1 (N, 2, LANES), may be the same array; rows (_ROWS, LANES):
+    _U read, _OUT written. IR because numba's loop kept the sum over n in memory (a store and a
+    reload per mode on the critical path)."""
+    arrays = (prm, hs0, hs1, rows)
+    if not lane_arrays(arrays, (3, 3, 3, 2)):
+        return None
+    sig = types.void(*arrays)
+
+    def codegen(context, builder, signature, args):
+        prm_a, h0_a, h1_a, rows_a = _arrays(context, builder, signature, args)
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+        b = builder
+        i64 = ir.IntType(64)
+        uv = vec.load(rows_a.data, i64(_U * LANES))
+        acc_r = cgutils.alloca_once_value(b, vec.zero)
+        acc_i = cgutils.alloca_once_value(b, vec.zero)
+        n_modes = cgutils.unpack_tuple(b, prm_a.shape)[0]
+        with cgutils.for_range(b, n_modes) as loop:
+            base = b.mul(loop.index, i64(_P_ROWS * LANES))
+            a, bb, p, q, c2, d2 = (
+                vec.load(prm_a.data, b.add(base, i64(row * LANES))) for row in range(_P_ROWS)
+            )
+            row = b.mul(loop.index, i64(2 * LANES))
+            r = vec.load(h0_a.data, row)
+            s = vec.load(h0_a.data, b.add(row, i64(LANES)))
+            r1 = vec.fma(a, r, vec.fma(b.fneg(bb), s, b.fmul(p, uv)))
+            s1 = vec.fma(a, s, vec.fma(bb, r, b.fmul(q, uv)))
+            vec.store(r1, h1_a.data, row)
+            vec.store(s1, h1_a.data, b.add(row, i64(LANES)))
+            b.store(vec.fma(c2, r1, b.load(acc_r)), acc_r)
+            b.store(vec.fma(d2, s1, b.load(acc_i)), acc_i)
+        vec.store(b.fsub(b.load(acc_r), b.load(acc_i)), rows_a.data, i64(_OUT * LANES))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -137,33 +170,57 @@ def s4d_forward(u, lam, Bb, Cc, Dv, h0, y, hT, ckpt, save):
         _forward_task(u, lam, Bb, Cc, Dv, h0, y, hT, ckpt, save, b, blk)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _reverse(prm, kap, hs0, hs1, gacc, rows):
-    """One reverse step over every mode: μ = κ + 2 g conj(C); the gradient sums gacc (N, _P_ROWS,
-    LANES) += (∂a, ∂b, ∂p, ∂q, Σ g r_t, Σ g s_t) terms; rows[_OUT] = Σ_n p μr + q μi; κ = conj(λ̄)
-    μ. hs0, hs1 (N, 2, LANES): h_{t-1}, h_t; rows[_U], rows[_G]: u_t, ∂L/∂y_t."""
-    N = prm.shape[0]
-    for j in range(LANES):
-        rows[_OUT, j] = 0
-    for n in range(N):
-        for j in range(LANES):
-            g = rows[_G, j]
-            uj = rows[_U, j]
-            a = prm[n, _A, j]
-            bb = prm[n, _B, j]
-            mr = kap[n, 0, j] + prm[n, _C2, j] * g
-            mi = kap[n, 1, j] - prm[n, _D2, j] * g
-            r0 = hs0[n, 0, j]
-            s0 = hs0[n, 1, j]
-            gacc[n, _A, j] += mr * r0 + mi * s0
-            gacc[n, _B, j] += mi * r0 - mr * s0
-            gacc[n, _P, j] += mr * uj
-            gacc[n, _Q, j] += mi * uj
-            gacc[n, _C2, j] += g * hs1[n, 0, j]
-            gacc[n, _D2, j] += g * hs1[n, 1, j]
-            rows[_OUT, j] += prm[n, _P, j] * mr + prm[n, _Q, j] * mi
-            kap[n, 0, j] = a * mr + bb * mi
-            kap[n, 1, j] = a * mi - bb * mr
+@intrinsic
+def _reverse(typingctx, prm, kap, hs0, hs1, gacc, rows):
+    """One reverse step of a block over every mode, as LLVM vector IR (16-lane rows): for n = 0 ..
+    N-1, with g = rows[_G], u = rows[_U]:
+        μr = κr + 2c g,  μi = κi − 2d g                         (μ = ∂L/∂h_t)
+        gacc[n] += (μr r0 + μi s0, μi r0 − μr s0, μr u, μi u, g r1, g s1)
+        rows[_OUT] = Σ_n p μr + q μi                            (in a register, in order over n)
+        κ = (a μr + b μi, a μi − b μr)                          (conj(λ̄) μ = ∂L/∂h_{t-1})
+    prm, gacc (N, _P_ROWS, LANES); kap, hs0 (h_{t-1} = r0 + i s0), hs1 (h_t = r1 + i s1)
+    (N, 2, LANES); rows (_ROWS, LANES)."""
+    arrays = (prm, kap, hs0, hs1, gacc, rows)
+    if not lane_arrays(arrays, (3, 3, 3, 3, 3, 2)):
+        return None
+    sig = types.void(*arrays)
+
+    def codegen(context, builder, signature, args):
+        prm_a, kap_a, h0_a, h1_a, gacc_a, rows_a = _arrays(context, builder, signature, args)
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+        b = builder
+        i64 = ir.IntType(64)
+        gv = vec.load(rows_a.data, i64(_G * LANES))
+        uv = vec.load(rows_a.data, i64(_U * LANES))
+        du = cgutils.alloca_once_value(b, vec.zero)
+        n_modes = cgutils.unpack_tuple(b, prm_a.shape)[0]
+        with cgutils.for_range(b, n_modes) as loop:
+            base = b.mul(loop.index, i64(_P_ROWS * LANES))
+            offsets = [b.add(base, i64(row * LANES)) for row in range(_P_ROWS)]
+            a, bb, p, q, c2, d2 = (vec.load(prm_a.data, at) for at in offsets)
+            row = b.mul(loop.index, i64(2 * LANES))
+            row_i = b.add(row, i64(LANES))
+            mr = vec.fma(c2, gv, vec.load(kap_a.data, row))
+            mi = vec.fma(b.fneg(d2), gv, vec.load(kap_a.data, row_i))
+            r0, s0 = vec.load(h0_a.data, row), vec.load(h0_a.data, row_i)
+            r1, s1 = vec.load(h1_a.data, row), vec.load(h1_a.data, row_i)
+            terms = (
+                vec.fma(mr, r0, b.fmul(mi, s0)),
+                vec.fma(mi, r0, b.fneg(b.fmul(mr, s0))),
+                b.fmul(mr, uv),
+                b.fmul(mi, uv),
+                b.fmul(gv, r1),
+                b.fmul(gv, s1),
+            )
+            for at, term in zip(offsets, terms):
+                vec.store(b.fadd(vec.load(gacc_a.data, at), term), gacc_a.data, at)
+            b.store(vec.fma(p, mr, vec.fma(q, mi, b.load(du))), du)
+            vec.store(vec.fma(a, mr, b.fmul(bb, mi)), kap_a.data, row)
+            vec.store(vec.fma(a, mi, b.fneg(b.fmul(bb, mr))), kap_a.data, row_i)
+        vec.store(b.load(du), rows_a.data, i64(_OUT * LANES))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
