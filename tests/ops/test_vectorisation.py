@@ -61,9 +61,10 @@ REQUIRED = {
     "ssd_forward": 3,
     "ssd_backward": 4,
     # the fused S4D scan: the step over the modes (vector IR: forward's state update and read-out,
-    # backward's recomputation and reverse step) and the lane loops of u, y and ∂u
+    # backward's recomputation and reverse step), the lane loops of u, y and ∂u, and (backward)
+    # the float64 sums of each checkpoint block's parameter gradients
     "s4d_forward": 3,
-    "s4d_backward": 4,
+    "s4d_backward": 6,
     "norm_forward": 4,
     "norm_backward": 6,
     "step_size_forward": 4,

@@ -224,6 +224,15 @@ def _reverse(typingctx, prm, kap, hs0, hs1, gacc, rows):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _add_into(total, part):
+    """total += part (in total's float64), then part = 0; 1-d arrays of one size."""
+    for i in range(part.shape[0]):
+        total[i] += np.float64(part[i])
+    for i in range(part.shape[0]):
+        part[i] = 0
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward_task(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0, b, blk):
     """Reverse-time scan of batch row b, channel block blk; states recomputed from the
     checkpoints, K steps at a time. Writes its lanes of du, of the float64 partials
@@ -239,6 +248,7 @@ def _backward_task(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0,
     hbuf = np.empty((CHECKPOINT + 1, N, 2, LANES), dtype)  # h_{t0-1} .. h_{t0+K-1}
     gacc = np.zeros((N, _P_ROWS, LANES), dtype)  # gradient sums of one checkpoint block
     gsum = np.zeros((N, _P_ROWS, LANES), np.float64)  # and of all blocks
+    gacc_flat, gsum_flat = gacc.reshape(gacc.size), gsum.reshape(gsum.size)
     rows = stack_array(_ROWS, LANES, dtype)
     dv = stack_array(1, LANES, dtype)
     for j in range(w):
@@ -272,11 +282,7 @@ def _backward_task(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0,
             _reverse(prm, kap, hbuf[s], hbuf[s + 1], gacc, rows)
             for j in range(w):
                 du[b, t, np.uint64(h_lo + j)] = rows[_OUT, j] + dv[0, j] * rows[_G, j]
-        for n in range(N):
-            for i in range(_P_ROWS):
-                for j in range(LANES):
-                    gsum[n, i, j] += np.float64(gacc[n, i, j])
-                    gacc[n, i, j] = 0
+        _add_into(gsum_flat, gacc_flat)
         for j in range(LANES):
             dD_acc[0, j] += np.float64(rows[_GD, j])
             rows[_GD, j] = 0
