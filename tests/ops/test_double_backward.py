@@ -12,6 +12,7 @@ from longssm.layers.mamba import Mamba
 from longssm.ops import numba_available
 from longssm.ops.causal_conv import causal_conv_fused
 from longssm.ops.cross_entropy import cross_entropy_fused
+from longssm.ops.diag_scan import s4d_scan_fused
 from longssm.ops.longhorn import longhorn_fused
 from longssm.ops.rms_norm import add_rms_norm_fused, gated_rms_norm_fused, rms_norm_fused
 from longssm.ops.selective_scan import selective_scan_fused
@@ -90,6 +91,24 @@ def _ssd():
     return ins, lambda: ssd_fused(*ins)[0]
 
 
+def _s4d_scan():
+    """Real (..., 2) views as the leaves (the check's sum of squared gradients must be real)."""
+    u, D = _rand(B, T, D_S4D), _rand(D_S4D)
+    lam = torch.exp(torch.complex(-_rand(D_S4D, N, positive=True), _rand(D_S4D, N)))
+    lam, B_bar, C, h0 = (
+        torch.view_as_real(lam),
+        _rand(D_S4D, N, 2),
+        _rand(D_S4D, N, 2),
+        _rand(B, D_S4D, N, 2),
+    )
+    ins = [u, lam, B_bar, C, D, h0]
+    c = torch.view_as_complex
+    return ins, lambda: s4d_scan_fused(u, c(lam), c(B_bar), c(C), D, c(h0))[0]
+
+
+D_S4D = 18  # two channel blocks
+
+
 def _mamba_inner():
     torch.manual_seed(0)
     layer = Mamba(8, d_state=4, d_conv=4, scan="fused").double()
@@ -107,6 +126,7 @@ OPS = {
     "cross_entropy": _cross_entropy,
     "longhorn": _longhorn,
     "ssd": _ssd,
+    "s4d_scan": _s4d_scan,
     "mamba_inner": _mamba_inner,
 }
 
@@ -147,6 +167,7 @@ def test_torch_forms_switches_every_auto_path_and_back():
     from longssm.ops import (
         causal_conv,
         cross_entropy,
+        diag_scan,
         longhorn,
         rms_norm,
         selective_scan,
@@ -164,11 +185,12 @@ def test_torch_forms_switches_every_auto_path_and_back():
         "step": lambda: step_size.resolve_path("auto", x, w[None].expand(4, 4), w),
         "loss": lambda: cross_entropy.resolve_path("auto", x[0]),
         "ssd": lambda: ssd.resolve_path("auto", x),
+        "s4d": lambda: diag_scan.resolve_s4d_path("auto", x),
     }
     fused = {"scan": "fused", "longhorn": "fused", "conv": "fused", "norm": "fused"}
-    fused |= {"step": "fused", "loss": "fused", "ssd": "fused"}
+    fused |= {"step": "fused", "loss": "fused", "ssd": "fused", "s4d": "fused"}
     torch_form = {"scan": "chunk", "longhorn": "chunk", "conv": "torch", "norm": "naive"}
-    torch_form |= {"step": "naive", "loss": "naive", "ssd": "chunk"}
+    torch_form |= {"step": "naive", "loss": "naive", "ssd": "chunk", "s4d": "conv"}
     assert {k: f() for k, f in auto.items()} == fused
     with torch_forms():
         with torch_forms():  # blocks nest
@@ -178,7 +200,7 @@ def test_torch_forms_switches_every_auto_path_and_back():
     assert {k: f() for k, f in auto.items()} == fused
 
 
-@pytest.mark.parametrize("mixer", ["mamba", "longhorn", "mamba2"])
+@pytest.mark.parametrize("mixer", ["mamba", "longhorn", "mamba2", "s4d"])
 def test_hessian_vector_product_inside_torch_forms_matches_finite_differences(mixer):
     """H v by double backward (inside ``torch_forms``) == the central difference of the gradient
     computed by the default fused path, (g(θ + εv) - g(θ - εv)) / 2ε, in float64 (within 1e-6 of

@@ -60,6 +60,11 @@ REQUIRED = {
     # lane loops of u, y, ∂x (the backward's fifth vector loop mixes in scalar code: 4 clean)
     "ssd_forward": 3,
     "ssd_backward": 4,
+    # the fused S4D scan: the step over the modes (vector IR: forward's state update and read-out,
+    # backward's recomputation and reverse step), the lane loops of u, y and ∂u, and (backward)
+    # the float64 sums of each checkpoint block's parameter gradients
+    "s4d_forward": 3,
+    "s4d_backward": 6,
     "norm_forward": 4,
     "norm_backward": 6,
     # Mamba-2's gated norm (session 9): the gate row, the row sum and the output loop forward; the

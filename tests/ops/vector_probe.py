@@ -143,6 +143,21 @@ def ssd_calls(dtype):
     return {"ssd_forward": k._forward_task, "ssd_backward": k._backward_task}
 
 
+def s4d_calls(dtype):
+    from longssm.ops.diag_scan import _s4d_fused_kernels as k
+
+    B, T, H, N = 1, 5, 20, 4
+    u, y, gy, du = (np.ones((B, T, H), dtype) for _ in range(4))
+    lam, Bb, Cc = (np.ones((H, N, 2), dtype) for _ in range(3))
+    Dv, h0, hT, gh, dh0 = np.ones(H, dtype), *(np.ones((B, H, N, 2), dtype) for _ in range(4))
+    nblk = -(-H // k.LANES)
+    ckpt = np.ones((B, nblk, 1, N, 2, k.LANES), dtype)
+    prm_part, dD_part = np.ones((B, 6, N, H), np.float64), np.ones((B, H), np.float64)
+    k._forward_task(u, lam, Bb, Cc, Dv, h0, y, hT, ckpt, True, 0, 0)
+    k._backward_task(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0, 0, 0)
+    return {"s4d_forward": k._forward_task, "s4d_backward": k._backward_task}
+
+
 def norm_calls(dtype):
     from longssm.ops.rms_norm import _fused_kernels as k
 
@@ -219,7 +234,7 @@ def main(dtypes: list[str]) -> dict:
     for name in dtypes:
         dtype = np.dtype(name)
         for calls in (control_calls, conv_calls, scan_calls, longhorn_calls, ssd_calls,
-                      norm_calls, step_calls, loss_calls):  # fmt: skip
+                      s4d_calls, norm_calls, step_calls, loss_calls):  # fmt: skip
             for kernel, fn in calls(dtype).items():
                 sig = next(s for s in fn.signatures if str(s[0].dtype) == name)
                 report.setdefault(kernel, {})[name] = loop_report(fn.inspect_asm(sig))

@@ -5,9 +5,11 @@ system of state size N (y = 2 Re(C h)). Per channel, with ZOH discretisation:
     λ̄ = exp(Δ λ),   B̄ = (λ̄ - 1) / λ · B
     h_t = λ̄ ⊙ h_{t-1} + B̄ u_t,   y_t = 2 Re(Σ_n C_n h_{t,n}) + D u_t
     out_t = GLU(W · GELU(y_t))      (W: Linear(H, 2H); GLU halves it back to H)
-``mode="conv"`` computes y as an FFT convolution plus the initial-state response
-(``ops.diag_scan.s4d_conv``); ``mode="recurrent"`` as the chunked scan (``ops.diag_scan``). Both
-give the same y and final state.
+``mode="auto"`` (the default) computes y and the final state by ``ops.diag_scan.s4d_scan``'s
+"auto" path: the recurrence in fused numba kernels on the CPU (``s4d_scan_fused``), the FFT
+convolution elsewhere or inside ``torch_forms()``; ``mode="conv"`` always by the FFT convolution
+plus the initial-state response (``s4d_conv``); ``mode="recurrent"`` by the chunked scan
+(``ops.diag_scan``). All give the same y and final state.
 
 Glossary (paper symbol -> code name, shape):
     H        d_model (channels)                     N        d_state; n_modes = N/2 kept modes
@@ -24,7 +26,7 @@ paper's DPLR-matching S4D-LegS B), ``real_scale`` / ``imag_scale`` (Re λ and Im
 init, default 1), ``smr`` (taps of the State Memory Replay gate on the input, ``layers/smr.py``,
 default 0 = none; with it the state is ``S4DSMRState(ssm, conv)``), ``step_rescale`` (Δ multiplied
 by it, default 1; may be set to a (T,) tensor of per-step factors for ``forward`` at evaluation,
-which then runs a time-varying recurrence), ``mode`` conv|recurrent (default conv), ``dt_min`` /
+which then runs a time-varying recurrence), ``mode`` auto|conv|recurrent (default auto), ``dt_min`` /
 ``dt_max`` (log-uniform init range of Δ, default 1e-3 / 0.1), ``chunk_size`` of the recurrent scan
 (default 32). ``ModelConfig.expand`` and ``d_conv`` are not used by S4D. ``ModelConfig.eigen_param``
 picks the StableSSM map Re λ = f(w) (``longssm.reparam``): "exp" stores w as A_log_re (as above),
@@ -46,10 +48,12 @@ from torch import nn
 from longssm import hippo
 from longssm.layers.base import add_offset, check_input, check_state, empty_sequence, tag_ssm_param
 from longssm.layers.smr import SMRGate, check_smr
-from longssm.ops.diag_scan import diag_scan, s4d_conv
+from longssm.ops.diag_scan import diag_scan, s4d_scan
 from longssm.reparam import check_eigen_param, eigen_real, eigen_real_inverse
 
-MODES = ("conv", "recurrent")
+MODES = ("auto", "conv", "recurrent")
+"""``auto``: ``s4d_scan(path="auto")`` (fused kernels on the CPU, else FFT); ``conv``: always the FFT
+convolution (``s4d_conv``); ``recurrent``: the chunked scan (``diag_scan``)."""
 # Stored name of Re λ's raw parameter per StableSSM map; "exp" keeps the original A_log_re.
 A_RE_PARAM_NAMES = {
     "exp": "A_log_re",
@@ -133,7 +137,7 @@ class S4D(nn.Module):
         d_model: int,
         d_state: int = 64,
         init: str = "legs",
-        mode: str = "conv",
+        mode: str = "auto",
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         chunk_size: int = 32,
@@ -288,8 +292,8 @@ class S4D(nn.Module):
             v = B_bar * x.to(cdtype)[..., None]  # (B, T, H, n)
             h_all, h = time_varying_scan(lam_bar, v, h0)
             y = 2 * (h_all * C).real.sum(-1) + D * x  # (B, T, H)
-        elif self.mode == "conv":
-            y, h = s4d_conv(x, lam_bar, B_bar, C, D, h0, output_final_state=True)  # (B, T, H)
+        elif self.mode in ("auto", "conv"):
+            y, h = s4d_scan(x, lam_bar, B_bar, C, D, h0, True, path=self.mode)  # (B, T, H)
         else:
             v = B_bar * x.to(cdtype)[..., None]  # (B, T, H, n)
             h_all, h = diag_scan(v, lam_bar, h0, True, chunk_size=self.chunk_size)

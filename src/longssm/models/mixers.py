@@ -133,7 +133,7 @@ register(
         state=S4DState,
         defaults={
             "init": "legs",
-            "mode": "conv",
+            "mode": "auto",
             "dt_min": 1e-3,
             "dt_max": 0.1,
             "chunk_size": 32,

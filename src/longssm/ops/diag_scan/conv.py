@@ -100,6 +100,12 @@ def s4d_conv(
     u = u.to(real_dtype)
     lam_bar, B_bar, C = lam_bar.to(cdtype), B_bar.to(cdtype), C.to(cdtype)
     T = u.shape[1]
+    if T == 0:  # no FFT of length 0: y is empty and the state passes through
+        final = None
+        if output_final_state:
+            zeros = u.new_zeros(u.shape[0], *lam_bar.shape, dtype=cdtype)
+            final = zeros if initial_state is None else initial_state.to(cdtype)
+        return u.new_zeros(u.shape), final
 
     # channel-major powers: pw[h, k, n] = λ̄[h, n]^k, k = 0..T
     pw = powers_from_log(safe_log(lam_bar), T + 1).permute(1, 0, 2)  # (H, T + 1, N)
