@@ -124,7 +124,7 @@ def loss_of(y, state, seed=1):
     return total
 
 
-@pytest.mark.parametrize("mode", ["conv", "recurrent"])
+@pytest.mark.parametrize("mode", ["auto", "conv", "recurrent"])
 @pytest.mark.parametrize("p0,T", [(0, 13), (3, 13), (1, 2), (2, 6), (0, 1)], ids=str)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_equals_token_by_token_reference(variant, p0, T, mode):
@@ -182,7 +182,7 @@ def test_block_attention_at_full_length_is_causal_attention(use_rope):
     assert_close(y, layer.out_proj(o.transpose(1, 2).reshape(x.shape)), name="y")
 
 
-@pytest.mark.parametrize("mode", ["conv", "recurrent"])
+@pytest.mark.parametrize("mode", ["auto", "conv", "recurrent"])
 @pytest.mark.parametrize("variant", ["sh", "mf"])
 def test_context_states_are_the_ssm_scan_at_block_boundaries(variant, mode):
     layer, T = make(variant, mode=mode), 14
@@ -202,7 +202,7 @@ def test_context_states_are_the_ssm_scan_at_block_boundaries(variant, mode):
         assert_close(ctx[:, k], want, name=f"context of block {k}")
 
 
-@pytest.mark.parametrize("mode", ["conv", "recurrent"])
+@pytest.mark.parametrize("mode", ["auto", "conv", "recurrent"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_streaming_in_pieces_and_step_equal_one_pass(variant, mode):
     layer = make(variant, mode=mode)
@@ -231,7 +231,7 @@ def jacobian_by_token(layer, T):
     return J[0, :, :, 0].abs().sum((1, 3))  # (T, T): |d y_t / d x_s|
 
 
-@pytest.mark.parametrize("mode", ["conv", "recurrent"])
+@pytest.mark.parametrize("mode", ["auto", "conv", "recurrent"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_causal_and_context_crosses_blocks(variant, mode):
     T = 12

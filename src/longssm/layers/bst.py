@@ -3,8 +3,8 @@ tokens run causal self-attention inside the block and cross-attention to their c
 
 Fathi, Pilault, Firat, Pal, Bacon & Goroshin (2023), "Block-State Transformers". No public code;
 this follows the paper's description. The SSM sublayer is an S4D-style complex diagonal LTI
-system with S filters per channel (ZOH; ``ops.diag_scan``: FFT convolution ``s4d_conv`` or the
-chunked scan), read out without a skip term:
+system with S filters per channel (ZOH; ``ops.diag_scan``: ``s4d_scan``'s fused recurrence on
+the CPU or FFT convolution, or the chunked scan), read out without a skip term:
     λ̄ = exp(Δ λ),  B̄ = (λ̄ − 1)/λ · B          per filter s, channel d, mode n
     h_t = λ̄ ⊙ h_{t−1} + B̄ x_t,   c_t^(s) = 2 Re(Σ_n C_n h_{t,n})   (c_t^(s) in R^D)
 Block k covers stream positions kW .. kW+W−1 (absolute, so a call may start inside a block). Its
@@ -50,10 +50,10 @@ from longssm.layers.base import (
     tag_no_weight_decay,
     tag_ssm_param,
 )
-from longssm.ops.diag_scan import diag_scan, s4d_conv
+from longssm.ops.diag_scan import diag_scan, s4d_scan
 
 VARIANTS = ("sh", "mh", "mf")
-MODES = ("conv", "recurrent")
+MODES = ("auto", "conv", "recurrent")
 
 
 class BSTState(NamedTuple):
@@ -86,7 +86,9 @@ class BST(nn.Module):
         block_size: W; heads: attention heads; filters: S of the mf variant.
         rope: RoPE inside the block for the self-attention.
         init: the diagonal initialisation of λ (``hippo.diag_init``); dt_min, dt_max: Δ ~ logU.
-        mode: conv (FFT convolution plus the initial-state response) | recurrent (chunked scan).
+        mode: auto (``s4d_scan(path="auto")``: the fused recurrence on the CPU, else the FFT
+            convolution) | conv (always the FFT convolution plus the initial-state response) |
+            recurrent (chunked scan).
         chunk_size: of the chunked SSM scan.
     """
 
@@ -102,7 +104,7 @@ class BST(nn.Module):
         init: str = "legs",
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
-        mode: str = "conv",
+        mode: str = "auto",
         chunk_size: int = 32,
     ) -> None:
         super().__init__()
@@ -177,12 +179,12 @@ class BST(nn.Module):
             v = B_bar * x.to(cdtype)[:, :, None, :, None]  # (B, T, S, D, n)
             h_all, h = diag_scan(v, lam_bar, h0.to(cdtype), True, chunk_size=self.chunk_size)
             return (2 * (h_all * C).real.sum(-1)).to(x.dtype), h  # (B, T, S, D)
-        # the S filters as S·D single-input channels of one FFT convolution, each fed its x_d
+        # the S filters as S·D single-input channels of one S4D response, each fed its x_d
         (batch, T), (S, D, n) = x.shape[:2], lam_bar.shape
         u = x[:, :, None, :].expand(batch, T, S, D).reshape(batch, T, S * D)
         flat = (t.reshape(S * D, n) for t in (lam_bar, B_bar, C))
         h0 = h0.to(cdtype).reshape(batch, S * D, n)
-        c, h = s4d_conv(u, *flat, None, h0, output_final_state=True)  # (B, T, S·D)
+        c, h = s4d_scan(u, *flat, None, h0, True, path=self.mode)  # (B, T, S·D)
         return c.to(x.dtype).reshape(batch, T, S, D), h.reshape(batch, S, D, n)
 
     def context_blocks(self, c: torch.Tensor, state: BSTState, p0: int):

@@ -310,7 +310,7 @@ register(
             "init": "legs",
             "dt_min": 1e-3,
             "dt_max": 0.1,
-            "mode": "conv",
+            "mode": "auto",
             "chunk_size": 32,
         },
         construct=lambda cfg, opts, i: BST(cfg.d_model, cfg.d_state, **opts),
