@@ -108,3 +108,19 @@ def assert_runs_equal(run_a, run_b) -> None:
     a, b = load_model(run_a)[0], load_model(run_b)[0]
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def assert_same_bits_on_one_numba_thread(run) -> None:
+    """``run()`` (a tuple of tensors) gives the same bits on one numba thread as on the caller's
+    setting: the fused kernels' partial sums are reduced in a fixed order, whatever the thread
+    count. The caller's setting is restored."""
+    import numba
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, run(), strict=True):
+        assert torch.equal(a, b)

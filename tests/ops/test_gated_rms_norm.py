@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import assert_close, assert_same_bits_on_one_numba_thread
 from longssm.layers.mamba2 import RMSNormGated
 from longssm.ops import numba_available, torch_forms
 from longssm.ops.rms_norm import (
@@ -75,19 +75,13 @@ def test_fused_float32_is_close_to_float64(shape):
 
 
 def test_same_bits_on_one_and_two_numba_threads():
-    import numba
-
     y, z, w, gout = inputs((300, 40), dtype=torch.float32)
-    before, results = numba.get_num_threads(), []
-    try:
-        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-            numba.set_num_threads(threads)
-            out = gated_rms_norm_fused(y, z, w, 1e-5)
-            results.append((out, *grads(out, y, z, w, gout)))
-    finally:
-        numba.set_num_threads(before)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+
+    def run():
+        out = gated_rms_norm_fused(y, z, w, 1e-5)
+        return (out, *grads(out, y, z, w, gout))
+
+    assert_same_bits_on_one_numba_thread(run)
 
 
 def test_no_grad_call_and_empty_input():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import assert_close, assert_same_bits_on_one_numba_thread
 from longssm.ops import diag_scan as diag_scan_op
 from longssm.ops import torch_forms
 from longssm.ops._common import numba_available
@@ -228,8 +228,6 @@ def test_bad_inputs_raise_as_conv(change):
 
 def test_results_do_not_depend_on_the_thread_count():
     """Bit-identical outputs and gradients with numba on 1 thread and on all of them."""
-    import numba
-
     inp = make_inputs(3, 45, 40, 5, dtype=torch.float32)
     leaves = list(inp.values())
 
@@ -237,14 +235,7 @@ def test_results_do_not_depend_on_the_thread_count():
         y, h = s4d_scan_fused(**inp, output_final_state=True)
         return (y, h, *torch.autograd.grad(weighted_loss(y, h, True), leaves))
 
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = run()
-    finally:
-        numba.set_num_threads(before)
-    for a, b in zip(one, run()):
-        assert torch.equal(a, b)
+    assert_same_bits_on_one_numba_thread(run)
 
 
 def test_dispatcher_picks_fused_on_cpu_and_conv_inside_torch_forms(monkeypatch):
