@@ -86,9 +86,24 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, **kwargs) -> in
     return per_pass * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def rnn_layer_flops(x_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
+    """FLOPs of ``aten.mkldnn_rnn_layer`` (torch's LSTM on the CPU, one layer): the input and
+    recurrent matmuls of every step, 2 x (steps x batch) x (gates·H x I + gates·H x H); the gates'
+    element-wise work is not counted, as for the other families. torch 2.13's counter has no
+    formula for it: the LSTM's step looked like its output projections alone."""
+    return 2 * x_shape[0] * x_shape[1] * (math.prod(w_ih_shape) + math.prod(w_hh_shape))
+
+
+def rnn_layer_backward_flops(x_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
+    """FLOPs of ``aten.mkldnn_rnn_layer_backward``: twice the forward's matmuls (∂ input and
+    state, ∂ weights)."""
+    return 2 * rnn_layer_flops(x_shape, w_ih_shape, w_hh_shape)
+
+
 def count_step_flops(logits_of, tokens: torch.Tensor) -> int:
     """Matmul + convolution FLOPs of one forward + backward on ``tokens`` (B, T + 1), counted by
-    torch's flop counter (with ``conv_backward_flops`` for the convolution's backward);
+    torch's flop counter (with ``conv_backward_flops`` for the convolution's backward and
+    ``rnn_layer_flops`` for torch's LSTM layer);
     ``logits_of`` maps inputs (B, T) to logits (B, T, V).
 
     Work done inside a fused kernel is invisible to the counter: the fused causal convolution of
@@ -98,7 +113,11 @@ def count_step_flops(logits_of, tokens: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
-    mapping = {aten.convolution_backward: conv_backward_flops}
+    mapping = {
+        aten.convolution_backward: conv_backward_flops,
+        aten.mkldnn_rnn_layer: rnn_layer_flops,
+        aten.mkldnn_rnn_layer_backward: rnn_layer_backward_flops,
+    }
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         logits = logits_of(tokens[:, :-1])
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()

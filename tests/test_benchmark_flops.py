@@ -61,3 +61,23 @@ def test_mamba_lm_count_is_its_projections():
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     expected = sum(3 * 2 * rows * m.in_features * m.out_features for m in linears)
     assert linears and flops == expected
+
+
+@pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="torch's LSTM runs oneDNN's layer op here"
+)
+def test_lstm_layer_counts_its_input_and_recurrent_matmuls():
+    """torch's LSTM on the CPU (``aten.mkldnn_rnn_layer``): 2 x steps x batch x (4H x I + 4H x H)
+    forward, twice that backward (torch 2.13 has no formula for it and counted 0)."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(16, 24, batch_first=True)
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    mapping = {
+        torch.ops.aten.mkldnn_rnn_layer: family_step.rnn_layer_flops,
+        torch.ops.aten.mkldnn_rnn_layer_backward: family_step.rnn_layer_backward_flops,
+    }
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        lstm(x)[0].sum().backward()
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    forward = 2 * 3 * 7 * (4 * 24 * 16 + 4 * 24 * 24)
+    assert counts == {"aten.mkldnn_rnn_layer": forward, "aten.mkldnn_rnn_layer_backward": 2 * forward}
