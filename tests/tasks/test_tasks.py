@@ -230,3 +230,28 @@ def test_suite_matrix_is_valid():
     assert {c.mixer for c in configs} >= set(CONTROLS)
     for cfg in configs:
         check_lengths(get_task(cfg.task), cfg.train_lengths, cfg.test_bins)
+
+
+def test_interrupted_suite_leaves_the_previous_data_file(tmp_path, monkeypatch):
+    """Records go to tasks.partial.json as they finish; tasks.json and the page are replaced only
+    when the whole matrix is done (an interrupted run once left 8 of 53 records in tasks.json)."""
+    from longssm.tasks import suite
+
+    configs = suite.suite_configs(quick=True)[:3]
+    monkeypatch.setattr(suite, "suite_configs", lambda quick, seed: configs)
+    done = []
+
+    def fake_run(cfg):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(cfg.task)
+        return {"task": cfg.task}
+
+    monkeypatch.setattr(suite, "run", fake_run)
+    (tmp_path / "tasks.json").write_text('{"records": ["complete"]}')
+    with pytest.raises(KeyboardInterrupt):
+        suite.run_suite(str(tmp_path))
+    assert json.loads((tmp_path / "tasks.json").read_text()) == {"records": ["complete"]}
+    partial = json.loads((tmp_path / "tasks.partial.json").read_text())
+    assert [r["task"] for r in partial["records"]] == done
+    assert not (tmp_path / "tasks.md").exists()

@@ -110,11 +110,16 @@ def suite_configs(quick: bool = True, seed: int = 0) -> list[TaskRunConfig]:
 
 
 def run_suite(out_dir: str = "docs/results", quick: bool = True, seed: int = 0) -> list[dict]:
-    """Run the matrix; write tasks.json, tasks.md and the heatmaps under ``out_dir``."""
+    """Run the matrix; write tasks.json, tasks.md and the heatmaps under ``out_dir``.
+
+    Records finished so far go to ``tasks.partial.json`` after each run; ``tasks.json`` is
+    replaced only when the whole matrix is done, so that an interrupted suite never leaves a
+    partial data file beside the previous complete page (as it once did: 8 of 53 records)."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / "tasks.partial.json"
     records, skipped, start = [], [], time.perf_counter()
     for cfg in tqdm(suite_configs(quick, seed), desc="task suite"):
         try:
@@ -124,11 +129,12 @@ def run_suite(out_dir: str = "docs/results", quick: bool = True, seed: int = 0) 
                             "reason": str(exc)})
             continue
         records.append(run(cfg))
-        (out / "tasks.json").write_text(
+        partial.write_text(
             json.dumps({"records": records, "skipped": skipped}, indent=1, default=_json))
     seconds = time.perf_counter() - start
-    (out / "tasks.json").write_text(json.dumps(
+    partial.write_text(json.dumps(
         {"records": records, "skipped": skipped, "seconds": seconds}, indent=1, default=_json))
+    partial.replace(out / "tasks.json")
     heatmap(records, str(out / "tasks-accuracy.png"), "accuracy")
     heatmap(records, str(out / "tasks-nmse.png"), "nmse")
     (out / "tasks.md").write_text(_page(records, skipped, seconds, quick))
