@@ -100,6 +100,16 @@ def rnn_layer_backward_flops(x_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -
     return 2 * rnn_layer_flops(x_shape, w_ih_shape, w_hh_shape)
 
 
+def flop_formulas() -> dict:
+    """Our formulas for the ops torch's counter gets wrong or does not know (``custom_mapping``)."""
+    aten = torch.ops.aten
+    return {
+        aten.convolution_backward: conv_backward_flops,
+        aten.mkldnn_rnn_layer: rnn_layer_flops,
+        aten.mkldnn_rnn_layer_backward: rnn_layer_backward_flops,
+    }
+
+
 def count_step_flops(logits_of, tokens: torch.Tensor) -> int:
     """Matmul + convolution FLOPs of one forward + backward on ``tokens`` (B, T + 1), counted by
     torch's flop counter (with ``conv_backward_flops`` for the convolution's backward and
@@ -112,13 +122,7 @@ def count_step_flops(logits_of, tokens: torch.Tensor) -> int:
     their separate ``F.linear`` calls (``layers.project_in`` steps aside for hooks)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    aten = torch.ops.aten
-    mapping = {
-        aten.convolution_backward: conv_backward_flops,
-        aten.mkldnn_rnn_layer: rnn_layer_flops,
-        aten.mkldnn_rnn_layer_backward: rnn_layer_backward_flops,
-    }
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
         logits = logits_of(tokens[:, :-1])
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
     return int(counter.get_total_flops())

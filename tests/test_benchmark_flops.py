@@ -22,8 +22,7 @@ _spec.loader.exec_module(family_step)
 
 
 def _counts(fn) -> dict[str, int]:
-    mapping = {torch.ops.aten.convolution_backward: family_step.conv_backward_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    with FlopCounterMode(display=False, custom_mapping=family_step.flop_formulas()) as counter:
         fn().sum().backward()
     return {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
 
@@ -72,12 +71,6 @@ def test_lstm_layer_counts_its_input_and_recurrent_matmuls():
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(16, 24, batch_first=True)
     x = torch.randn(3, 7, 16, requires_grad=True)
-    mapping = {
-        torch.ops.aten.mkldnn_rnn_layer: family_step.rnn_layer_flops,
-        torch.ops.aten.mkldnn_rnn_layer_backward: family_step.rnn_layer_backward_flops,
-    }
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        lstm(x)[0].sum().backward()
-    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    counts = _counts(lambda: lstm(x)[0])
     forward = 2 * 3 * 7 * (4 * 24 * 16 + 4 * 24 * 24)
     assert counts == {"aten.mkldnn_rnn_layer": forward, "aten.mkldnn_rnn_layer_backward": 2 * forward}

@@ -162,10 +162,11 @@ def s4d_scan_fused(
     if T == 0:
         final = h0 if h0 is not None else u.new_zeros(batch, *lam_bar.shape, dtype=cdtype)
         return u.new_zeros(batch, 0, H, dtype=dtype), (final if output_final_state else None)
-    h0 = _unused(u.to(dtype)) if h0 is None else _real_view(h0, cdtype)  # (B, H, N, 2)
-    Dc = u.new_zeros(H, dtype=dtype) if D is None else D.to(dtype).contiguous()  # (H,)
+    u = u.to(dtype).contiguous()  # (B, T, H)
+    h0 = _unused(u) if h0 is None else _real_view(h0, cdtype)  # (B, H, N, 2)
+    Dc = u.new_zeros(H) if D is None else D.to(dtype).contiguous()  # (H,)
     y, hT = _FusedS4D.apply(
-        u.to(dtype).contiguous(),
+        u,
         *(_real_view(t, cdtype) for t in (lam_bar, B_bar, C)),
         Dc,
         h0,
