@@ -158,7 +158,11 @@ def _seconds(fn) -> float:
 
 
 def measure(mixer: str, batch: int, T: int, repeats: int = 3) -> dict:
-    """tokens/s (best of ``repeats`` steps after one warm-up), FLOPs and the matmul-floor ratio."""
+    """tokens/s (best of ``repeats`` steps after one warm-up), FLOPs and the matmul-floor ratio;
+    freed memory kept in the process, as ``longssm train`` runs (``longssm.runtime``)."""
+    from longssm.runtime import keep_freed_memory
+
+    kept = keep_freed_memory()
     model = build(mixer)
     flops = step_flops(model, batch, T)
     step = make_step(model, batch, T)
@@ -175,6 +179,7 @@ def measure(mixer: str, batch: int, T: int, repeats: int = 3) -> dict:
         "step_gflop": flops / 1e9,
         "matmul_gflop_s": rate,
         "floor_ratio": flops / best / 1e9 / rate,
+        "timed_with_kept_memory": kept,
     }
 
 
@@ -208,6 +213,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    from longssm.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as `longssm train` does
     torch.set_num_threads(args.threads)
     batch, T = (4, 64) if args.quick else (16, 256)
     rows = profile(args.mixer, batch, T)

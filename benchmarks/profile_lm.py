@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
+    from longssm.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as `longssm train` does
     torch.set_num_threads(args.threads)
     from torch.profiler import ProfilerActivity, profile
 

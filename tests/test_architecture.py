@@ -24,7 +24,7 @@ FLOORS = [
     {"cli"},
     {"extend"},
     {"train", "eval", "analysis", "tasks", "adapt"},
-    {"dist", "policies"},
+    {"dist", "policies", "runtime"},
     {"interop"},
     {"checkpoint", "config"},
     {"models"},

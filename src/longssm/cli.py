@@ -482,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else 0
         if args.command not in ("train", "extend") and overrides:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+        from longssm.runtime import keep_freed_memory
+
+        keep_freed_memory()  # this process is the command's (see longssm.runtime)
         return run_command(args, overrides)
     except KeyboardInterrupt:
         print("longssm: interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ import torch
 from longssm.config import parse_policy
 from longssm.models import ModelConfig
 from longssm.models.mixers import get_mixer
+from longssm.runtime import keep_freed_memory, set_cpu_threads
 from longssm.tasks.metrics import per_length, position_scores, sequence_scores, summarise
 from longssm.tasks.model import TaggingModel
 from longssm.tasks.registry import Task, get_task
@@ -136,17 +137,6 @@ def check_lengths(task: Task, train: tuple[int, int], bins: list[tuple[int, int]
                              f"{task.max_length}")
         if not task.lengths(a, b):
             raise ValueError(f"task {task.name} has no sequences with length in {what} {a}:{b}")
-
-
-def set_threads(threads: int) -> None:
-    """torch's and numba's thread pools (they compete for the cores otherwise)."""
-    torch.set_num_threads(threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
 
 
 def build_model(task: Task, cfg: TaskRunConfig) -> TaggingModel:
@@ -259,7 +249,8 @@ def run(cfg: TaskRunConfig) -> dict:
     task = get_task(cfg.task)
     cfg.test_bins = cfg.test_bins or default_bins(*cfg.train_lengths)
     check_config(task, cfg)
-    set_threads(cfg.threads)
+    keep_freed_memory()  # a training process: see longssm.runtime
+    set_cpu_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(task, cfg)
     history = train_model(task, model, cfg)

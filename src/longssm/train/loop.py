@@ -34,6 +34,7 @@ from longssm.config import RunConfig
 from longssm.data import ContiguousStreams
 from longssm.models.state import detach_state, state_norms
 from longssm.ops.cross_entropy import cross_entropy
+from longssm.runtime import keep_freed_memory, set_cpu_threads
 from longssm.train.metrics import MetricsLog, diagnostics, unigram_entropy
 from longssm.train.optim import lr_at, set_lr
 from longssm.train.run import build_run, save_checkpoint
@@ -76,6 +77,7 @@ def train(
     Raises ConfigError / DataError / CheckpointError for bad input (nothing on disk is touched
     before they are raised) and NonFiniteError when training diverges.
     """
+    keep_freed_memory()  # a training process: see longssm.runtime
     if cfg.train.threads:
         set_cpu_threads(cfg.train.threads)
     run = build_run(cfg, Path(run_dir), resume, log)
@@ -211,17 +213,6 @@ def diverged(run, step: int, what: str, where: tuple[str, str] | None):
         f"training diverged at step {step}: non-finite {what}{place}; nothing was saved for this "
         f"step; last good checkpoint: {last}"
     )
-
-
-def set_cpu_threads(n: int) -> None:
-    """Use ``n`` CPU threads in torch and, when it is installed, numba's parallel kernels."""
-    from longssm.ops import numba_available
-
-    torch.set_num_threads(n)
-    if numba_available():
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def open_progress(policy: str, step: int, steps: int):
