@@ -116,10 +116,11 @@ def count_step_flops(logits_of, tokens: torch.Tensor) -> int:
     ``rnn_layer_flops`` for torch's LSTM layer);
     ``logits_of`` maps inputs (B, T) to logits (B, T, V).
 
-    Work done inside a fused kernel is invisible to the counter: the fused causal convolution of
-    our Mamba layers (0.05 of the benchmark LM's 5.89 GFLOP) is not counted, which understates our
-    ratio by ~1%. The projections count fully: under the counter's module hooks the layers run
-    their separate ``F.linear`` calls (``layers.project_in`` steps aside for hooks)."""
+    Work done inside a fused kernel is invisible to the counter, but the counter's global module
+    hooks make the layers step aside: the projections run as their ``nn.Linear`` modules
+    (``layers.project_in`` and the fused step sizes), and since session 10 the causal convolution
+    as its ``nn.Conv1d`` (``layers.conv``; before, its 0.05 of the benchmark LM's 5.89 GFLOP was
+    missing, which understated our ratio by ~1%)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:

@@ -50,7 +50,10 @@ def test_conv_backward_without_weight_gradient():
     assert counts["aten.convolution_backward"] == counts["aten.convolution"]
 
 
-def test_mamba_lm_count_is_its_projections():
+def test_mamba_lm_count_is_its_projections_and_convolutions():
+    """The model's FLOPs whatever kernels run: every projection and (since session 10, when our
+    fused convolution steps aside for the counter's hooks) every depthwise convolution, forward
+    and both gradients."""
     torch.manual_seed(0)
     cfg = ModelConfig(mixer="mamba", d_model=16, n_layers=2, vocab_size=257, d_state=4)
     model = SSMLanguageModel(cfg)
@@ -58,8 +61,10 @@ def test_mamba_lm_count_is_its_projections():
     flops = family_step.count_step_flops(lambda inputs: model(inputs)[0], tokens)
     rows = 3 * 8
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
     expected = sum(3 * 2 * rows * m.in_features * m.out_features for m in linears)
-    assert linears and flops == expected
+    expected += sum(3 * 2 * rows * m.out_channels * m.kernel_size[0] for m in convs)
+    assert linears and convs and flops == expected
 
 
 @pytest.mark.skipif(

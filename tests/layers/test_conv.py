@@ -111,3 +111,49 @@ def test_models_with_fused_conv_match_the_torch_conv_in_float32(name, monkeypatc
     assert asked == ["auto"], asked
     for i, (got, want) in enumerate(zip(*results)):
         assert_close(got, want, atol=1e-4, rtol=1e-4, name=f"{name} output/state/grad {i}")
+
+
+@pytest.mark.parametrize("padding", [0, 3], ids=["mamba", "mamba2-padded"])
+@pytest.mark.parametrize("with_history", [False, True], ids=["zeros", "history"])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_hooked_conv1d_is_called_as_a_module_with_the_same_result(padding, with_history,
+                                                                   activation):
+    """A conv1d with a hook runs as a module (the hook fires, a FLOP counter sees it) and gives
+    the op's result: outputs, final history and gradients, float64."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(5, 5, 4, groups=5, padding=padding).double()
+    x = torch.randn(3, 9, 5, dtype=torch.float64, requires_grad=True)
+    hist = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True) if with_history else None
+    ref_y, ref_h = causal_conv(conv, x, hist, activation=activation, path="naive")
+    ref_grads = torch.autograd.grad((ref_y.square().sum() + ref_h.sum()),
+                                    [x, conv.weight, conv.bias] + ([hist] if hist is not None else []))
+    calls = []
+    handle = conv.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
+    try:
+        y, h = causal_conv(conv, x, hist, activation=activation)
+    finally:
+        handle.remove()
+    assert calls == [(3, 5, 3 + 9)]
+    assert_close(y, ref_y, name="y")
+    assert_close(h, ref_h, name="history")
+    grads = torch.autograd.grad((y.square().sum() + h.sum()),
+                                [x, conv.weight, conv.bias] + ([hist] if hist is not None else []))
+    for g, r, name in zip(grads, ref_grads, ["x", "weight", "bias", "history"]):
+        assert_close(g, r, name=f"grad {name}")
+
+
+def test_flop_counter_sees_the_layer_convolution():
+    """Under torch's FLOP counter (global module hooks) a Mamba layer's convolution is counted:
+    2 x (B T C K) forward, as torch's conv1d of the same shape."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longssm.layers.mamba import Mamba
+
+    torch.manual_seed(0)
+    layer = Mamba(d_model=8, d_state=4, d_conv=4, expand=2)
+    x = torch.randn(2, 7, 8)
+    with FlopCounterMode(display=False) as counter:
+        layer(x)
+    convs = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()
+             if "convolution" in str(op)}
+    assert sum(convs.values()) == 2 * 2 * 7 * 16 * 4, convs

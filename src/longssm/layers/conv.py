@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from longssm.layers.base import has_hooks
 from longssm.ops.causal_conv import activate
 from longssm.ops.causal_conv import causal_conv as conv_op
 from longssm.ops.causal_conv import causal_conv_step as conv_step_op
@@ -28,7 +29,8 @@ def causal_conv(
     activation: str | None = None,
     path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convolve a segment, prepending the carried history.
+    """Convolve a segment, prepending the carried history. A ``conv1d`` with hooks, or in place
+    of a plain ``nn.Conv1d`` (a wrapper, a parametrisation), is called as a module.
 
     Args:
         conv1d: depthwise ``nn.Conv1d`` (C, 1, K) without padding, or None (no convolution).
@@ -44,6 +46,8 @@ def causal_conv(
     batch, _, channels = x.shape
     if conv1d is None:
         return activate(x, activation), x.new_zeros(batch, channels, 0)
+    if has_hooks(conv1d) or type(conv1d) is not nn.Conv1d:
+        return _call_module(conv1d, x, history, activation)
     y, final = conv_op(
         x,
         conv1d.weight[:, 0, :],  # (C, K)
@@ -54,6 +58,22 @@ def causal_conv(
         path=path,
     )
     return y, final.to(x.dtype)
+
+
+def _call_module(conv1d: nn.Module, x: torch.Tensor, history: torch.Tensor | None, activation):
+    """``causal_conv`` by calling ``conv1d`` itself, so that its hooks (a user's, or a FLOP
+    counter's global ones) see the convolution, and a wrapper or parametrisation runs. The module
+    gets the history and x side by side, (batch, C, K-1+T); with padding P (Mamba-2's conv1d has
+    P = K-1, as in the checkpoints it loads), output t + P is position t's causal window."""
+    batch, time, channels = x.shape
+    width = conv1d.weight.shape[-1] - 1
+    if history is None:
+        history = x.new_zeros(batch, channels, width)
+    joined = torch.cat([history.to(x.dtype), x.transpose(1, 2)], dim=2)  # (B, C, K-1+T)
+    pad = getattr(conv1d, "padding", (0,))[0]
+    y = conv1d(joined)[..., pad : pad + time].transpose(1, 2)  # (B, T, C)
+    final = joined[..., joined.shape[2] - width :]  # (B, C, K-1)
+    return activate(y, activation), final.contiguous()
 
 
 def causal_conv_step(
