@@ -45,8 +45,9 @@ def test_matches_naive_outputs_state_and_grads(shape, with_h0):
 
 @pytest.mark.parametrize(
     "shape",
-    [(40, 5, 50, 3), (3, 6, 200, 2), (9, 4, 70, 2)],
-    ids=["one-group-of-4-blocks", "groups-of-2-blocks", "groups-of-1-and-empty"],
+    [(40, 5, 50, 3), (3, 6, 200, 2), (9, 4, 70, 2), (33, 70, 40, 3)],
+    ids=["one-group-of-4-blocks", "groups-of-2-blocks", "groups-of-1-and-empty",
+         "one-group-of-3-blocks-3-checkpoint-blocks"],
 )
 def test_block_groups_of_the_backward_sum_dB_dC_over_every_channel(shape):
     """The backward's tasks run groups of channel blocks and add their ∂B, ∂C into one row per
@@ -57,7 +58,7 @@ def test_block_groups_of_the_backward_sum_dB_dC_over_every_channel(shape):
     batch, _, d_inner, _ = shape
     n_blocks = -(-d_inner // 16)
     groups = backward_groups(batch, n_blocks)
-    assert groups == {40: 1, 3: 11, 9: 4}[batch]
+    assert groups == {40: 1, 3: 11, 9: 4, 33: 1}[batch]
     check_against_naive(make_inputs(*shape, with_h0=True))
 
 
@@ -285,7 +286,8 @@ def gated_run(fn, inp, gate):
 
 
 @pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-h0"])
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES + [(33, 70, 40, 3)],
+                         ids=SHAPE_IDS + ["one-group-of-3-blocks"])
 def test_gate_matches_naive_times_silu(shape, with_h0):
     """gate=z: y ⊙ silu(z) in the kernel == naive y ⊙ silu(z): outputs, state, every gradient
     including ∂/∂z and ∂/∂h0 (float64; z spread over (-9, 9): both tails of the sigmoid)."""
