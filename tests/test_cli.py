@@ -96,3 +96,20 @@ def test_corrupt_checkpoint(cache, capsys):
     (ckpt / "meta.json").write_text("{broken")
     code, _, err = run_cli(["generate", str(out), "-n", "3"], capsys)
     assert code == 2 and "corrupt checkpoint metadata" in err
+
+
+def test_every_command_help_prints_without_format_debris(capsys):
+    """``longssm <command> --help`` for every command: exit 0, and no doubled percent signs
+    (argparse does not %-format a description, so "95%%" printed as written)."""
+    import argparse
+
+    from longssm.cli import build_parser, main
+
+    parser = build_parser()
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    names = sorted(commands[0].choices)
+    assert "train" in names and "extend" in names
+    for name in names:
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "usage: longssm" in out and "%%" not in out, name

@@ -295,7 +295,7 @@ def _add_task(sub) -> None:
     p = sub.add_parser(
         "task",
         help="synthetic capability suite: train a tagger on short lengths, score per length bin",
-        description="Train on --train-lengths, evaluate per length bin with 95%% intervals, write "
+        description="Train on --train-lengths, evaluate per length bin with 95% intervals, write "
         "JSON. NAME 'suite' runs the matrix tasks x mixers x depths (docs/tasks.md).",
     )
     p.add_argument("name", help="a task (parity, dyck1, a5, mem-polynomial, ...) or 'suite'")

@@ -87,7 +87,7 @@ def add_extend_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = (
         "Train zero- and previous-initialised models at training length T and compare their "
-        "loss up to L_max, with 95%% intervals and a Definition 2.1 verdict. Lists sweep: every "
+        "loss up to L_max, with 95% intervals and a Definition 2.1 verdict. Lists sweep: every "
         "combination of --policies, --seq-len and --d-model is run. Extra --model.*/--data.*/"
         "--train.* overrides apply to every run."
     )
