@@ -1,6 +1,7 @@
-"""Selective scan with negative eigenvalues (transition 2 exp(ΔA) - 1): chunk == naive == an
-explicit float64 loop (outputs, final state, gradients incl. the initial state); the dispatcher
-never runs the fused / Triton kernels for it; the Mamba layer reaches transitions below 0."""
+"""Selective scan with negative eigenvalues (transition 2 exp(ΔA) - 1): fused == chunk == naive ==
+an explicit float64 loop (outputs, final state, gradients incl. the initial state and the gate);
+the dispatcher runs the fused kernels for it on the CPU and never the Triton ones; the Mamba layer
+reaches transitions below 0, and its one-node inner path equals the separate calls."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import torch
 
 from helpers import assert_close, linear_loss_grads
 from longssm.layers.mamba import Mamba
+from longssm.ops import numba_available
 from longssm.ops.selective_scan import (
     resolve_path,
     selective_scan,
     selective_scan_chunk,
+    selective_scan_fused,
     selective_scan_naive,
     selective_scan_step,
 )
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="needs numba")
 
 
 def inputs(batch=2, T=13, d=3, n=4, seed=0):
@@ -65,13 +70,71 @@ def test_step_equals_loop_and_transitions_go_negative():
     assert (2 * torch.exp(dt[..., None] * A) - 1).min() < -0.5
 
 
-def test_dispatcher_keeps_negative_eigenvalues_off_the_kernels():
+@needs_numba
+@pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-h0"])
+@pytest.mark.parametrize(
+    "shape", [(2, 1, 3, 4), (2, 13, 3, 4), (1, 70, 37, 3), (33, 40, 40, 2)],
+    ids=["T1", "T13", "T70-3-blocks", "one-group-of-3-blocks"],
+)
+def test_fused_equals_explicit_loop(shape, with_h0):
+    """The fused kernels (T across the 32-step checkpoints; channels across 16-lane blocks, and
+    a group of several blocks) against the explicit loop: y, h_T and every gradient, float64."""
+    batch, T, d, n = shape
+    args = inputs(batch, T, d, n)
+    if not with_h0:
+        args[-1] = None
+    y_ref, h_ref = explicit(*args[:-1], args[-1] if with_h0 else torch.zeros(batch, d, n,
+                                                                          dtype=torch.float64))
+    y, h = selective_scan_fused(*args, True, negative_eigenvalues=True)
+    leaves = [a for a in args if a is not None]
+    assert_close(y, y_ref, name="fused y")
+    assert_close(h, h_ref, name="fused h_T")
+    names = "x dt A B C D h0".split()[: len(leaves)]
+    for g, gr, arg in zip(linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves),
+                          names):
+        assert_close(g, gr, name=f"fused d/d{arg}")
+
+
+@needs_numba
+def test_fused_gate_equals_explicit_loop_times_silu():
+    args = inputs(33, 40, 40, 2)
+    z = (3 * torch.randn(33, 40, 40, dtype=torch.float64)).requires_grad_()
+    y_ref, h_ref = explicit(*args)
+    y_ref = y_ref * torch.nn.functional.silu(z)
+    y, h = selective_scan_fused(*args, True, gate=z, negative_eigenvalues=True)
+    assert_close(y, y_ref, name="gated y")
+    assert_close(h, h_ref, name="gated h_T")
+    leaves = args + [z]
+    for g, gr, arg in zip(linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves),
+                          "x dt A B C D h0 z".split()):
+        assert_close(g, gr, name=f"gated d/d{arg}")
+
+
+@needs_numba
+def test_fused_positive_path_unchanged_by_the_flag():
+    """negative_eigenvalues=False through the new argument: the same bits as before (the
+    default path), and different from the negative transition."""
+    args = [t.detach().float() for t in inputs(4, 37, 20, 4)]
+    y0, h0 = selective_scan_fused(*args, True)
+    y1, h1 = selective_scan_fused(*args, True, negative_eigenvalues=False)
+    assert torch.equal(y0, y1) and torch.equal(h0, h1)
+    y2, _ = selective_scan_fused(*args, True, negative_eigenvalues=True)
+    assert (y2 - y0).abs().max() > 1e-3
+
+
+def test_dispatcher_runs_negative_eigenvalues_fused_on_cpu_never_triton():
     x = torch.zeros(1, 2, 3)
-    assert resolve_path("auto", x, negative_eigenvalues=True) == "chunk"
+    assert resolve_path("auto", x, negative_eigenvalues=True) == (
+        "fused" if numba_available() else "chunk"
+    )
     assert resolve_path("naive", x, negative_eigenvalues=True) == "naive"
-    for path in ("fused", "triton"):
-        with pytest.raises(ValueError, match="negative_eigenvalues"):
-            resolve_path(path, x, negative_eigenvalues=True)
+    assert resolve_path("chunk", x, negative_eigenvalues=True) == "chunk"
+    with pytest.raises(ValueError, match="negative_eigenvalues"):
+        resolve_path("triton", x, negative_eigenvalues=True)
+    from longssm.ops import torch_forms
+
+    with torch_forms():
+        assert resolve_path("auto", x, negative_eigenvalues=True) == "chunk"
     args = [t.detach() for t in inputs(T=9)]
     y_auto, _ = selective_scan(*args, negative_eigenvalues=True)
     y_ref, _ = explicit(*args)
@@ -94,9 +157,39 @@ def test_mamba_layer_reaches_negative_transitions_and_differs_from_positive():
     assert a.min() < -0.9 and a.max() < 1
     neg_naive = Mamba(8, 4, d_conv=2, negative_eigenvalues=True, scan="naive").double()
     neg_naive.load_state_dict(neg.state_dict())
-    assert_close(neg(x)[0], neg_naive(x)[0], name="layer: auto (chunk) == naive")
+    assert_close(neg(x)[0], neg_naive(x)[0], name="layer: auto (fused) == naive")
     y_neg, _ = neg(x)
     y_pos, _ = pos(x)
     assert (y_neg - y_pos).abs().max() > 1e-3
     with pytest.raises(ValueError, match="negative_eigenvalues"):
-        Mamba(8, 4, negative_eigenvalues=True, scan="fused")(x.float())
+        Mamba(8, 4, negative_eigenvalues=True, scan="triton")(x.float())
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_mamba_inner_node_with_negative_eigenvalues_equals_separate_calls(dtype):
+    """The layer's one-node inner path (``mamba_inner``) with negative eigenvalues: output, final
+    state and every parameter gradient equal the separate calls (a hooked x_proj makes the layer
+    take them), as for positive ones."""
+    torch.manual_seed(0)
+    layer = Mamba(16, 4, d_conv=4, negative_eigenvalues=True).to(dtype)
+    with torch.no_grad():
+        layer.dt_proj.bias.fill_(2.0)  # transitions below 0
+    x = torch.randn(3, 37, 16, dtype=dtype)
+
+    def run():
+        layer.zero_grad()
+        y, _ = layer(x)
+        y.square().sum().backward()
+        return y.detach(), {k: p.grad.clone() for k, p in layer.named_parameters()}
+
+    y_node, g_node = run()
+    handle = layer.x_proj.register_forward_hook(lambda m, a, o: None)
+    try:
+        y_sep, g_sep = run()
+    finally:
+        handle.remove()
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    assert_close(y_node, y_sep, name="y", **tol)
+    for k in g_node:
+        assert_close(g_node[k], g_sep[k], name=f"grad {k}", **tol)

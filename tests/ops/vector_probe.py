@@ -103,9 +103,10 @@ def scan_calls(dtype):
     dB, dC = np.ones((B, nblk, T, N), dtype), np.ones((B, nblk, T, N), dtype)
     dA, dD = np.ones((B, N, D), np.float64), np.ones((B, D), np.float64)
     z, dz = (np.ones((B, T, D), dtype) for _ in range(2))  # the gate (the LM's case)
-    k._forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, True, True, 0, 0)
+    k._forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, True, True, False, 0, 0)
     parts = (dB, dC, dA, dD)
-    k._backward_task(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, True, 0, 0, 0)
+    k._backward_task(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, True, False,
+                     0, 0, 0)  # fmt: skip
     return {"scan_forward": k._forward_task, "scan_backward": k._backward_task}
 
 

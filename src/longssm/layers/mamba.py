@@ -24,8 +24,9 @@ y = selective_scan(x, Δ, A, B, C, D) (the op's dispatcher picks the form for op
 out = out_proj(y * silu(z)).
 
 ``negative_eigenvalues=True`` (Grazzi et al., 2025) makes the transition 2 exp(Δ_t A) - 1, in
-(-1, 1): a state entry may flip sign each step (parity, modular counting). The fused and Triton
-kernels do not implement it; ``scan="auto"`` then runs the chunked form.
+(-1, 1): a state entry may flip sign each step (parity, modular counting). The fused CPU kernels
+implement it (since session 10); the Triton kernels do not, so ``scan="auto"`` runs the chunked
+form on CUDA.
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ class Mamba(GatedBlock):
         neg = self.negative_eigenvalues
         path = resolve_path(self.scan, xs, h0, negative_eigenvalues=neg)
         announce_scan_path(self.NAME, path, self.scan)
-        if path == "fused" and offset is None and not neg and fusable(self, xs, h0, gate):
-            return mamba_inner(self, xs, gate, A, h0)  # the same steps as one autograd node
+        if path == "fused" and offset is None and fusable(self, xs, h0, gate):
+            return mamba_inner(self, xs, gate, A, h0, neg)  # the same steps as one autograd node
         dt, B, C = self._ssm_inputs(xs)  # (B, T, Di), (B, T, N), (B, T, N)
         y, h = selective_scan(
             xs, dt, A, B, C, self.D, h0, True, self.chunk_size, path, neg, gate

@@ -16,8 +16,8 @@ its three parts, as the split's backward made it).
 
 Used by ``layers.mamba.Mamba`` when ``fusable`` says so: CPU tensors in float32 or float64 with
 numba, plain ``nn.Linear`` x_proj (no bias) and dt_proj (``layers.gated.is_plain_linear``), the
-fused scan path, no readout offset and no negative eigenvalues. Otherwise the layer runs the
-separate calls.
+fused scan path and no readout offset (negative eigenvalues run here too since session 10).
+Otherwise the layer runs the separate calls.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class _MambaInner(torch.autograd.Function):
     dtype, xs, z, AT, D contiguous."""
 
     @staticmethod
-    def forward(ctx, xs, z, W_x, W_dt, b_dt, AT, D, h0, sizes):
+    def forward(ctx, xs, z, W_x, W_dt, b_dt, AT, D, h0, sizes, neg):
         ctx.set_materialize_grads(False)
         R, N = sizes
         batch, T, d_inner = xs.shape
@@ -51,9 +51,9 @@ class _MambaInner(torch.autograd.Function):
         Bm = x_dbl[..., R : R + N].contiguous()  # (B, T, N)
         Cm = x_dbl[..., R + N :].contiguous()  # (B, T, N)
         save = any(ctx.needs_input_grad)
-        y, hT, ckpt = scan_kernels.run_forward(xs, dt, AT, Bm, Cm, D, h0, z, save)
+        y, hT, ckpt = scan_kernels.run_forward(xs, dt, AT, Bm, Cm, D, h0, z, save, neg)
         if save:
-            ctx.sizes = sizes
+            ctx.sizes, ctx.neg = sizes, neg
             ctx.save_for_backward(xs, z, W_x, W_dt, b_dt, AT, D, low, WT, dt, Bm, Cm, ckpt)
         return y, hT
 
@@ -63,7 +63,7 @@ class _MambaInner(torch.autograd.Function):
         xs, z, W_x, W_dt, b_dt, AT, D, low, WT, dt, Bm, Cm, ckpt = ctx.saved_tensors
         want_dh0 = ctx.needs_input_grad[7]
         dxs, ddt, dAT, dB, dC, dD, dh0, dz = scan_kernels.run_backward(
-            xs, dt, AT, Bm, Cm, D, ckpt, z, gy, gh, want_dh0
+            xs, dt, AT, Bm, Cm, D, ckpt, z, gy, gh, want_dh0, ctx.neg
         )
         gpre, dWT, db_dt = step_kernels.run_backward(low, WT, b_dt, ddt.reshape(low.shape[0], -1))
         dlow = (gpre @ WT.t()).reshape(*xs.shape[:2], -1)  # (B, T, R)
@@ -71,7 +71,7 @@ class _MambaInner(torch.autograd.Function):
         rows = g_dbl.reshape(-1, g_dbl.shape[-1])  # (rows, R + 2N)
         dW_x = rows.t().mm(xs.reshape(-1, xs.shape[-1]))  # (R + 2N, Di), as Linear's backward
         dxs.reshape(-1, dxs.shape[-1]).addmm_(rows, W_x)  # + x_proj's part of ∂L/∂xs, in place
-        return dxs, dz, dW_x, dWT.t(), db_dt, dAT, dD, dh0, None
+        return dxs, dz, dW_x, dWT.t(), db_dt, dAT, dD, dh0, None, None
 
 
 def fusable(layer, xs: torch.Tensor, h0: torch.Tensor | None, gate: torch.Tensor | None) -> bool:
@@ -91,13 +91,14 @@ def fusable(layer, xs: torch.Tensor, h0: torch.Tensor | None, gate: torch.Tensor
     return all(t.device.type == "cpu" and t.dtype == xs.dtype for t in tensors)
 
 
-def mamba_inner(layer, xs: torch.Tensor, z: torch.Tensor, A: torch.Tensor, h0):
+def mamba_inner(layer, xs: torch.Tensor, z: torch.Tensor, A: torch.Tensor, h0, neg=False):
     """y, h_T of ``layer``'s inner path (see the module docstring) as one autograd node: xs, z
-    (B, T, Di); A (Di, N) its eigenvalues; h0 (B, Di, N) or None for zeros. Check ``fusable``
-    first."""
+    (B, T, Di); A (Di, N) its eigenvalues; h0 (B, Di, N) or None for zeros; ``neg``: the
+    transition 2 exp(Δ_t A) - 1 (negative eigenvalues). Check ``fusable`` first."""
     h0 = xs.new_empty(0, 0, 0) if h0 is None else h0.contiguous()
     sizes = (layer.dt_rank, layer.d_state)
     return _MambaInner.apply(
         xs.contiguous(), z.contiguous(), layer.x_proj.weight, layer.dt_proj.weight,
         layer.dt_proj.bias.contiguous(), A.t().contiguous(), layer.D.contiguous(), h0, sizes,
+        bool(neg),
     )  # fmt: skip

@@ -7,8 +7,9 @@ only, optional) and ``selective_scan_step`` (one step). ``selective_scan(..., pa
 place that picks a form: ``path="auto"`` takes the fused form for CPU tensors when numba is
 importable, the Triton form for CUDA tensors when triton is importable, else the chunked form
 (``scan_path``); ``resolve_path`` says which form a path runs. Derivations and timings in README.md.
-``negative_eigenvalues=True`` (transition 2 exp(Δ_t A) - 1, Grazzi et al. 2025) runs in the naive,
-chunk and step forms only: "auto" then takes chunk, and "fused" / "triton" are a ValueError.
+``negative_eigenvalues=True`` (transition 2 exp(Δ_t A) - 1, Grazzi et al. 2025) runs in the fused,
+naive, chunk and step forms: "auto" then takes fused where it runs, else chunk; "triton" is a
+ValueError.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def scan_path(*tensors: torch.Tensor | None) -> str:
     return "chunk"
 
 
-NEGATIVE_PATHS = ("auto", "chunk", "naive")
+NEGATIVE_PATHS = ("auto", "fused", "chunk", "naive")
 """The paths that support ``negative_eigenvalues=True``."""
 
 
@@ -69,9 +70,10 @@ def resolve_path(
     if negative_eigenvalues:
         if path not in NEGATIVE_PATHS:
             raise path_unavailable(
-                "selective_scan", path, "negative_eigenvalues needs chunk or naive"
+                "selective_scan", path, "negative_eigenvalues needs fused, chunk or naive"
             )
-        return "chunk" if path == "auto" else path
+        if path == "auto":  # the fused kernels where they run, else chunk (no Triton form)
+            return "fused" if scan_path(*tensors) == "fused" else "chunk"
     if path == "auto":
         return scan_path(*tensors)
     if path == "fused":
@@ -108,7 +110,8 @@ def selective_scan(
     returns y (batch, T, d_inner) and final_state (batch, d_inner, d_state) or None.
     ``chunk_size`` is used by the chunked form only. ``path``: "auto" (fused on CPU with numba,
     Triton on CUDA with triton, else chunk), "fused", "triton", "chunk" or "naive".
-    ``negative_eigenvalues``: transition 2 exp(Δ_t A) - 1 (chunk or naive only; "auto" -> chunk).
+    ``negative_eigenvalues``: transition 2 exp(Δ_t A) - 1 (fused, chunk or naive; "auto" -> fused
+    where it runs, else chunk).
     ``gate``: (batch, T, d_inner) z or None; y becomes y ⊙ silu(z) (Mamba's output gate), inside
     the fused kernels, by ``apply_gate`` after the other forms.
     """
@@ -116,7 +119,9 @@ def selective_scan(
     check_gate(gate, x)
     path = resolve_path(path, x, dt, A, B, C, D, initial_state, gate, negative_eigenvalues=neg)
     if path == "fused":
-        return selective_scan_fused(x, dt, A, B, C, D, initial_state, output_final_state, gate)
+        return selective_scan_fused(
+            x, dt, A, B, C, D, initial_state, output_final_state, gate, negative_eigenvalues=neg
+        )
     if path == "triton":
         y, h = selective_scan_triton(x, dt, A, B, C, D, initial_state, output_final_state)
     elif path == "chunk":

@@ -59,11 +59,12 @@ _F_D, _F_X, _F_DT, _F_U, _F_ACC, _F_ROWS = range(6)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0):
+def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, neg, b, d0):
     """Scan batch row b, channels d0 .. d0+LANES-1, over all T steps (see the module docstring).
 
     With ``gated``, y gets the scan's output times silu(z) (the backward recomputes the output
-    before the gate from the checkpoints: it is not stored).
+    before the gate from the checkpoints: it is not stored). With ``neg``, the transition is
+    2 exp(Δ_t A) - 1 (negative eigenvalues), computed as (e + e) - 1.
     """
     wide_vectors()
     T, n_inner = x.shape[1], x.shape[2]
@@ -99,10 +100,17 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0)
             ds[j] = dt[b, t, np.uint64(d0 + j)]
         for j in range(LANES):
             u[j] = ds[j] * xs[j]
-        for n in range(N):
-            bn = Bm[b, t, n]
-            for j in range(LANES):
-                h[n, j] = fast_exp(ds[j] * a[n, j]) * h[n, j] + u[j] * bn
+        if neg:
+            for n in range(N):
+                bn = Bm[b, t, n]
+                for j in range(LANES):
+                    e = fast_exp(ds[j] * a[n, j])
+                    h[n, j] = ((e + e) - one) * h[n, j] + u[j] * bn
+        else:
+            for n in range(N):
+                bn = Bm[b, t, n]
+                for j in range(LANES):
+                    h[n, j] = fast_exp(ds[j] * a[n, j]) * h[n, j] + u[j] * bn
         _state_readout(h, Cm[b, t], acc)  # Σ_n C_t,n h_t,n
         if gated:
             prefetch(z, b, ahead, d0)
@@ -120,11 +128,12 @@ def _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated):
+def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, neg):
     """Fill y (batch, T, d_inner) and hT (batch, d_inner, d_state); with ``save``, also ckpt.
     h0 is (batch, d_inner, d_state), or a (0, 0, 0) array for h_0 = 0 (no zero-filled input).
 
     With ``gated``, y = scan output ⊙ silu(z) (z: (batch, T, d_inner)); else z is not read.
+    With ``neg``, the transition is 2 exp(Δ_t A) - 1 (negative eigenvalues).
     Parallel over the flattened (batch row, channel block) index.
     """
     n_batch, n_inner = x.shape[0], x.shape[2]
@@ -132,7 +141,7 @@ def scan_forward(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated):
     for task in prange(n_batch * n_blocks):
         b = task // n_blocks
         d0 = (task % n_blocks) * LANES
-        _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, b, d0)
+        _forward_task(x, dt, AT, Bm, Cm, Dv, h0, z, y, hT, ckpt, save, gated, neg, b, d0)
 
 
 # Rows of the backward's per-lane work arrays. v (_ROWS, LANES), one time step: inputs of step t,
@@ -177,7 +186,7 @@ def _state_readout(typingctx, hs, crow, out):
 
 
 @intrinsic
-def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
+def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow, neg):
     """One reverse-time step over every state index n of a channel block, as LLVM vector IR.
 
     Args (C-contiguous): st (N, _ST_ROWS, LANES); hs, hs1, es (N, LANES): h_{t-1}, h_t and
@@ -189,18 +198,22 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
         ∂L/∂B_t,n += Σ_j lam u                  (products rounded, the same tree)
         Σ_n lam B_t,n -> v[_GU]; da = lam h_{t-1,n} e; Σ_n da A_n -> v[_GDA]
         st[n, _DA] += da Δ; λ_n = e lam
+    With ``neg`` (negative eigenvalues: the transition is 2e - 1, e = exp(Δ_t A), in es): da =
+    lam h_{t-1,n} (e + e) and λ_n = ((e + e) - 1) lam; the loop over n is emitted once for each
+    case, the flag tested once a step.
     Written as IR because the numba loop kept the two sums over n in memory (a store and a reload
     per n, on the critical path) and LLVM's vectoriser could not prove the arrays apart: here the
     sums are SSA values in registers and every row is one vector load or store.
     """
     arrays = (st, hs, hs1, es, v, brow, crow, dbrow, dcrow)
-    if not lane_arrays(arrays, (3, 2, 2, 2, 2, 1, 1, 1, 1)):
+    if not lane_arrays(arrays, (3, 2, 2, 2, 2, 1, 1, 1, 1)) or not isinstance(neg, types.Boolean):
         return None
-    sig = types.void(*arrays)
+    sig = types.void(*arrays, neg)
 
     def codegen(context, builder, signature, args):
         st_a, hs_a, hs1_a, es_a, v_a, b_a, c_a, db_a, dc_a = (
-            context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)
+            context.make_array(t)(context, builder, a)
+            for t, a in zip(signature.args[:-1], args[:-1])
         )
         vec = lane_vector_ops(context, builder, signature.args[0].dtype)
         i64 = ir.IntType(64)
@@ -210,7 +223,9 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
         gu_slot = cgutils.alloca_once_value(builder, vec.zero)
         gda_slot = cgutils.alloca_once_value(builder, vec.zero)
 
-        def state(n):
+        one = vec.splat(ir.Constant(vec.scalar, 1.0))
+
+        def state(n, negative: bool):
             """The update of state index n; returns the products of ∂L/∂C_t,n and ∂L/∂B_t,n."""
             row = builder.mul(n, i64(LANES))  # row n of hs, hs1, es
             base = builder.mul(n, i64(_ST_ROWS * LANES))  # st[n]
@@ -221,16 +236,23 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
             db = vec.product(lam, u)
             builder.store(vec.fma(lam, bn, builder.load(gu_slot)), gu_slot)
             e = vec.load(es_a.data, row)
-            da = builder.fmul(builder.fmul(lam, vec.load(hs_a.data, row)), e)
+            factor = builder.fadd(e, e) if negative else e  # ∂(transition)/∂(Δ_t A)
+            da = builder.fmul(builder.fmul(lam, vec.load(hs_a.data, row)), factor)
             a = vec.load(st_a.data, builder.add(base, i64(_A * LANES)))
             builder.store(vec.fma(da, a, builder.load(gda_slot)), gda_slot)
             da_at = builder.add(base, i64(_DA * LANES))
             vec.store(vec.fma(da, dt, vec.load(st_a.data, da_at)), st_a.data, da_at)
-            vec.store(builder.fmul(e, lam), st_a.data, builder.add(base, i64(_LAM * LANES)))
+            transition = builder.fsub(factor, one) if negative else e
+            vec.store(builder.fmul(transition, lam), st_a.data,
+                      builder.add(base, i64(_LAM * LANES)))  # fmt: skip
             return dc, db
 
         n_state = cgutils.unpack_tuple(builder, st_a.shape)[0]
-        vec.lane_sums_into(n_state, state, dc_a.data, db_a.data)
+        with builder.if_else(args[-1]) as (negative, positive):
+            with negative:
+                vec.lane_sums_into(n_state, lambda n: state(n, True), dc_a.data, db_a.data)
+            with positive:
+                vec.lane_sums_into(n_state, lambda n: state(n, False), dc_a.data, db_a.data)
         vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
         vec.store(builder.load(gda_slot), v_a.data, i64(_GDA * LANES))
         return context.get_dummy_value()
@@ -240,12 +262,13 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow):
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward_task(
-    x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated, b, blk, grp
+    x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated, neg, b, blk, grp
 ):
     """Reverse-time scan of channel block blk of batch row b; states recomputed from the
     checkpoints, K steps at a time. Adds this block's ∂L/∂B, ∂L/∂C to dB_part, dC_part[b, grp].
 
     With ``gated``, gy is ∂L/∂(y ⊙ silu(z)): each step first turns it into ∂L/∂y and writes dz.
+    With ``neg``, the transition is 2 exp(Δ_t A) - 1 (ebuf keeps exp(Δ_t A)).
     """
     wide_vectors()
     dB_part, dC_part, dA_part, dD_part = parts
@@ -300,12 +323,20 @@ def _backward_task(
                 v[_DT, j] = dt[b, t0 + s, np.uint64(d0 + j)]
             for j in range(LANES):
                 v[_U, j] = v[_DT, j] * v[_X, j]
-            for n in range(N):
-                bn = Bm[b, t0 + s, n]
-                for j in range(LANES):
-                    e = fast_exp(v[_DT, j] * st[n, _A, j])
-                    ebuf[s, n, j] = e
-                    hbuf[s + 1, n, j] = e * hbuf[s, n, j] + v[_U, j] * bn
+            if neg:
+                for n in range(N):
+                    bn = Bm[b, t0 + s, n]
+                    for j in range(LANES):
+                        e = fast_exp(v[_DT, j] * st[n, _A, j])
+                        ebuf[s, n, j] = e
+                        hbuf[s + 1, n, j] = ((e + e) - one) * hbuf[s, n, j] + v[_U, j] * bn
+            else:
+                for n in range(N):
+                    bn = Bm[b, t0 + s, n]
+                    for j in range(LANES):
+                        e = fast_exp(v[_DT, j] * st[n, _A, j])
+                        ebuf[s, n, j] = e
+                        hbuf[s + 1, n, j] = e * hbuf[s, n, j] + v[_U, j] * bn
             if gated:
                 yrow = ybuf[s]
                 _state_readout(hbuf[s + 1], Cm[b, t0 + s], yrow)  # Σ_n C_t,n h_t,n
@@ -337,7 +368,7 @@ def _backward_task(
             # Σ_j lam Δx; ∂L/∂(Δ_t A) = lam · h_{t-1} · exp(Δ_t A); then λ = ∂L/∂h_{t-1}.
             _reverse_step(
                 st, hbuf[s], hbuf[s + 1], ebuf[s], v, Bm[b, t], Cm[b, t], dB_part[b, grp, t],
-                dC_part[b, grp, t],
+                dC_part[b, grp, t], neg,
             )  # fmt: skip
             for j in range(w):
                 # u = Δ x: ∂L/∂x = Δ Σ_n lam B_n + D ∂L/∂y, ∂L/∂Δ = x Σ_n lam B_n + Σ_n ∂L/∂(ΔA) A.
@@ -363,10 +394,11 @@ def _backward_task(
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated):
+def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated, neg):
     """Gradients of the scan given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂h_T; with
     ``gated``, gy = ∂L/∂(y ⊙ silu(z)) and dz (batch, T, d_inner) is written too (y before the
-    gate recomputed with the states). ``parts`` = (dB_part, dC_part, dA_part, dD_part).
+    gate recomputed with the states). ``parts`` = (dB_part, dC_part, dA_part, dD_part). With
+    ``neg``, the transition is 2 exp(Δ_t A) - 1 (negative eigenvalues).
 
     gh and dh0 may be (0, 0, 0) arrays: ∂L/∂h_T = 0, and no ∂L/∂h_0 wanted (h_0 was zero).
     Writes dx, ddt (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; the parameters
@@ -386,7 +418,7 @@ def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh
         b, grp = task // n_groups, task % n_groups
         for blk in range(grp * per_group, min((grp + 1) * per_group, n_blocks)):
             _backward_task(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated,
-                           b, blk, grp)  # fmt: skip
+                           neg, b, blk, grp)  # fmt: skip
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

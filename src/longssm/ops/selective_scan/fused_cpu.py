@@ -42,10 +42,11 @@ def _kernels():
     return _fused_kernels
 
 
-def run_forward(x, dt, AT, B, C, D, h0, z, save: bool):
+def run_forward(x, dt, AT, B, C, D, h0, z, save: bool, neg: bool = False):
     """The forward kernel on prepared tensors (all contiguous, one dtype, A transposed; h0 a
     (0, 0, 0) array for h_0 = 0; z the gate or None): returns y (B, T, Di), h_T (B, Di, N) and
-    the checkpoints (B, ceil(T / K), N, Di), empty along axis 1 unless ``save``.
+    the checkpoints (B, ceil(T / K), N, Di), empty along axis 1 unless ``save``. ``neg``: the
+    transition 2 exp(Δ_t A) - 1 (negative eigenvalues).
     Shapes: x, dt, z (B, T, Di); AT (N, Di); B, C (B, T, N); D (Di,); h0 (B, Di, N)."""
     kern = _kernels()
     batch, T, d_inner = x.shape
@@ -57,15 +58,15 @@ def run_forward(x, dt, AT, B, C, D, h0, z, save: bool):
     ckpt = torch.empty(batch, n_ckpt, d_state, d_inner, dtype=x.dtype)  # (B, nK, N, Di)
     tensors = (x, dt, AT, B, C, D, h0, z if gated else _unused(x), y, hT, ckpt)
     with torch_threads_kept():
-        kern.scan_forward(*(numpy_view(t) for t in tensors), save, gated)
+        kern.scan_forward(*(numpy_view(t) for t in tensors), save, gated, neg)
     return y, hT, ckpt
 
 
-def run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, want_dh0: bool):
+def run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, want_dh0: bool, neg: bool = False):
     """The backward kernel given the forward's tensors (as ``run_forward`` took them, z None when
     ungated), its checkpoints, ∂L/∂y and ∂L/∂h_T (None: not reaching the loss). Returns ∂L/∂x,
     ∂L/∂Δ (B, T, Di), ∂L/∂Aᵀ (N, Di), ∂L/∂B, ∂L/∂C (B, T, N), ∂L/∂D (Di,), ∂L/∂h_0 (B, Di, N)
-    or None (not ``want_dh0``), ∂L/∂z (B, T, Di) or None (ungated)."""
+    or None (not ``want_dh0``), ∂L/∂z (B, T, Di) or None (ungated). ``neg`` as the forward's."""
     kern = _kernels()
     gated = z is not None
     z = z if gated else _unused(x)
@@ -92,6 +93,7 @@ def run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, want_dh0: bool):
             parts,
             numpy_view(dh0),
             gated,
+            neg,
         )
     dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
     dD = dD_part.sum(0).to(x.dtype)  # (Di,)
@@ -104,16 +106,16 @@ class _FusedScan(torch.autograd.Function):
     z (the gate) or None."""
 
     @staticmethod
-    def forward(ctx, x, dt, AT, B, C, D, h0, z):
+    def forward(ctx, x, dt, AT, B, C, D, h0, z, neg):
         # an output that does not reach the loss (the final state, usually) comes to the backward
         # as None, not as a zero-filled tensor that autograd would allocate for it
         ctx.set_materialize_grads(False)
         # x, dt, z: (B, T, Di); AT: (N, Di); B, C: (B, T, N); D: (Di,); h0: (B, Di, N), or a
         # (0, 0, 0) array for h_0 = 0
         save = any(ctx.needs_input_grad)
-        y, hT, ckpt = run_forward(x, dt, AT, B, C, D, h0, z, save)
+        y, hT, ckpt = run_forward(x, dt, AT, B, C, D, h0, z, save, neg)
         if save:
-            ctx.gated = z is not None
+            ctx.gated, ctx.neg = z is not None, neg
             ctx.save_for_backward(x, dt, AT, B, C, D, ckpt, *((z,) if ctx.gated else ()))
         return y, hT
 
@@ -122,7 +124,8 @@ class _FusedScan(torch.autograd.Function):
     def backward(ctx, gy, gh):
         x, dt, AT, B, C, D, ckpt, *gate = ctx.saved_tensors
         z = gate[0] if ctx.gated else None
-        return run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, ctx.needs_input_grad[6])
+        grads = run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, ctx.needs_input_grad[6], ctx.neg)
+        return (*grads, None)
 
 
 def _unused(x: torch.Tensor) -> torch.Tensor:
@@ -141,9 +144,11 @@ def selective_scan_fused(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     gate: torch.Tensor | None = None,
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Selective scan by fused numba kernels on CPU; same results as ``selective_scan_naive``
-    (times silu(gate) when a gate is given).
+    (times silu(gate) when a gate is given; with ``negative_eigenvalues``, the transition
+    2 exp(Δ_t A) - 1 of Grazzi et al. 2025, as the naive loop's).
 
     Args:
         x: (batch, T, d_inner) input.
@@ -196,5 +201,6 @@ def selective_scan_fused(
         Dc,
         h0,
         None if gate is None else gate.to(dtype).contiguous(),
+        bool(negative_eigenvalues),
     )
     return y.to(x.dtype), (hT if output_final_state else None)
