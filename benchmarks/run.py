@@ -129,6 +129,10 @@ def scan_function(impl: str):
         selective_scan_naive,
     )
 
+    if impl == "fused_negative":  # negative eigenvalues: transition 2 exp(ΔA) - 1
+        return lambda *a: selective_scan_fused(*a, negative_eigenvalues=True)[0]
+    if impl == "chunk_negative":
+        return lambda *a: selective_scan_chunk(*a, negative_eigenvalues=True)[0]
     if impl == "naive":
         return lambda *a: selective_scan_naive(*a)[0]
     if impl == "chunk":
@@ -464,6 +468,8 @@ SCAN_IMPLS = [
     ("chunk", "ours: chunk (pure torch)"),
     ("fused", "ours: fused (numba)"),
     ("fused_1thread", "ours: fused (numba, 1 thread)"),
+    ("fused_negative", "ours: fused, negative eigenvalues"),
+    ("chunk_negative", "ours: chunk, negative eigenvalues"),
     ("mambapy_pscan", "mambapy: pscan"),
     ("mambapy_seq", "mambapy: selective_scan_seq"),
     ("hf_slow", "transformers: mamba_selective_scan (slow)"),
@@ -487,7 +493,8 @@ def case1(args) -> list[dict]:
                 "impl": impl,
                 "shape": list(shape),
                 "threads": args.threads,
-                "repeats": 1 if impl in ("naive", "chunk", "mambapy_seq", "hf_slow") else 3,
+                "repeats": 1 if impl in ("naive", "chunk", "chunk_negative", "mambapy_seq",
+                                         "hf_slow") else 3,
                 "label": f"{label} {tuple(shape)}",
             }
             if impl in SEQUENTIAL and shape[1] >= 2048 and not args.quick:
