@@ -43,6 +43,17 @@ def explicit(x, dt, A, B, C, D, h0):
     return torch.stack(ys, 1), h
 
 
+def assert_matches_reference(y, h, y_ref, h_ref, leaves, names, what, grads_ref=None):
+    """y, h_T and the gradient of every leaf (a linear loss of y and h_T) equal the reference's
+    (``grads_ref``: the reference's gradients when already taken; its graph is then freed)."""
+    assert_close(y, y_ref, name=f"{what} y")
+    assert_close(h, h_ref, name=f"{what} h_T")
+    grads = linear_loss_grads(y, h, leaves)
+    grads_ref = grads_ref if grads_ref is not None else linear_loss_grads(y_ref, h_ref, leaves)
+    for g, gr, name in zip(grads, grads_ref, names):
+        assert_close(g, gr, name=f"{what} d/d{name}")
+
+
 @pytest.mark.parametrize("T,chunk", [(1, 4), (13, 4), (13, 32), (40, 8)])
 def test_chunk_and_naive_equal_explicit_loop(T, chunk):
     args = inputs(T=T)
@@ -53,10 +64,8 @@ def test_chunk_and_naive_equal_explicit_loop(T, chunk):
     }
     ref_grads = linear_loss_grads(y_ref, h_ref, args)
     for name, (y, h) in forms.items():
-        assert_close(y, y_ref, name=f"{name} y")
-        assert_close(h, h_ref, name=f"{name} h_T")
-        for g, gr, arg in zip(linear_loss_grads(y, h, args), ref_grads, "x dt A B C D h0".split()):
-            assert_close(g, gr, name=f"{name} d/d{arg}")
+        assert_matches_reference(y, h, y_ref, h_ref, args, "x dt A B C D h0".split(), name,
+                                 ref_grads)  # fmt: skip
 
 
 def test_step_equals_loop_and_transitions_go_negative():
@@ -80,19 +89,13 @@ def test_fused_equals_explicit_loop(shape, with_h0):
     """The fused kernels (T across the 32-step checkpoints; channels across 16-lane blocks, and
     a group of several blocks) against the explicit loop: y, h_T and every gradient, float64."""
     batch, T, d, n = shape
-    args = inputs(batch, T, d, n)
-    if not with_h0:
-        args[-1] = None
-    y_ref, h_ref = explicit(*args[:-1], args[-1] if with_h0 else torch.zeros(batch, d, n,
-                                                                          dtype=torch.float64))
-    y, h = selective_scan_fused(*args, True, negative_eigenvalues=True)
-    leaves = [a for a in args if a is not None]
-    assert_close(y, y_ref, name="fused y")
-    assert_close(h, h_ref, name="fused h_T")
-    names = "x dt A B C D h0".split()[: len(leaves)]
-    for g, gr, arg in zip(linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves),
-                          names):
-        assert_close(g, gr, name=f"fused d/d{arg}")
+    *args, h0 = inputs(batch, T, d, n)
+    h0 = h0 if with_h0 else None
+    h0_ref = h0 if with_h0 else torch.zeros(batch, d, n, dtype=torch.float64)
+    y_ref, h_ref = explicit(*args, h0_ref)
+    y, h = selective_scan_fused(*args, h0, True, negative_eigenvalues=True)
+    leaves = args + ([h0] if with_h0 else [])
+    assert_matches_reference(y, h, y_ref, h_ref, leaves, "x dt A B C D h0".split(), "fused")
 
 
 @needs_numba
@@ -102,12 +105,7 @@ def test_fused_gate_equals_explicit_loop_times_silu():
     y_ref, h_ref = explicit(*args)
     y_ref = y_ref * torch.nn.functional.silu(z)
     y, h = selective_scan_fused(*args, True, gate=z, negative_eigenvalues=True)
-    assert_close(y, y_ref, name="gated y")
-    assert_close(h, h_ref, name="gated h_T")
-    leaves = args + [z]
-    for g, gr, arg in zip(linear_loss_grads(y, h, leaves), linear_loss_grads(y_ref, h_ref, leaves),
-                          "x dt A B C D h0 z".split()):
-        assert_close(g, gr, name=f"gated d/d{arg}")
+    assert_matches_reference(y, h, y_ref, h_ref, args + [z], "x dt A B C D h0 z".split(), "gated")
 
 
 @needs_numba
