@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close
+from helpers import assert_close, assert_same_bits_on_one_numba_thread
 from longssm.ops import numba_available
 from longssm.ops.step_size import (
     resolve_path,
@@ -103,6 +103,21 @@ def test_fused_float32_is_close_to_float64():
     want = grads(y64, low64, w64, b64, gy)
     for name, a, b in zip(("dlow", "dweight", "dbias"), got, want):
         assert_close(a, b.float(), rtol=1e-4, atol=1e-4, name=name)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_results_do_not_depend_on_the_thread_count(dtype):
+    """Bit-identical Δ and gradients (∂L/∂u's per-row sums in the kernel, ∂L/∂W's and ∂L/∂b's
+    per-task partials) on one numba thread and on all of them; rows across several tasks, R with
+    a remainder past the four-row groups, D with columns past the last 16-lane block."""
+    low, weight, bias, gy = inputs((3, 70), 7, 37, dtype=dtype)
+
+    def run():
+        y = step_size_fused(low, weight, bias)
+        return (y, *grads(y, low, weight, bias, gy))
+
+    assert_same_bits_on_one_numba_thread(run)
 
 
 def test_naive_equals_the_formula():

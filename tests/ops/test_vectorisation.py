@@ -72,7 +72,9 @@ REQUIRED = {
     "gated_norm_forward": 3,
     "gated_norm_backward": 4,
     "step_size_forward": 4,
-    "step_size_backward": 8,
+    # the backward's softplus-slope, ∂b and ∂W loops, and (session 11) ∂L/∂u's loops over the
+    # column blocks (``_project_back``, vector IR: 8 -> 12)
+    "step_size_backward": 12,
     "loss_forward": 2,
     "loss_backward": 2,
 }

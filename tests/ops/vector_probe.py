@@ -196,10 +196,11 @@ def step_calls(dtype):
     rows, R, D = 3, 4, 40
     low, WT = np.ones((rows, R), dtype), np.ones((R, D), dtype)
     bias, db = np.ones(D, dtype), np.ones(D, dtype)
-    out, gout, gpre = (np.ones((rows, D), dtype) for _ in range(3))
+    out, gout = (np.ones((rows, D), dtype) for _ in range(2))
+    dlow = np.ones((rows, R), dtype)
     dWT = np.ones((R, D), dtype)
     k._forward_task(low, WT, bias, out, 0, rows)
-    k._backward_task(low, WT, bias, gout, gpre, dWT, db, 0, rows)
+    k._backward_task(low, WT, bias, gout, dlow, dWT, db, 0, rows)
     return {"step_size_forward": k._forward_task, "step_size_backward": k._backward_task}
 
 

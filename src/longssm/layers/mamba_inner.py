@@ -65,8 +65,8 @@ class _MambaInner(torch.autograd.Function):
         dxs, ddt, dAT, dB, dC, dD, dh0, dz = scan_kernels.run_backward(
             xs, dt, AT, Bm, Cm, D, ckpt, z, gy, gh, want_dh0, ctx.neg
         )
-        gpre, dWT, db_dt = step_kernels.run_backward(low, WT, b_dt, ddt.reshape(low.shape[0], -1))
-        dlow = (gpre @ WT.t()).reshape(*xs.shape[:2], -1)  # (B, T, R)
+        dlow, dWT, db_dt = step_kernels.run_backward(low, WT, b_dt, ddt.reshape(low.shape[0], -1))
+        dlow = dlow.reshape(*xs.shape[:2], -1)  # (B, T, R)
         g_dbl = torch.cat([dlow, dB, dC], dim=-1)  # (B, T, R + 2N): ∂L/∂x_dbl
         rows = g_dbl.reshape(-1, g_dbl.shape[-1])  # (rows, R + 2N)
         dW_x = rows.t().mm(xs.reshape(-1, xs.shape[-1]))  # (R + 2N, Di), as Linear's backward

@@ -3,9 +3,9 @@
 Same results as ``step_size_naive`` up to rounding. Where torch runs a matmul with K = R (8 at
 d_model 128: far from the machine's matmul rate), a bias add and softplus, each a pass over the
 (rows, D) output, the forward here writes Δ in one pass; the backward recomputes u Wᵀ + b row by row
-(R multiply-adds per element: cheaper than keeping it) and writes g' = ∂L/∂(u Wᵀ + b), with
-per-task partial sums of ∂L/∂W and ∂L/∂b reduced here in float64; ∂L/∂u = g' W is one torch
-matmul. Timings in README.md.
+(R multiply-adds per element: cheaper than keeping it), forms g' = ∂L/∂(u Wᵀ + b) a row at a time
+and writes ∂L/∂u = g' W (16-lane partial sums, a fixed order), with per-task partial sums of ∂L/∂W
+and ∂L/∂b reduced here in float64. Timings in README.md.
 
 The kernels live in ``_fused_kernels.py``, imported (with numba) on the first call. CPU tensors in
 float32 or float64 only, all of one dtype: ``step_size`` (the dispatcher in ``__init__.py``) runs
@@ -39,20 +39,20 @@ def run_forward(low, WT, bias):
 
 
 def run_backward(low, WT, bias, gout):
-    """The backward kernel given ∂L/∂Δ (rows, D): returns g' = ∂L/∂(low Wᵀ + b) (rows, D),
-    ∂L/∂WT (R, D) and ∂L/∂b (D,); ∂L/∂low = g' W is left to the caller (a matmul)."""
+    """The backward kernel given ∂L/∂Δ (rows, D): returns ∂L/∂low (rows, R), ∂L/∂WT (R, D) and
+    ∂L/∂b (D,)."""
     kern = _kernels()
     gout = gout.to(low.dtype).contiguous()
     n_tasks = -(-low.shape[0] // kern.ROWS)
-    gpre = torch.empty_like(gout)  # (rows, D): ∂L/∂z, z = low Wᵀ + b before softplus
+    dlow = torch.empty_like(low)  # (rows, R)
     dWT_part = low.new_empty(n_tasks, *WT.shape)  # (tasks, R, D)
     db_part = low.new_empty(n_tasks, WT.shape[1])  # (tasks, D)
-    tensors = (low, WT, bias, gout, gpre, dWT_part, db_part)
+    tensors = (low, WT, bias, gout, dlow, dWT_part, db_part)
     with torch_threads_kept():
         kern.step_size_backward(*(numpy_view(t) for t in tensors))
     dWT = dWT_part.sum(0, dtype=torch.float64).to(low.dtype)  # (R, D)
     db = db_part.sum(0, dtype=torch.float64).to(low.dtype)  # (D,)
-    return gpre, dWT, db
+    return dlow, dWT, db
 
 
 class _FusedStepSize(torch.autograd.Function):
@@ -68,8 +68,7 @@ class _FusedStepSize(torch.autograd.Function):
     @differentiable_once
     def backward(ctx, gout):
         low, WT, bias = ctx.saved_tensors
-        gpre, dWT, db = run_backward(low, WT, bias, gout)
-        return gpre @ WT.t(), dWT, db  # ∂L/∂low (rows, R)
+        return run_backward(low, WT, bias, gout)  # ∂L/∂low (rows, R), ∂L/∂WT, ∂L/∂b
 
 
 def why_not_fused(low: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
