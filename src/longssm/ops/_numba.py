@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -505,6 +505,20 @@ def lane_dot(typingctx, p, q):
     return sig, codegen
 
 
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def sum_partials(part, out):
+    """out (M,) = Σ_i part[i] over the tasks' partial sums part (tasks, M) (any float dtype; out
+    float64): each column summed over i = 0, 1, ... in order, from 0. Called by a parallel kernel
+    after its task loop, in place of a torch ``part.sum(0, dtype=torch.float64)`` by the caller
+    (which first made a float64 copy of the partials)."""
+    for m in range(out.shape[0]):
+        out[m] = 0.0
+    for i in range(part.shape[0]):
+        row = part[i]
+        for m in range(out.shape[0]):
+            out[m] += row[m]
+
+
 def cache_depends_on_primitives(namespace: dict) -> int:
     """Make the on-disk cache of every numba kernel in ``namespace`` (a kernel module's
     ``globals()``) depend on this file as well as on the kernel's own.
@@ -549,5 +563,6 @@ __all__ = [
     "lane_sum",
     "prefetch",
     "stack_array",
+    "sum_partials",
     "wide_vectors",
 ]

@@ -25,7 +25,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from longssm.ops._numba import FASTMATH, cache_depends_on_primitives, fast_exp, wide_vectors
+from longssm.ops._numba import (
+    FASTMATH,
+    cache_depends_on_primitives,
+    fast_exp,
+    sum_partials,
+    wide_vectors,
+)
 
 ROWS = 32  # time steps per task
 
@@ -145,9 +151,10 @@ def _backward_task(x, wT, bias, hist, gy, silu, dx, dhist, dw, db, b, t0, t1):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def conv_backward(x, wT, bias, hist, gy, silu, dx, dhist, dw_part, db_part):
-    """Given gy = ∂L/∂y (batch, T, C), write dx (batch, T, C), dhist (batch, K-1, C) and the
-    per-task partial sums dw_part (n_tasks, K, C), db_part (n_tasks, C), reduced by the caller."""
+def conv_backward(x, wT, bias, hist, gy, silu, dx, dhist, dw_part, db_part, dw_sum, db_sum):
+    """Given gy = ∂L/∂y (batch, T, C), write dx (batch, T, C), dhist (batch, K-1, C), the
+    per-task partial sums dw_part (n_tasks, K, C), db_part (n_tasks, C) and their sums over the
+    tasks in float64, dw_sum (K * C,) and db_sum (C,) (``sum_partials``: a fixed order)."""
     n_batch, T = x.shape[0], x.shape[1]
     n_chunks = (T + ROWS - 1) // ROWS
     for task in prange(n_batch * n_chunks):
@@ -168,6 +175,9 @@ def conv_backward(x, wT, bias, hist, gy, silu, dx, dhist, dw_part, db_part):
             t0,
             min(t0 + ROWS, T),
         )
+    n_tasks = dw_part.shape[0]
+    sum_partials(dw_part.reshape((n_tasks, dw_sum.shape[0])), dw_sum)
+    sum_partials(db_part, db_sum)
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

@@ -5,8 +5,8 @@ plus the kernels' channels-last copies wT (K, C) and hist (batch, K-1, C).
 
 The forward writes y_t = act(b + Σ_k w_k ⊙ u_{t-K+1+k}) row by row, parallel over (batch row,
 block of 32 steps); the backward recomputes v_t where the SiLU needs it and writes ∂L/∂x, ∂L/∂hist
-and per-task partial sums of ∂L/∂w, ∂L/∂b (reduced here in float64). The final state (the last K-1
-inputs) is copied out in the forward; its gradient is added to the last rows of ∂L/∂x (and to
+and per-task partial sums of ∂L/∂w, ∂L/∂b, summed over the tasks in float64 at the kernel's end
+(``sum_partials``). The final state (the last K-1 inputs) is copied out in the forward; its gradient is added to the last rows of ∂L/∂x (and to
 ∂L/∂history when T < K-1) in the backward, without a (batch, T, C) zero tensor. Derivation and
 timings in README.md.
 
@@ -95,11 +95,13 @@ class _FusedConv(torch.autograd.Function):
         dhist = torch.empty_like(hist)  # (B, K-1, C)
         dw_part = torch.empty(n_tasks, *wT.shape, dtype=x.dtype)  # (tasks, K, C)
         db_part = torch.empty(n_tasks, wT.shape[1], dtype=x.dtype)  # (tasks, C)
+        dw_sum = torch.empty(wT.numel(), dtype=torch.float64)  # (K * C,): Σ over the tasks
+        db_sum = torch.empty(wT.shape[1], dtype=torch.float64)  # (C,)
         with torch_threads_kept(), _numba_threads(THREADS):
             kern.conv_backward(
                 *(numpy_view(t) for t in (x, wT, bias, hist, gy)),
                 ctx.silu,
-                *(numpy_view(t) for t in (dx, dhist, dw_part, db_part)),
+                *(numpy_view(t) for t in (dx, dhist, dw_part, db_part, dw_sum, db_sum)),
             )
         if gh is not None:
             # the final state is inputs T-K+1 .. T-1 of [history, x]: its first max(K-1-T, 0)
@@ -108,8 +110,8 @@ class _FusedConv(torch.autograd.Function):
             split = max(hist.shape[1] - T, 0)
             dhist[:, T : T + split] += ghT[:, :split]
             dx[:, T - hist.shape[1] + split :] += ghT[:, split:]
-        dwT = dw_part.sum(0, dtype=torch.float64).to(x.dtype)  # (K, C)
-        db = db_part.sum(0, dtype=torch.float64).to(x.dtype)  # (C,)
+        dwT = dw_sum.to(x.dtype).reshape(wT.shape)  # (K, C)
+        db = db_sum.to(x.dtype)  # (C,)
         return dx, dwT, db, dhist, None
 
 

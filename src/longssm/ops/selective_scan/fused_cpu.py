@@ -86,17 +86,20 @@ def run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, want_dh0: bool, neg: bool 
     dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
     dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
     dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype) if want_dh0 else _unused(x)
+    dA_sum = torch.empty(d_state, d_inner, dtype=torch.float64)  # (N, Di): Σ_b dA_part
+    dD_sum = torch.empty(d_inner, dtype=torch.float64)  # (Di,): Σ_b dD_part
     parts = tuple(numpy_view(t) for t in (dB_part, dC_part, dA_part, dD_part))
     with torch_threads_kept():
         kern.scan_backward(
             *(numpy_view(t) for t in (x, dt, AT, B, C, D, ckpt, z, gy, gh, dx, ddt, dz)),
             parts,
+            (numpy_view(dA_sum), numpy_view(dD_sum)),
             numpy_view(dh0),
             gated,
             neg,
         )
-    dAT = dA_part.sum(0).to(x.dtype)  # (N, Di)
-    dD = dD_part.sum(0).to(x.dtype)  # (Di,)
+    dAT = dA_sum.to(x.dtype)  # (N, Di)
+    dD = dD_sum.to(x.dtype)  # (Di,)
     dB, dC = sum_groups(dB_part, dC_part)  # (B, T, N) each
     return dx, ddt, dAT, dB, dC, dD, (dh0 if want_dh0 else None), (dz if gated else None)
 

@@ -35,6 +35,7 @@ from longssm.ops._numba import (
     lane_arrays,
     lane_vector_ops,
     softplus_slope,
+    sum_partials,
     wide_vectors,
 )
 
@@ -168,14 +169,17 @@ def _backward_task(low, WT, bias, gout, dlow, dWT, db, r0, r1):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def step_size_backward(low, WT, bias, gout, dlow, dWT_part, db_part):
-    """Given gout = ∂L/∂Δ (rows, D), write dlow = ∂L/∂u (rows, R) and the per-task partial sums
-    dWT_part (n_tasks, R, D) and db_part (n_tasks, D) of ∂L/∂Wᵀ and ∂L/∂b, reduced by the caller."""
+def step_size_backward(low, WT, bias, gout, dlow, dWT_part, db_part, dWT_sum, db_sum):
+    """Given gout = ∂L/∂Δ (rows, D), write dlow = ∂L/∂u (rows, R), the per-task partial sums
+    dWT_part (n_tasks, R, D) and db_part (n_tasks, D) of ∂L/∂Wᵀ and ∂L/∂b, and their sums over
+    the tasks in float64, dWT_sum (R * D,) and db_sum (D,) (``sum_partials``: a fixed order)."""
     n_tasks = (low.shape[0] + ROWS - 1) // ROWS
     for task in prange(n_tasks):
         r0 = task * ROWS
         r1 = min(r0 + ROWS, low.shape[0])
         _backward_task(low, WT, bias, gout, dlow, dWT_part[task], db_part[task], r0, r1)
+    sum_partials(dWT_part.reshape((n_tasks, dWT_sum.shape[0])), dWT_sum)
+    sum_partials(db_part, db_sum)
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.
