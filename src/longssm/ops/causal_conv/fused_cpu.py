@@ -79,9 +79,12 @@ class _FusedConv(torch.autograd.Function):
         ctx.silu = silu
         ctx.save_for_backward(x, wT, bias, hist)
         width, T = hist.shape[1], x.shape[1]
-        # the last K-1 inputs of [history, x]: x's alone once T >= K-1 (one copy, no concatenation)
-        final = x[:, T - width :] if T >= width else torch.cat([hist[:, T:], x], dim=1)
-        return y, final.transpose(1, 2).contiguous()  # (B, T, C), (B, C, K-1)
+        # the last K-1 inputs of [history, x]: x's alone once T >= K-1 (one copy, no concatenation),
+        # copied in the kernels' layout (B, K-1, C) and returned as its transposed view (B, C, K-1):
+        # a copy of contiguous rows, where a transposing copy took 0.065 ms at (64, 3, 256); the
+        # next segment's ``initial_state.transpose(1, 2).contiguous()`` is then no copy at all
+        final = x[:, T - width :].contiguous() if T >= width else torch.cat([hist[:, T:], x], 1)
+        return y, final.transpose(1, 2)  # (B, T, C), (B, C, K-1)
 
     @staticmethod
     @differentiable_once
