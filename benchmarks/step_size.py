@@ -55,6 +55,10 @@ def lm_step(form_name: str):
 
     def step():
         mamba_layer.step_size = lambda u, w, b, path="auto": form(u, w, b)
+        # the layer's separate calls, where Δ is the ``step_size`` op: the one-node inner path
+        # (``layers.mamba_inner``, the default since session 7) calls the fused kernels directly,
+        # so with it both rows ran the same code (found in session 11)
+        mamba_layer.fusable = lambda *args: False
         logits, _ = model(tokens[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, 257), tokens[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -67,7 +71,7 @@ def lm_step(form_name: str):
 def measure(repeats: int) -> list[dict]:
     import longssm.layers.mamba as mamba_layer
 
-    original = mamba_layer.step_size
+    original, original_fusable = mamba_layer.step_size, mamba_layer.fusable
     groups = [
         (f"{rows} R={R} D={D}", {name: op_step(rows, R, D, f) for name, f in FORMS.items()})
         for rows, R, D in CASES
@@ -76,7 +80,7 @@ def measure(repeats: int) -> list[dict]:
     try:
         return case_rows(groups, repeats)
     finally:
-        mamba_layer.step_size = original
+        mamba_layer.step_size, mamba_layer.fusable = original, original_fusable
 
 
 def page(result: dict) -> str:
@@ -90,7 +94,9 @@ def page(result: dict) -> str:
         "",
         "`LM step`: one training step (forward, backward, AdamW) of the issue-19 benchmark LM "
         "(Mamba, d_model 128, 4 layers, d_state 16, expand 2, d_conv 4, bytes, T = 32 x 64 "
-        "rows) with its four layers' Δ on each form.",
+        "rows) with its four layers' Δ on each form, on the layer's separate calls (the one-node "
+        "inner path of the default calls the fused kernels directly; before session 11 both rows "
+        "ran it, so they timed the same code).",
         "",
         "There is no paper number for this op: Mamba's CUDA kernel adds the bias and applies "
         "softplus inside its scan (`delta_bias`, `delta_softplus`) and leaves the rank-R "
