@@ -6,9 +6,9 @@ plus the kernels' channels-last copies wT (K, C) and hist (batch, K-1, C).
 The forward writes y_t = act(b + Σ_k w_k ⊙ u_{t-K+1+k}) row by row, parallel over (batch row,
 block of 32 steps); the backward recomputes v_t where the SiLU needs it and writes ∂L/∂x, ∂L/∂hist
 and per-task partial sums of ∂L/∂w, ∂L/∂b, summed over the tasks in float64 at the kernel's end
-(``sum_partials``). The final state (the last K-1 inputs) is copied out in the forward; its gradient is added to the last rows of ∂L/∂x (and to
-∂L/∂history when T < K-1) in the backward, without a (batch, T, C) zero tensor. Derivation and
-timings in README.md.
+(``sum_partials``). The final state (the last K-1 inputs) is copied out in the forward; its
+gradient is added to the last rows of ∂L/∂x (and to ∂L/∂history when T < K-1) in the backward,
+without a (batch, T, C) zero tensor. Derivation and timings in README.md.
 
 The kernels live in ``_fused_kernels.py``, imported (with numba) on the first call; numba compiles
 each dtype (float32, float64) on its first use and caches the machine code on disk. Half-precision

@@ -394,7 +394,9 @@ def _backward_task(
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, sums, dh0, gated, neg):
+def scan_backward(
+    x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, sums, dh0, gated, neg
+):
     """Gradients of the scan given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂h_T; with
     ``gated``, gy = ∂L/∂(y ⊙ silu(z)) and dz (batch, T, d_inner) is written too (y before the
     gate recomputed with the states). ``parts`` = (dB_part, dC_part, dA_part, dD_part) and
@@ -406,11 +408,11 @@ def scan_backward(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, su
     shared across tasks get per-task partial sums: dA_part (batch, d_state, d_inner) and dD_part
     (batch, d_inner), in float64, summed over the batch here into dA_sum and dD_sum (a second
     parallel loop; torch's sum of the partials took 0.13 ms a call at (64, 32, 256, 16)), and
-    dB_part, dC_part (batch, n_groups, T, d_state), zero-filled and reduced by the caller. A task is one batch row and one group of consecutive
-    channel blocks (n_groups groups, the caller's choice); it runs its blocks in order, adding
-    each block's ∂L/∂B, ∂L/∂C into its group's rows: with one group per batch row the sums over
-    the channels are complete here, and no (batch, n_blocks, T, d_state) partials are written and
-    read back.
+    dB_part, dC_part (batch, n_groups, T, d_state), zero-filled and reduced by the caller. A task
+    is one batch row and one group of consecutive channel blocks (n_groups groups, the caller's
+    choice); it runs its blocks in order, adding each block's ∂L/∂B, ∂L/∂C into its group's rows:
+    with one group per batch row the sums over the channels are complete here, and no (batch,
+    n_blocks, T, d_state) partials are written and read back.
     """
     n_batch, n_inner = x.shape[0], x.shape[2]
     n_blocks = (n_inner + LANES - 1) // LANES
