@@ -113,7 +113,9 @@ def test_models_with_fused_conv_match_the_torch_conv_in_float32(name, monkeypatc
         assert_close(got, want, atol=1e-4, rtol=1e-4, name=f"{name} output/state/grad {i}")
 
 
-@pytest.mark.parametrize("padding", [0, 3], ids=["mamba", "mamba2-padded"])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("padding", [0, 3, "valid", "same"],
+                         ids=["mamba", "mamba2-padded", "valid", "same"])
 @pytest.mark.parametrize("with_history", [False, True], ids=["zeros", "history"])
 @pytest.mark.parametrize("activation", [None, "silu"])
 def test_hooked_conv1d_is_called_as_a_module_with_the_same_result(padding, with_history,

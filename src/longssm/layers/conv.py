@@ -63,17 +63,29 @@ def causal_conv(
 def _call_module(conv1d: nn.Module, x: torch.Tensor, history: torch.Tensor | None, activation):
     """``causal_conv`` by calling ``conv1d`` itself, so that its hooks (a user's, or a FLOP
     counter's global ones) see the convolution, and a wrapper or parametrisation runs. The module
-    gets the history and x side by side, (batch, C, K-1+T); with padding P (Mamba-2's conv1d has
-    P = K-1, as in the checkpoints it loads), output t + P is position t's causal window."""
+    gets the history and x side by side, (batch, C, K-1+T); with left padding P (Mamba-2's conv1d
+    has P = K-1, as in the checkpoints it loads; ``_left_padding`` reads string paddings too),
+    output t + P is position t's causal window."""
     batch, time, channels = x.shape
     width = conv1d.weight.shape[-1] - 1
     if history is None:
         history = x.new_zeros(batch, channels, width)
     joined = torch.cat([history.to(x.dtype), x.transpose(1, 2)], dim=2)  # (B, C, K-1+T)
-    pad = getattr(conv1d, "padding", (0,))[0]
+    pad = _left_padding(conv1d, width)
     y = conv1d(joined)[..., pad : pad + time].transpose(1, 2)  # (B, T, C)
     final = joined[..., joined.shape[2] - width :]  # (B, C, K-1)
     return activate(y, activation), final.contiguous()
+
+
+def _left_padding(conv1d: nn.Module, width: int) -> int:
+    """Zeros ``conv1d`` puts before its input: its integer padding P, 0 for ``"valid"``, and
+    torch's left share ``width // 2`` of ``"same"`` (width = K-1: the right side gets the rest)."""
+    padding = getattr(conv1d, "padding", (0,))
+    if padding == "valid":
+        return 0
+    if padding == "same":
+        return width // 2
+    return int(padding[0] if isinstance(padding, (tuple, list)) else padding)
 
 
 def causal_conv_step(
