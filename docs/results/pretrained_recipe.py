@@ -1,6 +1,6 @@
 """Regenerate docs/results/pretrained.md: post-train a Hugging Face Mamba directory with carried state.
 
-    PYTHONPATH=src python docs/results/pretrained_recipe.py      # about 4 minutes on 2 cores
+    PYTHONPATH=src python docs/results/pretrained_recipe.py      # about 1.5 minutes on 2 cores
 
 Every step is a ``longssm`` command (run through ``longssm.cli.main``), timed:
 
