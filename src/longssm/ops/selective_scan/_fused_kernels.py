@@ -307,6 +307,13 @@ def _backward_task(
         for n in range(N):
             for j in range(w):
                 hbuf[0, n, j] = ckpt[b, k, n, np.uint64(d0 + j)]
+        # Block 0's own rows of x, Δ are prefetched PREFETCH steps ahead (a later block's come
+        # during the block before). Inside a training step these rows are cold (written tens of
+        # ms earlier): at (64, 32, 256, 16) after a 24 ms gap, 5.4-5.8 -> 4.8-5.1 ms a call.
+        if t0 == 0:
+            for s in range(min(PREFETCH, steps)):
+                prefetch(x, b, s, d0)
+                prefetch(dt, b, s, d0)
         for s in range(steps):
             # Ahead of use: this block's rows of the reverse pass, the previous block's of x, Δ.
             prefetch(gy, b, t0 + s, d0)
@@ -318,6 +325,10 @@ def _backward_task(
             if t0 > 0:
                 prefetch(x, b, t0 - CHECKPOINT + s, d0)
                 prefetch(dt, b, t0 - CHECKPOINT + s, d0)
+            else:
+                ahead = min(s + PREFETCH, steps - 1)
+                prefetch(x, b, ahead, d0)
+                prefetch(dt, b, ahead, d0)
             for j in range(w):
                 v[_X, j] = x[b, t0 + s, np.uint64(d0 + j)]
                 v[_DT, j] = dt[b, t0 + s, np.uint64(d0 + j)]
