@@ -50,6 +50,7 @@ from longssm.ops._numba import (
     lane_vector_ops,
     prefetch,
     stack_array,
+    sum_partials,
     wide_vectors,
 )
 
@@ -411,14 +412,14 @@ def scan_backward(
     """Gradients of the scan given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂h_T; with
     ``gated``, gy = ∂L/∂(y ⊙ silu(z)) and dz (batch, T, d_inner) is written too (y before the
     gate recomputed with the states). ``parts`` = (dB_part, dC_part, dA_part, dD_part) and
-    ``sums`` = (dA_sum (d_state, d_inner), dD_sum (d_inner,)), float64. With ``neg``, the
+    ``sums`` = (dA_sum (d_state * d_inner,), dD_sum (d_inner,)), float64. With ``neg``, the
     transition is 2 exp(Δ_t A) - 1 (negative eigenvalues).
 
     gh and dh0 may be (0, 0, 0) arrays: ∂L/∂h_T = 0, and no ∂L/∂h_0 wanted (h_0 was zero).
     Writes dx, ddt (batch, T, d_inner) and dh0 (batch, d_inner, d_state) in full; the parameters
     shared across tasks get per-task partial sums: dA_part (batch, d_state, d_inner) and dD_part
-    (batch, d_inner), in float64, summed over the batch here into dA_sum and dD_sum (a second
-    parallel loop; torch's sum of the partials took 0.13 ms a call at (64, 32, 256, 16)), and
+    (batch, d_inner), in float64, summed over the batch here into dA_sum and dD_sum
+    (``sum_partials``; torch's sum of the partials took 0.13 ms a call at (64, 32, 256, 16)), and
     dB_part, dC_part (batch, n_groups, T, d_state), zero-filled and reduced by the caller. A task
     is one batch row and one group of consecutive channel blocks (n_groups groups, the caller's
     choice); it runs its blocks in order, adding each block's ∂L/∂B, ∂L/∂C into its group's rows:
@@ -434,27 +435,11 @@ def scan_backward(
         for blk in range(grp * per_group, min((grp + 1) * per_group, n_blocks)):
             _backward_task(x, dt, AT, Bm, Cm, Dv, ckpt, z, gy, gh, dx, ddt, dz, parts, dh0, gated,
                            neg, b, blk, grp)  # fmt: skip
-    # dA, dD: the per-row partials summed over the batch rows in float64, each column over b =
-    # 0, 1, ... in order (from 0); parallel over the rows of dA (and dD as one more row)
+    # dA, dD: the per-row partials summed over the batch rows in float64, b = 0, 1, ... in order
     dA_part, dD_part = parts[2], parts[3]
     dA_sum, dD_sum = sums
-    N = dA_part.shape[1]
-    for n in prange(N + 1):
-        if n < N:
-            dst = dA_sum[n]
-            for d in range(n_inner):
-                dst[d] = 0.0
-            for b in range(n_batch):
-                src = dA_part[b, n]
-                for d in range(n_inner):
-                    dst[d] += src[d]
-        else:
-            for d in range(n_inner):
-                dD_sum[d] = 0.0
-            for b in range(n_batch):
-                src = dD_part[b]
-                for d in range(n_inner):
-                    dD_sum[d] += src[d]
+    sum_partials(dA_part.reshape((n_batch, dA_sum.shape[0])), dA_sum)
+    sum_partials(dD_part, dD_sum)
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

@@ -86,7 +86,7 @@ def run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, want_dh0: bool, neg: bool 
     dA_part = torch.empty(batch, d_state, d_inner, dtype=torch.float64)  # (B, N, Di)
     dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
     dh0 = torch.empty(batch, d_inner, d_state, dtype=x.dtype) if want_dh0 else _unused(x)
-    dA_sum = torch.empty(d_state, d_inner, dtype=torch.float64)  # (N, Di): Σ_b dA_part
+    dA_sum = torch.empty(d_state * d_inner, dtype=torch.float64)  # (N * Di,): Σ_b dA_part
     dD_sum = torch.empty(d_inner, dtype=torch.float64)  # (Di,): Σ_b dD_part
     parts = tuple(numpy_view(t) for t in (dB_part, dC_part, dA_part, dD_part))
     with torch_threads_kept():
@@ -98,7 +98,7 @@ def run_backward(x, dt, AT, B, C, D, ckpt, z, gy, gh, want_dh0: bool, neg: bool 
             gated,
             neg,
         )
-    dAT = dA_sum.to(x.dtype)  # (N, Di)
+    dAT = dA_sum.to(x.dtype).reshape(d_state, d_inner)  # (N, Di)
     dD = dD_sum.to(x.dtype)  # (Di,)
     dB, dC = sum_groups(dB_part, dC_part)  # (B, T, N) each
     return dx, ddt, dAT, dB, dC, dD, (dh0 if want_dh0 else None), (dz if gated else None)
