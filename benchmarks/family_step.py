@@ -161,7 +161,7 @@ def _seconds(fn) -> float:
 def measure(mixer: str, batch: int, T: int, repeats: int = 3) -> dict:
     """tokens/s (best of ``repeats`` steps after one warm-up), FLOPs and the matmul-floor ratio;
     freed memory kept in the process, as ``longssm train`` runs (``longssm.runtime``)."""
-    from longssm.runtime import keep_freed_memory
+    from longssm.runtime import huge_pages_advised, keep_freed_memory
 
     kept = keep_freed_memory()
     model = build(mixer)
@@ -181,6 +181,7 @@ def measure(mixer: str, batch: int, T: int, repeats: int = 3) -> dict:
         "matmul_gflop_s": rate,
         "floor_ratio": flops / best / 1e9 / rate,
         "timed_with_kept_memory": kept,
+        "timed_with_huge_pages": huge_pages_advised(),
     }
 
 

@@ -67,7 +67,8 @@ def reset_peak_rss() -> bool:
 
 def timed(fn, repeats: int) -> dict:
     """Warm up once; the peak extra RSS of one run; then, with freed memory kept in the process
-    (``longssm.runtime.keep_freed_memory``, as ``longssm train`` runs), the best of ``repeats``
+    (``longssm.runtime.keep_freed_memory``, as ``longssm train`` runs; since session 12 on huge
+    pages where the kernel gives them on request), the best of ``repeats``
     wall times after one more warm-up. A slow row (``repeats`` = 1) reports the memory run's
     time instead (minutes a run: page faults do not show).
 
@@ -75,7 +76,7 @@ def timed(fn, repeats: int) -> dict:
     pool it leaves is already resident. Since session 10; before, both came from the same runs
     with glibc's default thresholds (a fresh mapping, page-faulted, for many tensors of every
     step)."""
-    from longssm.runtime import keep_freed_memory
+    from longssm.runtime import huge_pages_advised, keep_freed_memory
 
     fn()
     rss_before = read_status_kib("VmRSS")
@@ -100,6 +101,7 @@ def timed(fn, repeats: int) -> dict:
         "peak_extra_mib": (peak - rss_before) / 1024 if reset else None,
         "rss_before_mib": rss_before / 1024,
         "timed_with_kept_memory": kept,
+        "timed_with_huge_pages": huge_pages_advised(),
     }
 
 
@@ -404,6 +406,12 @@ def machine_info() -> dict:
             versions[name] = version(name)
         except Exception:
             versions[name] = None
+    thp = None  # the kernel's transparent-huge-page mode (longssm.runtime asks in "madvise")
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp = f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        pass
     return {
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
@@ -411,6 +419,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "versions": versions,
         "load_average_start": os.getloadavg(),
+        "transparent_hugepage": thp,
     }
 
 
@@ -858,7 +867,8 @@ def main(argv=None) -> int:
     info = machine_info()
     print(
         f"{info['cpu_model']}, {info['cpu_count']} cores, torch {info['versions']['torch']}, "
-        f"numba {info['versions']['numba']}, load average {info['load_average_start']}"
+        f"numba {info['versions']['numba']}, load average {info['load_average_start']}, "
+        f"transparent huge pages {info['transparent_hugepage']}"
     )
     t0 = time.time()
     rows: list[dict] = []

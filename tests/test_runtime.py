@@ -1,5 +1,5 @@
 """longssm.runtime: keeping freed memory (page faults of a repeated allocation pattern, counted in
-fresh processes with and without it) and the thread setter."""
+fresh processes with and without it), huge pages on the kept heap, and the thread setter."""
 
 from __future__ import annotations
 
@@ -70,6 +70,75 @@ def test_keep_freed_memory_can_be_turned_off_by_the_environment():
 def test_keep_freed_memory_is_idempotent_in_process():
     assert runtime.keep_freed_memory() is True
     assert runtime.keep_freed_memory() is True
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return ""
+
+
+# Allocates 256 MiB of tensors after keep_freed_memory and prints whether huge pages were
+# advised, the heap's size, whether its mapping carries the huge-page flag and the process's
+# anonymous huge pages (KiB).
+_HUGE = """
+import torch
+from longssm import runtime
+runtime.keep_freed_memory()
+tensors = [torch.ones(4 * 2**20) for _ in range(16)]  # 16 MiB each, under the mmap threshold
+# the advice covers whole 2 MiB pages: it splits the heap's mapping at its unaligned ends
+maps = open("/proc/self/smaps").read().split("\\n")
+heaps = [i for i, line in enumerate(maps) if line.endswith("[heap]")]
+ranges = [[int(a, 16) for a in maps[i].split()[0].split("-")] for i in heaps]
+flags = [next(l for l in maps[i:] if l.startswith("VmFlags")).split()[1:] for i in heaps]
+huge = [l for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHugePages")]
+flagged = any("hg" in f for f in flags)
+print(runtime.huge_pages_advised(), ranges[-1][1] - ranges[0][0], flagged, huge[0].split()[1])
+"""
+
+
+def _huge_pages(**env) -> tuple[bool, int, bool, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _HUGE], capture_output=True, text=True, check=True,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    advised, heap, flagged, huge_kib = out.stdout.split()
+    return advised == "True", int(heap), flagged == "True", int(huge_kib)
+
+
+MADVISE = GLIBC and _thp_mode() == "madvise"
+
+
+@pytest.mark.skipif(not MADVISE, reason="glibc and transparent huge pages in madvise mode only")
+def test_kept_heap_is_reserved_and_takes_huge_pages():
+    advised, heap, flagged, huge_kib = _huge_pages()
+    assert advised and flagged
+    assert heap >= runtime.HEAP_RESERVE  # the reserve stays in the heap (under the trim threshold)
+    # 256 MiB of tensors in a reserve that only its first page touched before the advice: all but
+    # the regions at its edges are whole 2 MiB pages (the kernel may lack free huge pages only
+    # under memory pressure)
+    assert huge_kib >= 128 * 1024, huge_kib
+
+
+@pytest.mark.skipif(not MADVISE, reason="glibc and transparent huge pages in madvise mode only")
+def test_huge_pages_can_be_turned_off_by_the_environment():
+    advised, heap, flagged, huge_kib = _huge_pages(LONGSSM_HUGE_PAGES="0")
+    assert not advised and not flagged
+    assert huge_kib == 0
+    assert heap < runtime.HEAP_RESERVE  # no reserve either
+
+
+def test_huge_pages_need_kept_memory_first():
+    # a reserve freed under glibc's default trim threshold would go straight back to the kernel
+    code = (
+        "from longssm import runtime; print(runtime.advise_huge_pages(), "
+        "runtime.huge_pages_advised())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_set_cpu_threads_sets_torch_and_numba():

@@ -12,6 +12,16 @@ touched fresh pages: about 2,000 page faults a step in the benchmark LM (case 3,
 at ~1.8 us each on the benchmark machine, 3-4% of the step. Keeping freed memory in the process
 brings that to ~100. The cost: memory freed after a peak stays with the process (its peak
 resident size is unchanged) until it exits. ``LONGSSM_KEEP_FREED_MEMORY=0`` turns it off.
+
+Huge pages: where the kernel gives transparent huge pages to memory that asks for them (the
+``madvise`` mode of ``/sys/kernel/mm/transparent_hugepage/enabled``, a common default), the
+kept heap asks too: ``keep_freed_memory`` first grows the heap by ``HEAP_RESERVE`` (1 GiB of
+address space, untouched: no resident memory) and gives it back to glibc's free pool, then marks
+the whole heap ``MADV_HUGEPAGE``. Tensors allocated later take 2 MiB pages from it when first
+touched: fewer TLB misses on the cold activations of a step. Measured on the benchmark machine
+(case 3, T = 32 x 64, alternating processes): the step 2.0-2.4 ms (2.5%) faster in eight of eight
+pairs of one sitting. Growth past the reserve gets ordinary pages. ``LONGSSM_HUGE_PAGES=0`` turns
+this part off.
 """
 
 from __future__ import annotations
@@ -25,18 +35,28 @@ import platform
 # systems (DEFAULT_MMAP_THRESHOLD_MAX, 32 MiB): larger allocations stay mapped per allocation.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+_DEFAULT_MMAP_MAX = 65536  # glibc's limit on mapped allocations, restored after the reserve
 MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes (an int): 2 GiB
+# Heap grown ahead for huge pages: address space only. Below the trim threshold, or glibc would
+# hand the free top of the heap straight back.
+HEAP_RESERVE = 2**30
+_HUGE_PAGE = 2 * 2**20
+_MADV_HUGEPAGE = 14  # linux/mman.h
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 _kept = False
+_huge = False
 
 
 def keep_freed_memory() -> bool:
     """Keep memory freed by tensors under 32 MiB in this process for reuse (glibc only).
 
-    Sets glibc's mmap threshold to 32 MiB and its trim threshold out of reach. Returns True when
-    applied (now or by an earlier call), False where it does not apply: not glibc, or
-    ``LONGSSM_KEEP_FREED_MEMORY=0`` in the environment. Idempotent."""
+    Sets glibc's mmap threshold to 32 MiB and its trim threshold out of reach, then asks for huge
+    pages on the heap (``advise_huge_pages``). Returns True when applied (now or by an earlier
+    call), False where it does not apply: not glibc, or ``LONGSSM_KEEP_FREED_MEMORY=0`` in the
+    environment. Idempotent."""
     global _kept
     if _kept:
         return True
@@ -57,7 +77,74 @@ def keep_freed_memory() -> bool:
     if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
         return False
     _kept = True
+    advise_huge_pages(libc)
     return True
+
+
+def huge_pages_advised() -> bool:
+    """Whether this process's heap was marked for transparent huge pages (``keep_freed_memory``)."""
+    return _huge
+
+
+def advise_huge_pages(libc=None) -> bool:
+    """Grow the heap by ``HEAP_RESERVE`` of untouched address space and mark all of it
+    ``MADV_HUGEPAGE`` (see the module docstring). Best effort and once per process: False where
+    the kernel's mode is not ``madvise`` (``always`` needs nothing, ``never`` gives nothing), with
+    ``LONGSSM_HUGE_PAGES=0``, before ``keep_freed_memory`` (a freed reserve would go back to the
+    kernel), or when a step fails."""
+    global _huge
+    if _huge:
+        return True
+    if not _kept or os.environ.get("LONGSSM_HUGE_PAGES", "1").strip() == "0":
+        return False
+    try:
+        with open(_THP_MODE) as f:
+            if "[madvise]" not in f.read():
+                return False
+        if libc is None:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        malloc, free, madvise = libc.malloc, libc.free, libc.madvise
+    except (OSError, AttributeError):
+        return False
+    malloc.argtypes, malloc.restype = (ctypes.c_size_t,), ctypes.c_void_p
+    free.argtypes, free.restype = (ctypes.c_void_p,), None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    # One block from the heap (mmap off for the call): the heap grows by its size and only the
+    # block's header page is touched; freed, it joins the top of the heap (kept: under the trim
+    # threshold). Blocks under the mmap threshold instead touched a page every 16 MiB, each one
+    # a 2 MiB region lost to small pages.
+    if libc.mallopt(_M_MMAP_MAX, 0) != 1:
+        return False
+    try:
+        block = malloc(HEAP_RESERVE)
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    if not block:  # a data-size limit or strict overcommit: no reserve
+        return False
+    free(block)
+    heap = _heap_range()
+    if heap is None:
+        return False
+    start = -(-heap[0] // _HUGE_PAGE) * _HUGE_PAGE
+    end = heap[1] // _HUGE_PAGE * _HUGE_PAGE
+    if end <= start or madvise(start, end - start, _MADV_HUGEPAGE) != 0:
+        return False
+    _huge = True
+    return True
+
+
+def _heap_range() -> tuple[int, int] | None:
+    """(start, end) addresses of this process's heap (the ``[heap]`` mapping), or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if line.rstrip().endswith("[heap]"):
+                    start, end = line.split()[0].split("-")
+                    return int(start, 16), int(end, 16)
+    except OSError:
+        pass
+    return None
 
 
 def set_cpu_threads(n: int) -> None:
