@@ -65,12 +65,34 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def fix_malloc_thresholds() -> bool:
+    """Fix glibc's mmap and trim thresholds at 128 KiB (their defaults, without the dynamic
+    adjustment): every allocation of 128 KiB or more is mapped on its own and unmapped when
+    freed, and free memory at the heap's top goes back at once. Resident memory then follows the
+    live tensors, so the peak of a run is that run's own: under the dynamic thresholds it also
+    depended on how much freed memory the warm-up had left in the heap (6-30 MiB apart between
+    runs of one benchmark row, sessions 10-11). False where not glibc."""
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    threshold = 128 * 1024
+    return mallopt(-3, threshold) == 1 and mallopt(-1, threshold) == 1  # M_MMAP_, M_TRIM_
+
+
 def timed(fn, repeats: int) -> dict:
-    """Warm up once; the peak extra RSS of one run; then, with freed memory kept in the process
+    """Warm up once; the peak extra RSS of one run, with glibc's thresholds fixed
+    (``fix_malloc_thresholds``, since session 12); then, with freed memory kept in the process
     (``longssm.runtime.keep_freed_memory``, as ``longssm train`` runs; since session 12 on huge
     pages where the kernel gives them on request), the best of ``repeats``
     wall times after one more warm-up. A slow row (``repeats`` = 1) reports the memory run's
-    time instead (minutes a run: page faults do not show).
+    time instead (minutes a run: its page faults hardly show).
 
     The memory run comes first because kept memory would hide the peak: after a warm-up, the
     pool it leaves is already resident. Since session 10; before, both came from the same runs
@@ -78,6 +100,7 @@ def timed(fn, repeats: int) -> dict:
     step)."""
     from longssm.runtime import huge_pages_advised, keep_freed_memory
 
+    fixed = fix_malloc_thresholds()
     fn()
     rss_before = read_status_kib("VmRSS")
     reset = reset_peak_rss()
@@ -100,6 +123,7 @@ def timed(fn, repeats: int) -> dict:
         "all_seconds": times,
         "peak_extra_mib": (peak - rss_before) / 1024 if reset else None,
         "rss_before_mib": rss_before / 1024,
+        "memory_run_fixed_thresholds": fixed,
         "timed_with_kept_memory": kept,
         "timed_with_huge_pages": huge_pages_advised(),
     }
