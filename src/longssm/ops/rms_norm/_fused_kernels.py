@@ -8,6 +8,7 @@ Glossary (symbol -> code name, shape; one task = a block of ``ROWS`` rows):
     s = x + res (the fused residual add) s, res         (rows, D)
     x = y ⊙ silu(z) (the fused gate)   y, z           (rows, D)
     ∂L/∂w per task                     dw_part        (n_tasks, D)
+    ∂L/∂w (their sum, float64)         dw_sum         (D,)
 
 Sums over a row run in ``LANES`` = 16 interleaved partial sums (lane j takes columns j, j+16, ...),
 then ``lane_sum``'s fixed pairwise tree: deterministic, and the inner loop vectorises without
@@ -26,6 +27,7 @@ from longssm.ops._numba import (
     fast_exp,
     lane_sum,
     stack_array,
+    sum_partials,
     wide_vectors,
 )
 
@@ -107,13 +109,15 @@ def _backward_task(x, w, rstd, gy, gs, dx, dw, r0, r1):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def rms_norm_backward(x, w, rstd, gy, gs, dx, dw_part):
-    """Given gy = ∂L/∂y (rows, D), write dx (rows, D) and the per-task partial sums dw_part
-    (n_tasks, D), reduced by the caller; gs (rows, D), or a (0, 0) array, is added to dx."""
+def rms_norm_backward(x, w, rstd, gy, gs, dx, dw_part, dw_sum):
+    """Given gy = ∂L/∂y (rows, D), write dx (rows, D), the per-task partial sums dw_part
+    (n_tasks, D) and their sum dw_sum (D,) in float64 (``sum_partials``: tasks in order); gs
+    (rows, D), or a (0, 0) array, is added to dx."""
     n_tasks = (x.shape[0] + ROWS - 1) // ROWS
     for task in prange(n_tasks):
         r0 = task * ROWS
         _backward_task(x, w, rstd, gy, gs, dx, dw_part[task], r0, min(r0 + ROWS, x.shape[0]))
+    sum_partials(dw_part, dw_sum)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -185,15 +189,16 @@ def _gated_backward_task(yg, z, w, rstd, g, dy, dz, dw, r0, r1):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def gated_rms_norm_backward(yg, z, w, rstd, g, dy, dz, dw_part):
-    """Given g = ∂L/∂out (rows, D), write dy, dz (rows, D) and the per-task partial sums dw_part
-    (n_tasks, D), reduced by the caller."""
+def gated_rms_norm_backward(yg, z, w, rstd, g, dy, dz, dw_part, dw_sum):
+    """Given g = ∂L/∂out (rows, D), write dy, dz (rows, D), the per-task partial sums dw_part
+    (n_tasks, D) and their sum dw_sum (D,) in float64 (``sum_partials``: tasks in order)."""
     n_tasks = (yg.shape[0] + ROWS - 1) // ROWS
     for task in prange(n_tasks):
         r0 = task * ROWS
         _gated_backward_task(
             yg, z, w, rstd, g, dy, dz, dw_part[task], r0, min(r0 + ROWS, yg.shape[0])
         )
+    sum_partials(dw_part, dw_sum)
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

@@ -4,7 +4,8 @@ gate (``gated_rms_norm_fused``: RMSNorm(y ⊙ silu(z))).
 
 Same results as ``rms_norm_naive`` up to rounding (see there for the formula). The forward writes
 y and keeps r = 1 / sqrt(mean(x²) + eps) per row; the backward writes ∂L/∂x in one pass over
-each row and per-task partial sums of ∂L/∂w (reduced here in float64). One pass each way where
+each row and per-task partial sums of ∂L/∂w (summed in the kernel, in float64 and task order:
+``sum_partials``). One pass each way where
 torch's autograd of the naive form runs about a dozen element-wise ops (README.md, timings).
 
 The kernels live in ``_fused_kernels.py``, imported (with numba) on the first call. CPU tensors in
@@ -56,9 +57,12 @@ def _backward(ctx, gy, gs):
     gs = x.new_empty(0, 0) if gs is None else gs.to(x.dtype).contiguous()
     dx = torch.empty_like(x)  # (rows, D)
     dw_part = x.new_empty(-(-x.shape[0] // kern.ROWS), x.shape[1])  # (tasks, D)
+    dw_sum = torch.empty(x.shape[1], dtype=torch.float64)  # (D,): Σ over the tasks
     with torch_threads_kept():
-        kern.rms_norm_backward(*(numpy_view(t) for t in (x, w, rstd, gy, gs, dx, dw_part)))
-    dw = dw_part.sum(0, dtype=torch.float64).to(x.dtype)  # (D,)
+        kern.rms_norm_backward(
+            *(numpy_view(t) for t in (x, w, rstd, gy, gs, dx, dw_part, dw_sum))
+        )
+    dw = dw_sum.to(x.dtype)  # (D,)
     return dx, dw
 
 
@@ -119,11 +123,12 @@ class _FusedGatedRMSNorm(torch.autograd.Function):
         g = g.to(y.dtype).contiguous()
         dy, dz = torch.empty_like(y), torch.empty_like(y)  # (rows, D) each
         dw_part = y.new_empty(-(-y.shape[0] // kern.ROWS), y.shape[1])  # (tasks, D)
+        dw_sum = torch.empty(y.shape[1], dtype=torch.float64)  # (D,): Σ over the tasks
         with torch_threads_kept():
             kern.gated_rms_norm_backward(
-                *(numpy_view(t) for t in (y, z, w, rstd, g, dy, dz, dw_part))
+                *(numpy_view(t) for t in (y, z, w, rstd, g, dy, dz, dw_part, dw_sum))
             )
-        dw = dw_part.sum(0, dtype=torch.float64).to(y.dtype)  # (D,)
+        dw = dw_sum.to(y.dtype)  # (D,)
         return dy, dz, dw, None
 
 
