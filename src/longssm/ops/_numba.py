@@ -9,8 +9,9 @@ block's state held as a small (d_state, LANES) array, states checkpointed every 
 steps for the backward. Provided here: those constants, ``PREFETCH``, the one fast-math flag set
 ``FASTMATH``, ``prefetch`` (a cache-line hint), ``fast_exp`` (a vectorisable exp),
 ``lane_sum`` / ``lane_dot`` (deterministic pairwise sums over the 16 lanes,
-as LLVM vector IR), ``wide_vectors`` (512-bit registers for the calling kernel) and ``stack_array``
-(small work rows on the kernel's stack). Tests: ``tests/ops/test_numba_primitives.py``.
+as LLVM vector IR), ``wide_vectors`` (512-bit registers for the calling kernel), ``stack_array``
+(small work rows on the kernel's stack) and ``lane_intrinsic`` (the signature and codegen of a
+kernel's own vector-IR step over lane arrays). Tests: ``tests/ops/test_numba_primitives.py``.
 """
 
 from __future__ import annotations
@@ -358,6 +359,28 @@ def lane_arrays(arrays, ndims) -> bool:
         and arrays[0].dtype in (types.float32, types.float64)
         and [a.ndim for a in arrays] == list(ndims)
     )
+
+
+def lane_intrinsic(arrays, ndims, emit, extra=()):
+    """The (signature, codegen) pair of an intrinsic that returns nothing and takes C-contiguous
+    lane arrays of one dtype (``lane_arrays`` with ``ndims``) followed by the numba types
+    ``extra``; None where the arrays do not qualify. ``emit(builder, vec, structs, values)``
+    writes the IR: ``vec`` the ``lane_vector_ops`` of the arrays' dtype, ``structs`` their array
+    structs, ``values`` the LLVM values of the ``extra`` arguments."""
+    if not lane_arrays(arrays, ndims):
+        return None
+    count = len(arrays)
+
+    def codegen(context, builder, signature, args):
+        structs = [
+            context.make_array(t)(context, builder, a)
+            for t, a in zip(signature.args[:count], args[:count])
+        ]
+        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+        emit(builder, vec, structs, args[count:])
+        return context.get_dummy_value()
+
+    return types.void(*arrays, *extra), codegen
 
 
 class lane_vector_ops:  # noqa: N801 (used like a module of helpers inside one codegen)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -39,8 +39,7 @@ from longssm.ops._numba import (
     LANES,
     PREFETCH,
     cache_depends_on_primitives,
-    lane_arrays,
-    lane_vector_ops,
+    lane_intrinsic,
     prefetch,
     stack_array,
     wide_vectors,
@@ -69,11 +68,6 @@ def _load_params(lam, Bb, Cc, h_lo, w, dtype):
     return prm
 
 
-def _arrays(context, builder, signature, args):
-    """An intrinsic's array arguments as numba array structs."""
-    return [context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)]
-
-
 @intrinsic
 def _advance(typingctx, prm, hs0, hs1, rows):
     """One step of a block over every mode, as LLVM vector IR (16-lane rows): for n = 0 .. N-1
@@ -82,14 +76,9 @@ def _advance(typingctx, prm, hs0, hs1, rows):
     prm (N, _P_ROWS, LANES); hs0, hs1 (N, 2, LANES), may be the same array; rows (_ROWS, LANES):
     _U read, _OUT written. IR because numba's loop kept the sum over n in memory (a store and a
     reload per mode on the critical path)."""
-    arrays = (prm, hs0, hs1, rows)
-    if not lane_arrays(arrays, (3, 3, 3, 2)):
-        return None
-    sig = types.void(*arrays)
 
-    def codegen(context, builder, signature, args):
-        prm_a, h0_a, h1_a, rows_a = _arrays(context, builder, signature, args)
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        prm_a, h0_a, h1_a, rows_a = structs
         b = builder
         i64 = ir.IntType(64)
         uv = vec.load(rows_a.data, i64(_U * LANES))
@@ -111,9 +100,8 @@ def _advance(typingctx, prm, hs0, hs1, rows):
             b.store(vec.fma(c2, r1, b.load(acc_r)), acc_r)
             b.store(vec.fma(d2, s1, b.load(acc_i)), acc_i)
         vec.store(b.fsub(b.load(acc_r), b.load(acc_i)), rows_a.data, i64(_OUT * LANES))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic((prm, hs0, hs1, rows), (3, 3, 3, 2), emit)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -180,14 +168,9 @@ def _reverse(typingctx, prm, kap, hs0, hs1, gacc, rows):
         κ = (a μr + b μi, a μi − b μr)                          (conj(λ̄) μ = ∂L/∂h_{t-1})
     prm, gacc (N, _P_ROWS, LANES); kap, hs0 (h_{t-1} = r0 + i s0), hs1 (h_t = r1 + i s1)
     (N, 2, LANES); rows (_ROWS, LANES)."""
-    arrays = (prm, kap, hs0, hs1, gacc, rows)
-    if not lane_arrays(arrays, (3, 3, 3, 3, 3, 2)):
-        return None
-    sig = types.void(*arrays)
 
-    def codegen(context, builder, signature, args):
-        prm_a, kap_a, h0_a, h1_a, gacc_a, rows_a = _arrays(context, builder, signature, args)
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        prm_a, kap_a, h0_a, h1_a, gacc_a, rows_a = structs
         b = builder
         i64 = ir.IntType(64)
         gv = vec.load(rows_a.data, i64(_G * LANES))
@@ -218,9 +201,8 @@ def _reverse(typingctx, prm, kap, hs0, hs1, gacc, rows):
             vec.store(vec.fma(a, mr, b.fmul(bb, mi)), kap_a.data, row)
             vec.store(vec.fma(a, mi, b.fneg(b.fmul(bb, mr))), kap_a.data, row_i)
         vec.store(b.load(du), rows_a.data, i64(_OUT * LANES))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic((prm, kap, hs0, hs1, gacc, rows), (3, 3, 3, 3, 3, 2), emit)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -33,8 +33,7 @@ from longssm.ops._numba import (
     LANES,
     PREFETCH,
     cache_depends_on_primitives,
-    lane_arrays,
-    lane_vector_ops,
+    lane_intrinsic,
     prefetch,
     stack_array,
     wide_vectors,
@@ -59,16 +58,9 @@ def _advance(typingctx, hs0, hs1, es, u, krow, qrow, acc):
     u (ε x), acc (LANES,); krow, qrow (N,). Written as IR because numba's loop over the lanes
     compiled to 256-bit and scalar code here (forward 8.3 -> 2.5 ms at (64, 32, 256, 16), one
     thread), and the sum over n stays in a register."""
-    arrays = (hs0, hs1, es, u, krow, qrow, acc)
-    if not lane_arrays(arrays, (2, 2, 1, 1, 1, 1, 1)):
-        return None
-    sig = types.void(*arrays)
 
-    def codegen(context, builder, signature, args):
-        h0_a, h_a, e_a, u_a, k_a, q_a, acc_a = (
-            context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)
-        )
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        h0_a, h_a, e_a, u_a, k_a, q_a, acc_a = structs
         i64 = ir.IntType(64)
         ev = vec.load(e_a.data, i64(0))
         uv = vec.load(u_a.data, i64(0))
@@ -87,9 +79,8 @@ def _advance(typingctx, hs0, hs1, es, u, krow, qrow, acc):
             qv = vec.splat(builder.load(builder.gep(q_a.data, [n])))
             builder.store(vec.fma(qv, hv, builder.load(acc_slot)), acc_slot)
         vec.store(builder.load(acc_slot), acc_a.data, i64(0))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic((hs0, hs1, es, u, krow, qrow, acc), (2, 2, 1, 1, 1, 1, 1), emit)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -161,16 +152,9 @@ def _reverse(typingctx, st, hs0, hs1, v, krow, qrow, dkrow, dqrow):
     st (N, _ST_ROWS, LANES): rows _LAM read and written; hs0, hs1 (N, LANES): S_{t-1}, S_t;
     v (_ROWS, LANES): rows _EP, _GY, _U read, _GU, _GE written; krow, qrow (N,): k_t, q_t; dkrow,
     dqrow (N,): added to."""
-    arrays = (st, hs0, hs1, v, krow, qrow, dkrow, dqrow)
-    if not lane_arrays(arrays, (3, 2, 2, 2, 1, 1, 1, 1)):
-        return None
-    sig = types.void(*arrays)
 
-    def codegen(context, builder, signature, args):
-        st_a, h0_a, h1_a, v_a, k_a, q_a, dk_a, dq_a = (
-            context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)
-        )
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        st_a, h0_a, h1_a, v_a, k_a, q_a, dk_a, dq_a = structs
         i64 = ir.IntType(64)
         ep = vec.load(v_a.data, i64(_EP * LANES))
         gy = vec.load(v_a.data, i64(_GY * LANES))
@@ -203,9 +187,10 @@ def _reverse(typingctx, st, hs0, hs1, v, krow, qrow, dkrow, dqrow):
         vec.lane_sums_into(n_state, state, dq_a.data, dk_a.data)
         vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
         vec.store(builder.load(ge_slot), v_a.data, i64(_GE * LANES))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic(
+        (st, hs0, hs1, v, krow, qrow, dkrow, dqrow), (3, 2, 2, 2, 1, 1, 1, 1), emit
+    )
 
 
 @njit(cache=True, fastmath=FASTMATH)

@@ -46,8 +46,7 @@ from longssm.ops._numba import (
     PREFETCH,
     cache_depends_on_primitives,
     fast_exp,
-    lane_arrays,
-    lane_vector_ops,
+    lane_intrinsic,
     prefetch,
     stack_array,
     sum_partials,
@@ -162,16 +161,9 @@ def _state_readout(typingctx, hs, crow, out):
     C-contiguous), as LLVM vector IR: the sum stays in a register, one fused multiply-add per n
     in order (0 + C_0 h_0 first), where numba's loop stored and reloaded it per n, a chain of
     store-to-load latencies that cost about 1 ms of the backward at (64, 32, 256, 16)."""
-    arrays = (hs, crow, out)
-    if not lane_arrays(arrays, (2, 1, 1)):
-        return None
-    sig = types.void(*arrays)
 
-    def codegen(context, builder, signature, args):
-        hs_a, c_a, out_a = (
-            context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)
-        )
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        hs_a, c_a, out_a = structs
         i64 = ir.IntType(64)
         acc = cgutils.alloca_once_value(builder, vec.zero)
         n_state = cgutils.unpack_tuple(builder, hs_a.shape)[0]
@@ -181,9 +173,8 @@ def _state_readout(typingctx, hs, crow, out):
             h = vec.load(hs_a.data, builder.mul(n, i64(LANES)))
             builder.store(vec.fma(cn, h, builder.load(acc)), acc)
         vec.store(builder.load(acc), out_a.data, i64(0))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic((hs, crow, out), (2, 1, 1), emit)
 
 
 @intrinsic
@@ -206,17 +197,11 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow, neg):
     per n, on the critical path) and LLVM's vectoriser could not prove the arrays apart: here the
     sums are SSA values in registers and every row is one vector load or store.
     """
-    arrays = (st, hs, hs1, es, v, brow, crow, dbrow, dcrow)
-    if not lane_arrays(arrays, (3, 2, 2, 2, 2, 1, 1, 1, 1)) or not isinstance(neg, types.Boolean):
+    if not isinstance(neg, types.Boolean):
         return None
-    sig = types.void(*arrays, neg)
 
-    def codegen(context, builder, signature, args):
-        st_a, hs_a, hs1_a, es_a, v_a, b_a, c_a, db_a, dc_a = (
-            context.make_array(t)(context, builder, a)
-            for t, a in zip(signature.args[:-1], args[:-1])
-        )
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        st_a, hs_a, hs1_a, es_a, v_a, b_a, c_a, db_a, dc_a = structs
         i64 = ir.IntType(64)
         gy = vec.load(v_a.data, i64(_GY * LANES))
         u = vec.load(v_a.data, i64(_U * LANES))
@@ -249,16 +234,20 @@ def _reverse_step(typingctx, st, hs, hs1, es, v, brow, crow, dbrow, dcrow, neg):
             return dc, db
 
         n_state = cgutils.unpack_tuple(builder, st_a.shape)[0]
-        with builder.if_else(args[-1]) as (negative, positive):
+        with builder.if_else(values[0]) as (negative, positive):
             with negative:
                 vec.lane_sums_into(n_state, lambda n: state(n, True), dc_a.data, db_a.data)
             with positive:
                 vec.lane_sums_into(n_state, lambda n: state(n, False), dc_a.data, db_a.data)
         vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
         vec.store(builder.load(gda_slot), v_a.data, i64(_GDA * LANES))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic(
+        (st, hs, hs1, es, v, brow, crow, dbrow, dcrow),
+        (3, 2, 2, 2, 2, 1, 1, 1, 1),
+        emit,
+        extra=(neg,),
+    )
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -38,10 +38,9 @@ from longssm.ops._numba import (
     PREFETCH,
     cache_depends_on_primitives,
     fast_exp,
-    lane_arrays,
     lane_dot,
+    lane_intrinsic,
     lane_sum,
-    lane_vector_ops,
     prefetch,
     stack_array,
     wide_vectors,
@@ -117,14 +116,6 @@ def ssd_forward(x, dt, A, Bm, Cm, Dv, h0, y, hT, ckpt, save):
 _X, _GY, _U, _GU, _GE, _DD, _ROWS = range(7)
 
 
-def _arrays(context, builder, signature, args, count):
-    """The first ``count`` array arguments of an intrinsic as numba array structs."""
-    return [
-        context.make_array(t)(context, builder, a)
-        for t, a in zip(signature.args[:count], args[:count])
-    ]
-
-
 @intrinsic
 def _advance(typingctx, hs0, hs1, u, brow, crow, acc, e):
     """One step of a block's state, as LLVM vector IR: for n = 0 .. N-1 (16-lane rows)
@@ -134,16 +125,13 @@ def _advance(typingctx, hs0, hs1, u, brow, crow, acc, e):
     Written as IR because numba's loops over the lanes were left scalar here (16 scalar
     multiply-adds per n: LLVM's vectoriser did not take them), and the sum over n stays in a
     register."""
-    arrays = (hs0, hs1, u, brow, crow, acc)
-    if not lane_arrays(arrays, (2, 2, 1, 1, 1, 1)) or e != hs0.dtype:
+    if e != getattr(hs0, "dtype", None):  # a scalar of the arrays' dtype
         return None
-    sig = types.void(*arrays, e)
 
-    def codegen(context, builder, signature, args):
-        h0_a, h1_a, u_a, b_a, c_a, acc_a = _arrays(context, builder, signature, args, 6)
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        h0_a, h1_a, u_a, b_a, c_a, acc_a = structs
         i64 = ir.IntType(64)
-        ev = vec.splat(args[6])
+        ev = vec.splat(values[0])
         uv = vec.load(u_a.data, i64(0))
         acc_slot = cgutils.alloca_once_value(builder, vec.zero)
         n_state = cgutils.unpack_tuple(builder, h0_a.shape)[0]
@@ -156,9 +144,8 @@ def _advance(typingctx, hs0, hs1, u, brow, crow, acc, e):
             vec.store(hv, h1_a.data, row)
             builder.store(vec.fma(cn, hv, builder.load(acc_slot)), acc_slot)
         vec.store(builder.load(acc_slot), acc_a.data, i64(0))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic((hs0, hs1, u, brow, crow, acc), (2, 2, 1, 1, 1, 1), emit, extra=(e,))
 
 
 @intrinsic
@@ -170,16 +157,13 @@ def _reverse(typingctx, lam, hs0, hs1, v, brow, crow, dbrow, dcrow, e):
         lam[n] = e l                              (∂L/∂h_{t-1})
     lam, hs0, hs1 (N, LANES): λ, h_{t-1}, h_t; v (_ROWS, LANES): rows _GY, _U read, _GU, _GE
     written; brow, crow (N,): B_t, C_t; dbrow, dcrow (N,): added to; e = exp(Δ_t a) a scalar."""
-    arrays = (lam, hs0, hs1, v, brow, crow, dbrow, dcrow)
-    if not lane_arrays(arrays, (2, 2, 2, 2, 1, 1, 1, 1)) or e != lam.dtype:
+    if e != getattr(lam, "dtype", None):  # a scalar of the arrays' dtype
         return None
-    sig = types.void(*arrays, e)
 
-    def codegen(context, builder, signature, args):
-        lam_a, h0_a, h1_a, v_a, b_a, c_a, db_a, dc_a = _arrays(context, builder, signature, args, 8)
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        lam_a, h0_a, h1_a, v_a, b_a, c_a, db_a, dc_a = structs
         i64 = ir.IntType(64)
-        ev = vec.splat(args[8])
+        ev = vec.splat(values[0])
         gy = vec.load(v_a.data, i64(_GY * LANES))
         u = vec.load(v_a.data, i64(_U * LANES))
         gu_slot = cgutils.alloca_once_value(builder, vec.zero)
@@ -200,9 +184,10 @@ def _reverse(typingctx, lam, hs0, hs1, v, brow, crow, dbrow, dcrow, e):
         vec.lane_sums_into(n_state, state, dc_a.data, db_a.data)
         vec.store(builder.load(gu_slot), v_a.data, i64(_GU * LANES))
         vec.store(builder.load(ge_slot), v_a.data, i64(_GE * LANES))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic(
+        (lam, hs0, hs1, v, brow, crow, dbrow, dcrow), (2, 2, 2, 2, 1, 1, 1, 1), emit, extra=(e,)
+    )
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -32,8 +32,7 @@ from longssm.ops._numba import (
     LANES,
     cache_depends_on_primitives,
     fast_softplus,
-    lane_arrays,
-    lane_vector_ops,
+    lane_intrinsic,
     softplus_slope,
     sum_partials,
     wide_vectors,
@@ -87,16 +86,9 @@ def _project_back(typingctx, g, WT, out):
     products. Rows go four at a time (four accumulators: the chains of multiply-adds overlap), the
     rest one by one. A fixed order: deterministic, and independent of the thread count.
     """
-    arrays = (g, WT, out)
-    if not lane_arrays(arrays, (1, 2, 1)):
-        return None
-    sig = types.void(*arrays)
 
-    def codegen(context, builder, signature, args):
-        g_a, w_a, out_a = (
-            context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)
-        )
-        vec = lane_vector_ops(context, builder, signature.args[0].dtype)
+    def emit(builder, vec, structs, values):
+        g_a, w_a, out_a = structs
         i64 = ir.IntType(64)
         n_rows, n_cols = cgutils.unpack_tuple(builder, w_a.shape)
         full = builder.udiv(n_cols, i64(LANES))  # full blocks of 16 columns
@@ -135,9 +127,8 @@ def _project_back(typingctx, g, WT, out):
         with cgutils.for_range(builder, builder.sub(n_rows, builder.mul(fours, i64(4)))) as loop:
             r = builder.add(builder.mul(fours, i64(4)), loop.index)
             add_tail(r, vec.sum(lane_partials(r, 1)[0]))
-        return context.get_dummy_value()
 
-    return sig, codegen
+    return lane_intrinsic((g, WT, out), (1, 2, 1), emit)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
