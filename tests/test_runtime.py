@@ -130,6 +130,18 @@ def test_huge_pages_can_be_turned_off_by_the_environment():
     assert heap < runtime.HEAP_RESERVE  # no reserve either
 
 
+@pytest.mark.skipif(not MADVISE, reason="glibc and transparent huge pages in madvise mode only")
+def test_no_reserve_under_an_address_space_limit():
+    # a gigabyte of reserved heap would count against `ulimit -v`
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (64 * 2**30, resource.RLIM_INFINITY)); "
+        "from longssm import runtime; print(runtime.keep_freed_memory(), runtime.huge_pages_advised())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    assert out.stdout.split() == ["True", "False"]
+
+
 def test_huge_pages_need_kept_memory_first():
     # a reserve freed under glibc's default trim threshold would go straight back to the kernel
     code = (

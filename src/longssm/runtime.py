@@ -19,9 +19,9 @@ kept heap asks too: ``keep_freed_memory`` first grows the heap by ``HEAP_RESERVE
 address space, untouched: no resident memory) and gives it back to glibc's free pool, then marks
 the whole heap ``MADV_HUGEPAGE``. Tensors allocated later take 2 MiB pages from it when first
 touched: fewer TLB misses on the cold activations of a step. Measured on the benchmark machine
-(case 3, T = 32 x 64, alternating processes): the step 2.0-2.4 ms (2.5%) faster in eight of eight
-pairs of one sitting. Growth past the reserve gets ordinary pages. ``LONGSSM_HUGE_PAGES=0`` turns
-this part off.
+(case 3, T = 32 x 64, alternating processes, docs/kernels.md "Session 12"): the step 0.8-2.4 ms
+(1-2.5%) faster, by sitting. Growth past the reserve gets ordinary pages; no reserve under an
+address-space limit (``ulimit -v``). ``LONGSSM_HUGE_PAGES=0`` turns this part off.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def advise_huge_pages(libc=None) -> bool:
         return True
     if not _kept or os.environ.get("LONGSSM_HUGE_PAGES", "1").strip() == "0":
         return False
+    if _address_space_limited():  # the reserve would take a gigabyte of the allowed space
+        return False
     try:
         with open(_THP_MODE) as f:
             if "[madvise]" not in f.read():
@@ -132,6 +134,14 @@ def advise_huge_pages(libc=None) -> bool:
         return False
     _huge = True
     return True
+
+
+def _address_space_limited() -> bool:
+    """Whether this process has a finite soft limit on its virtual memory (RLIMIT_AS)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY
 
 
 def _heap_range() -> tuple[int, int] | None:
