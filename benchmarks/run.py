@@ -72,18 +72,9 @@ def fix_malloc_thresholds() -> bool:
     live tensors, so the peak of a run is that run's own: under the dynamic thresholds it also
     depended on how much freed memory the warm-up had left in the heap (6-30 MiB apart between
     runs of one benchmark row, sessions 10-11). False where not glibc."""
-    import ctypes
-    import ctypes.util
+    from longssm.runtime import set_malloc_thresholds
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    threshold = 128 * 1024
-    return mallopt(-3, threshold) == 1 and mallopt(-1, threshold) == 1  # M_MMAP_, M_TRIM_
+    return set_malloc_thresholds(128 * 1024, 128 * 1024)
 
 
 def timed(fn, repeats: int) -> dict:
@@ -430,12 +421,8 @@ def machine_info() -> dict:
             versions[name] = version(name)
         except Exception:
             versions[name] = None
-    thp = None  # the kernel's transparent-huge-page mode (longssm.runtime asks in "madvise")
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            thp = f.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        pass
+    from longssm.runtime import transparent_hugepage_mode
+
     return {
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
@@ -443,7 +430,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "versions": versions,
         "load_average_start": os.getloadavg(),
-        "transparent_hugepage": thp,
+        "transparent_hugepage": transparent_hugepage_mode(),  # runtime asks in "madvise"
     }
 
 

@@ -22,6 +22,9 @@ import resource, sys, torch
 if sys.argv[1] == "keep":
     from longssm.runtime import keep_freed_memory
     assert keep_freed_memory()
+if sys.argv[1] == "fixed":  # glibc's default thresholds, without their dynamic rise
+    from longssm.runtime import set_malloc_thresholds
+    assert set_malloc_thresholds(128 * 1024, 128 * 1024)
 
 def rounds(n):
     for _ in range(n):
@@ -58,6 +61,13 @@ def test_keep_freed_memory_removes_the_page_faults_of_repeated_allocations():
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_fixed_thresholds_map_every_tensor_afresh():
+    # the benchmarks' memory run: each 1 MiB tensor mapped on its own and given back when freed,
+    # so the process's resident memory follows its live tensors
+    assert _faults("fixed") > 25_000
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_keep_freed_memory_can_be_turned_off_by_the_environment():
     code = "from longssm.runtime import keep_freed_memory; print(keep_freed_memory())"
     env = {**os.environ, "LONGSSM_KEEP_FREED_MEMORY": "0"}
@@ -70,14 +80,6 @@ def test_keep_freed_memory_can_be_turned_off_by_the_environment():
 def test_keep_freed_memory_is_idempotent_in_process():
     assert runtime.keep_freed_memory() is True
     assert runtime.keep_freed_memory() is True
-
-
-def _thp_mode() -> str:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return f.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        return ""
 
 
 # Allocates 256 MiB of tensors after keep_freed_memory and prints whether huge pages were
@@ -108,7 +110,7 @@ def _huge_pages(**env) -> tuple[bool, int, bool, int]:
     return advised == "True", int(heap), flagged == "True", int(huge_kib)
 
 
-MADVISE = GLIBC and _thp_mode() == "madvise"
+MADVISE = GLIBC and runtime.transparent_hugepage_mode() == "madvise"
 
 
 @pytest.mark.skipif(not MADVISE, reason="glibc and transparent huge pages in madvise mode only")

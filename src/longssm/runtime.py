@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -62,23 +63,54 @@ def keep_freed_memory() -> bool:
         return True
     if os.environ.get("LONGSSM_KEEP_FREED_MEMORY", "1").strip() == "0":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     # both: setting either one ends glibc's dynamic thresholds, so a trim threshold alone would
     # leave every allocation of 128 KiB or more mapped afresh (37,000 faults a step in case 3,
     # 1.5x slower)
-    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+    if not set_malloc_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD):
         return False
     _kept = True
-    advise_huge_pages(libc)
+    advise_huge_pages()
     return True
+
+
+def set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mmap and trim thresholds (bytes; both, which also ends their dynamic
+    adjustment). False where not glibc or where glibc refuses a value."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return (
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+        and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
+    )
+
+
+def transparent_hugepage_mode() -> str | None:
+    """The kernel's transparent-huge-page mode (``always``, ``madvise`` or ``never``), or None
+    where it cannot be read."""
+    try:
+        with open(_THP_MODE) as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+@functools.cache
+def _glibc():
+    """The C library with malloc's functions typed, or None where it is not glibc on Linux."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, malloc, free, madvise = libc.mallopt, libc.malloc, libc.free, libc.madvise
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    malloc.argtypes, malloc.restype = (ctypes.c_size_t,), ctypes.c_void_p
+    free.argtypes, free.restype = (ctypes.c_void_p,), None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return libc
 
 
 def huge_pages_advised() -> bool:
@@ -86,12 +118,12 @@ def huge_pages_advised() -> bool:
     return _huge
 
 
-def advise_huge_pages(libc=None) -> bool:
+def advise_huge_pages() -> bool:
     """Grow the heap by ``HEAP_RESERVE`` of untouched address space and mark all of it
     ``MADV_HUGEPAGE`` (see the module docstring). Best effort and once per process: False where
     the kernel's mode is not ``madvise`` (``always`` needs nothing, ``never`` gives nothing), with
     ``LONGSSM_HUGE_PAGES=0``, before ``keep_freed_memory`` (a freed reserve would go back to the
-    kernel), or when a step fails."""
+    kernel), under a limit on the address space (``ulimit -v``), or when a step fails."""
     global _huge
     if _huge:
         return True
@@ -99,19 +131,9 @@ def advise_huge_pages(libc=None) -> bool:
         return False
     if _address_space_limited():  # the reserve would take a gigabyte of the allowed space
         return False
-    try:
-        with open(_THP_MODE) as f:
-            if "[madvise]" not in f.read():
-                return False
-        if libc is None:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        malloc, free, madvise = libc.malloc, libc.free, libc.madvise
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None or transparent_hugepage_mode() != "madvise":
         return False
-    malloc.argtypes, malloc.restype = (ctypes.c_size_t,), ctypes.c_void_p
-    free.argtypes, free.restype = (ctypes.c_void_p,), None
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    madvise.restype = ctypes.c_int
     # One block from the heap (mmap off for the call): the heap grows by its size and only the
     # block's header page is touched; freed, it joins the top of the heap (kept: under the trim
     # threshold). Blocks under the mmap threshold instead touched a page every 16 MiB, each one
@@ -119,18 +141,18 @@ def advise_huge_pages(libc=None) -> bool:
     if libc.mallopt(_M_MMAP_MAX, 0) != 1:
         return False
     try:
-        block = malloc(HEAP_RESERVE)
+        block = libc.malloc(HEAP_RESERVE)
     finally:
         libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
     if not block:  # a data-size limit or strict overcommit: no reserve
         return False
-    free(block)
+    libc.free(block)
     heap = _heap_range()
     if heap is None:
         return False
     start = -(-heap[0] // _HUGE_PAGE) * _HUGE_PAGE
     end = heap[1] // _HUGE_PAGE * _HUGE_PAGE
-    if end <= start or madvise(start, end - start, _MADV_HUGEPAGE) != 0:
+    if end <= start or libc.madvise(start, end - start, _MADV_HUGEPAGE) != 0:
         return False
     _huge = True
     return True
