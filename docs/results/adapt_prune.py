@@ -12,7 +12,8 @@
    (L = T) and a long (L = 16 T) length, with intervals.
 4. Token reduction after block 0: loss at the kept positions vs keep ratio, plain and beyond T.
 Writes adapt-prune.md, adapt-prune.json and adapt-prune.png beside this script; the runs go to
-results/adapt-prune/ (rerunning reuses the pretrained base and finished adapters).
+results/adapt-prune/ (rerunning reuses the pretrained base and finished adapters, and says so
+on stderr: delete them to train afresh after a change to the code).
 """
 
 from __future__ import annotations
@@ -68,13 +69,26 @@ KEEPS = [1.0, 0.75, 0.5]
 EVAL_TOKENS = 8192
 
 
-def pretrain() -> Path:
-    run = OUT / "base"
-    if not (run / "checkpoints").is_dir():
-        cfg = load_run_config(None, BASE)
-        cfg.train.progress = False
-        train(cfg, run)
+def pretrain(out: Path = OUT, base: list[str] = BASE) -> Path:
+    """The base model of ``base``'s options in out/base: trained there, or a finished run there
+    reused as it is (said on stderr: a run of older code is not retrained)."""
+    run = out / "base"
+    if reusing(run, done=run / "checkpoints"):
+        return run
+    cfg = load_run_config(None, base)
+    cfg.train.progress = False
+    train(cfg, run)
     return run
+
+
+def reusing(path: Path, done: Path | None = None) -> bool:
+    """Whether the run or adapter at ``path`` is finished (``done``, default ``path`` itself,
+    exists) and will be reused; says so on stderr, since the page then shows that run whatever
+    code trained it."""
+    if not (done or path).exists():
+        return False
+    print(f"reusing {path} (delete it to train afresh with the current code)", file=sys.stderr)
+    return True
 
 
 def lengths_records(model, tokens, lengths):
@@ -105,7 +119,7 @@ def adapt_study(base: Path) -> dict:
                     "window": summarise(base_nll)}}
     for method in ADAPT_METHODS:
         path = OUT / f"austen-{method.replace(':', '')}"
-        if not path.exists():
+        if not reusing(path):
             lr = ADAPT_LR.get(method, 1e-2)
             adapt_run(base, method, AUSTEN, path, AdaptSettings(steps=ADAPT_STEPS, lr=lr,
                                                                 progress=False))

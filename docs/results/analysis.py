@@ -3,7 +3,8 @@
     python docs/results/analysis.py          # a few minutes on 2 cores
 
 Trains the quick demo's two S5 models (``longssm extend --quick``) and a Mamba pair (``--mixer mamba
---seq-len 16 --model.d_conv=0``) under results/analysis/ (rerunning reuses finished runs), then runs
+--seq-len 16 --model.d_conv=0``) under results/analysis/ (rerunning reuses finished runs and says so on stderr: delete them to
+train afresh after a change to the code), then runs
 ``longssm analyze attention | reliance | prophecy`` and writes the page with its figures and JSON
 beside this script.
 """
@@ -36,6 +37,9 @@ def train_pairs() -> bool:
     for name, extra in PAIRS.items():
         out = OUT / name
         resume = ["--resume"] if (out / "summary.json").exists() else []
+        if resume:  # the page then shows these runs, whatever code trained them
+            print(f"reusing {out} (delete it to train afresh with the current code)",
+                  file=sys.stderr)
         reused = reused or bool(resume)
         cli("extend", "--quick", "--quiet", *extra, "--out", str(out), *resume)
     return reused

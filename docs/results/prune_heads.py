@@ -9,7 +9,8 @@
    split at L = T and L = 16 T with 95% paired block-bootstrap intervals (differences paired
    with the unpruned model), and forward tokens/s (median and range of 5 timed passes).
 Writes prune-heads.md and prune-heads.json beside this script; the run goes to
-results/prune-heads/ (rerunning reuses it).
+results/prune-heads/ (rerunning reuses it, and says so on stderr: delete the folder to
+train afresh after a change to the code).
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapt_prune import T, lengths_records, paired  # noqa: E402
+from adapt_prune import T, lengths_records, paired, pretrain  # noqa: E402
 
 from longssm.adapt import prune_model  # noqa: E402
 from longssm.adapt.prune import calibration_rows, count_parameters  # noqa: E402
 from longssm.adapt.tune import target_corpus  # noqa: E402
 from longssm.checkpoint import load_model  # noqa: E402
-from longssm.config import load_run_config  # noqa: E402
-from longssm.train.loop import train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parents[1] / "results" / "prune-heads"
@@ -43,13 +42,6 @@ BASE = ["--model.mixer=mamba2", "--model.d_model=64", "--model.n_layers=2", "--m
 RATIOS = [0.0, 0.25, 0.5, 0.75]
 
 
-def pretrain() -> Path:
-    run = OUT / "base"
-    if not (run / "checkpoints").is_dir():
-        cfg = load_run_config(None, BASE)
-        cfg.train.progress = False
-        train(cfg, run)
-    return run
 
 
 @torch.inference_mode()
@@ -66,7 +58,7 @@ def throughput(model, tokens, repeats: int = 5) -> dict:
 
 
 def study() -> dict:
-    model, _, meta = load_model(pretrain())
+    model, _, meta = load_model(pretrain(OUT, BASE))
     corpus = meta["config"]["data"]["corpus"]
     test = target_corpus(meta, corpus, "test", model.cfg.vocab_size).tokens
     calib = calibration_rows(target_corpus(meta, corpus, "train", model.cfg.vocab_size).tokens,
