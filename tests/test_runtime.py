@@ -67,13 +67,17 @@ def test_fixed_thresholds_map_every_tensor_afresh():
     assert _faults("fixed") > 25_000
 
 
+def _printed(code: str, **env) -> list[str]:
+    """The words ``code`` prints in a fresh interpreter (with ``env`` added to the environment)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, **env})  # fmt: skip
+    return out.stdout.split()
+
+
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_keep_freed_memory_can_be_turned_off_by_the_environment():
     code = "from longssm.runtime import keep_freed_memory; print(keep_freed_memory())"
-    env = {**os.environ, "LONGSSM_KEEP_FREED_MEMORY": "0"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env)  # fmt: skip
-    assert out.stdout.strip() == "False"
+    assert _printed(code, LONGSSM_KEEP_FREED_MEMORY="0") == ["False"]
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
@@ -139,9 +143,7 @@ def test_no_reserve_under_an_address_space_limit():
         "import resource; resource.setrlimit(resource.RLIMIT_AS, (64 * 2**30, resource.RLIM_INFINITY)); "
         "from longssm import runtime; print(runtime.keep_freed_memory(), runtime.huge_pages_advised())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)  # fmt: skip
-    assert out.stdout.split() == ["True", "False"]
+    assert _printed(code) == ["True", "False"]
 
 
 def test_huge_pages_need_kept_memory_first():
@@ -150,9 +152,7 @@ def test_huge_pages_need_kept_memory_first():
         "from longssm import runtime; print(runtime.advise_huge_pages(), "
         "runtime.huge_pages_advised())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)  # fmt: skip
-    assert out.stdout.split() == ["False", "False"]
+    assert _printed(code) == ["False", "False"]
 
 
 def test_set_cpu_threads_sets_torch_and_numba():
