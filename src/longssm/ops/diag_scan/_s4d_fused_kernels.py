@@ -42,6 +42,7 @@ from longssm.ops._numba import (
     lane_intrinsic,
     prefetch,
     stack_array,
+    sum_partials,
     wide_vectors,
 )
 
@@ -282,13 +283,14 @@ def _backward_task(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0,
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def s4d_backward(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0):
+def s4d_backward(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, sums, dh0):
     """Gradients of the scan given gy = ∂L/∂y (batch, T, H) and gh = ∂L/∂h_T (batch, H, N, 2),
     or a (0, 0, 0, 0) array for ∂L/∂h_T = 0.
 
     Writes du in full, dh0 (batch, H, N, 2) unless it is a (0, 0, 0, 0) array, and the per-row
-    float64 partials the caller sums over the batch: prm_part (batch, _P_ROWS, N, H) (∂a, ∂b, ∂p,
-    ∂q, Σ g r, Σ g s) and dD_part (batch, H). Parallel over (batch row, channel block).
+    float64 partials prm_part (batch, _P_ROWS, N, H) (∂a, ∂b, ∂p, ∂q, Σ g r, Σ g s) and dD_part
+    (batch, H), summed over the batch here (``sum_partials``, rows in order) into ``sums`` =
+    (prm_sum (_P_ROWS * N * H,), dD_sum (H,)), float64. Parallel over (batch row, channel block).
     """
     n_batch, H = u.shape[0], u.shape[2]
     n_blocks = (H + LANES - 1) // LANES
@@ -296,6 +298,9 @@ def s4d_backward(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0):
         b = task // n_blocks
         blk = task % n_blocks
         _backward_task(u, lam, Bb, Cc, Dv, ckpt, gy, gh, du, prm_part, dD_part, dh0, b, blk)
+    prm_sum, dD_sum = sums
+    sum_partials(prm_part.reshape((n_batch, prm_sum.shape[0])), prm_sum)
+    sum_partials(dD_part, dD_sum)
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

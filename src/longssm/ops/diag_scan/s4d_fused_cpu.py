@@ -81,18 +81,21 @@ def run_backward(u, lam, Bb, Cc, D, ckpt, gy, gh, want_dh0: bool):
     du = torch.empty_like(u)  # (B, T, H)
     prm_part = torch.empty(batch, 6, N, H, dtype=torch.float64)  # ∂a ∂b ∂p ∂q Σgr Σgs
     dD_part = torch.empty(batch, H, dtype=torch.float64)  # (B, H)
+    prm_sum = torch.empty(6, N, H, dtype=torch.float64)  # Σ_b prm_part
+    dD_sum = torch.empty(H, dtype=torch.float64)  # (H,): Σ_b dD_part
     dh0 = torch.empty(batch, H, N, 2, dtype=u.dtype) if want_dh0 else _unused(u)
     with torch_threads_kept():
         kern.s4d_backward(
             *(numpy_view(t) for t in (u, lam, Bb, Cc, D, ckpt, gy, gh, du, prm_part, dD_part)),
+            (numpy_view(prm_sum.reshape(-1)), numpy_view(dD_sum)),
             numpy_view(dh0),
         )
-    sums = prm_part.sum(0).permute(2, 1, 0)  # (H, N, 6)
+    sums = prm_sum.permute(2, 1, 0)  # (H, N, 6)
     dlam = sums[..., 0:2]  # (H, N, 2)
     dB = sums[..., 2:4]  # (H, N, 2)
     dC = sums[..., 4:6] * sums.new_tensor([2.0, -2.0])  # ∂c = 2 Σ g r, ∂d = −2 Σ g s
     grads = (t.to(u.dtype).contiguous() for t in (dlam, dB, dC))
-    dD = dD_part.sum(0).to(u.dtype)  # (H,)
+    dD = dD_sum.to(u.dtype)  # (H,)
     return du, *grads, dD, (dh0 if want_dh0 else None)
 
 

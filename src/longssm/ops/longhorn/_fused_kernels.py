@@ -4,7 +4,7 @@ The design is the fused Mamba-1 kernel's (``ops/selective_scan/_fused_kernels.py
 ``lane_vector_ops``, ``prefetch`` and the constants from ``ops/_numba.py``): one task per (batch
 row, block of ``LANES`` = 16 channels), the block's state held as a small (d_state, LANES) array,
 states checkpointed every ``CHECKPOINT`` = 32 steps for the backward, per-task partial sums of the
-parameters shared across channels reduced by the caller; the state update (``_advance``, shared by
+parameters shared across channels (∂L/∂D summed at the kernel's end); the state update (``_advance``, shared by
 the forward and the backward's recomputation) and the reverse step (``_reverse``) over n are LLVM
 vector IR (session 8: numba's lane loops compiled to 256-bit and scalar code here). The only
 differences: the decay exp(Δ A) becomes 1 - ε k² (no exp), the input Δ x B becomes ε x k, C
@@ -36,6 +36,7 @@ from longssm.ops._numba import (
     lane_intrinsic,
     prefetch,
     stack_array,
+    sum_partials,
     wide_vectors,
 )
 
@@ -271,13 +272,16 @@ def _backward_task(
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def longhorn_backward(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dh0):
+def longhorn_backward(
+    x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part, dD_sum, dh0
+):
     """Gradients given gy = ∂L/∂y (batch, T, d_inner) and gh = ∂L/∂S_T (or a (0, 0, 0) array: 0).
 
     Writes dx, deps (batch, T, d_inner) and dh0 (batch, d_inner, d_state; or nothing for a
-    (0, 0, 0) dh0, when S_0 = 0 was not an input) in full; partial sums
-    for the rest, reduced by the caller: dD_part (batch, d_inner) in float64 per task, and dk_part,
-    dq_part (batch, n_groups, T, d_state), zero-filled by the caller. A task is one batch row and
+    (0, 0, 0) dh0, when S_0 = 0 was not an input) in full; partial sums for the rest: dD_part
+    (batch, d_inner) in float64 per batch row, summed over the rows here into dD_sum (d_inner,)
+    (``sum_partials``, rows in order), and dk_part, dq_part (batch, n_groups, T, d_state),
+    zero-filled and reduced by the caller. A task is one batch row and
     one group of consecutive channel blocks (as the selective scan's backward): it adds each
     block's ∂L/∂k, ∂L/∂q into its group's rows, in block order.
     """
@@ -290,6 +294,7 @@ def longhorn_backward(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part
         for blk in range(grp * per_group, min((grp + 1) * per_group, n_blocks)):
             _backward_task(x, eps, k, q, Dv, ckpt, gy, gh, dx, deps, dk_part, dq_part, dD_part,
                            dh0, b, blk, grp)  # fmt: skip
+    sum_partials(dD_part, dD_sum)
 
 
 # Recompile (not load stale machine code) when ops/_numba.py's primitives change.

@@ -80,6 +80,7 @@ class _FusedLonghorn(torch.autograd.Function):
         dk_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
         dq_part = torch.zeros(batch, n_groups, T, d_state, dtype=x.dtype)  # (B, groups, T, N)
         dD_part = torch.empty(batch, d_inner, dtype=torch.float64)  # (B, Di)
+        dD_sum = torch.empty(d_inner, dtype=torch.float64)  # (Di,): Σ_b dD_part
         dh0 = (
             torch.empty(batch, d_inner, d_state, dtype=x.dtype)
             if want_dh0
@@ -90,10 +91,10 @@ class _FusedLonghorn(torch.autograd.Function):
                 *(
                     numpy_view(t)
                     for t in (x, eps, k, q, D, ckpt, gy, gh, dx, deps)
-                    + (dk_part, dq_part, dD_part, dh0)
+                    + (dk_part, dq_part, dD_part, dD_sum, dh0)
                 )
             )
-        dD = dD_part.sum(0).to(x.dtype)  # (Di,)
+        dD = dD_sum.to(x.dtype)  # (Di,)
         dk, dq = sum_groups(dk_part, dq_part)  # (B, T, N) each
         return dx, deps, dk, dq, dD, (dh0 if want_dh0 else None)
 
